@@ -1,0 +1,300 @@
+"""Configuration: one TOML file, ``KOMMO_CALLERID_<SECTION>__<KEY>`` env overrides, and
+secrets from systemd credentials (``$CREDENTIALS_DIRECTORY``).
+
+Precedence, highest first: environment, credentials, TOML file, defaults. Every section
+forbids unknown keys, and a bad configuration is a :class:`ConfigError` whose message names
+the file and the key, so the CLI can exit 3 with a sentence instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_PATH = Path("/etc/kommo-callerid/config.toml")
+CONFIG_PATH_ENV = "KOMMO_CALLERID_CONFIG"
+ENV_PREFIX = "KOMMO_CALLERID_"
+
+#: systemd credential file name -> (section, key)
+CREDENTIAL_FILES: Mapping[str, tuple[str, str]] = {
+    "ami_secret": ("ami", "secret"),
+    "kommo_access_token": ("kommo", "access_token"),
+    "kommo_client_secret": ("kommo", "client_secret"),
+    "kommo_refresh_token": ("kommo", "refresh_token"),
+}
+
+Seconds = float
+
+
+class ConfigError(Exception):
+    """A configuration a human has to fix; the message says what and where."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AmiConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=5038, ge=1, le=65535)
+    username: str = "kommo-callerid"
+    secret: SecretStr
+    tls: bool = False
+    connect_timeout: Seconds = Field(default=10.0, gt=0)
+    ping_interval: Seconds = Field(default=10.0, gt=0)
+    ping_timeout: Seconds = Field(default=5.0, gt=0)
+    reconnect_min: Seconds = Field(default=0.5, gt=0)
+    reconnect_max: Seconds = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> AmiConfig:
+        if self.reconnect_max < self.reconnect_min:
+            raise ValueError("reconnect_max must not be smaller than reconnect_min")
+        return self
+
+
+class LookupMode(StrEnum):
+    BY_PHONE = "by_phone"
+    CONTACTS = "contacts"
+    AUTO = "auto"
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class KommoConfig(_Section):
+    base_url: str
+    access_token: SecretStr = SecretStr("")
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    redirect_uri: str = ""
+    refresh_token: SecretStr = SecretStr("")
+    token_file: Path = Path("/var/lib/kommo-callerid/tokens.json")
+    timeout: Seconds = Field(default=10.0, gt=0)
+    rate_limit: float = Field(default=7.0, gt=0)
+    lookup: LookupMode = LookupMode.AUTO
+
+    @field_validator("base_url")
+    @classmethod
+    def _https_unless_loopback(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be a URL like https://yourcompany.kommo.com, got {value!r}")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ValueError(
+                f"must use https:// (plain http is allowed only for loopback hosts), got {value!r}"
+            )
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_auth_mode(self) -> KommoConfig:
+        oauth = (self.client_id, self.client_secret.get_secret_value(), self.redirect_uri)
+        if self.access_token.get_secret_value():
+            return self
+        if all(oauth):
+            return self
+        raise ValueError(
+            "no Kommo credentials: set access_token (a long-lived token), or client_id, "
+            "client_secret and redirect_uri (OAuth, with refresh_token or a token_file)"
+        )
+
+    @property
+    def oauth(self) -> bool:
+        return not self.access_token.get_secret_value()
+
+
+class CallsConfig(_Section):
+    inbound_contexts: tuple[str, ...] = (
+        "from-trunk",
+        "from-pstn",
+        "from-external",
+        "from-did-direct",
+    )
+    min_digits: int = Field(default=7, ge=1)
+    default_region: str = ""
+    notify_ttl: Seconds = Field(default=45.0, gt=0)
+
+    @field_validator("default_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        if not value:
+            return value
+        import phonenumbers  # noqa: PLC0415  (only needed when a region is set)
+
+        region = value.upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown region {value!r}; use a two-letter code like 'US' or 'RU'")
+        return region
+
+
+class Recipient(StrEnum):
+    RINGING = "ringing"
+    DID = "did"
+    RESPONSIBLE = "responsible"
+
+
+class NotifyConfig(_Section):
+    to: tuple[Recipient, ...] = (Recipient.RINGING, Recipient.DID, Recipient.RESPONSIBLE)
+    fallback: Literal["all", "none"] = "all"
+    fallback_after: Seconds = Field(default=3.0, ge=0)
+    extensions: dict[str, int] = Field(default_factory=dict)
+    dids: dict[str, tuple[int, ...]] = Field(default_factory=dict)
+
+
+class CacheConfig(_Section):
+    ttl: Seconds = Field(default=300.0, ge=0)
+    negative_ttl: Seconds = Field(default=60.0, ge=0)
+    max_entries: int = Field(default=10_000, ge=1)
+
+
+class LogConfig(_Section):
+    format: Literal["json", "console", "auto"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    mask_numbers: bool = False
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class HttpConfig(_Section):
+    listen: str = ""
+
+
+class DaemonConfig(_Section):
+    shutdown_timeout: Seconds = Field(default=5.0, ge=0)
+
+
+class _CredentialsSource(PydanticBaseSettingsSource):
+    """Secrets from files in ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is done in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        found: dict[str, Any] = {}
+        if not directory:
+            return found
+        for name, (section, key) in CREDENTIAL_FILES.items():
+            path = Path(directory) / name
+            if path.is_file():
+                value = path.read_text(encoding="utf-8").strip()
+                found.setdefault(section, {})[key] = value
+        return found
+
+
+class Config(BaseSettings):
+    """The whole configuration. Build it with :func:`load_config`."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_ignore_empty=False,
+    )
+
+    ami: AmiConfig
+    kommo: KommoConfig
+    calls: CallsConfig = CallsConfig()
+    notify: NotifyConfig = NotifyConfig()
+    cache: CacheConfig = CacheConfig()
+    log: LogConfig = LogConfig()
+    http: HttpConfig = HttpConfig()
+    daemon: DaemonConfig = DaemonConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs and ranks lowest: env and credentials override it.
+        return env_settings, _CredentialsSource(settings_cls), init_settings
+
+
+def resolve_config_path(cli_path: str | None) -> Path:
+    if cli_path:
+        return Path(cli_path)
+    return Path(os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: Path) -> Config:
+    """Read, merge and validate; raise :class:`ConfigError` with a human message."""
+    data = _read_toml(path)
+    try:
+        return Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def from_mapping(data: Mapping[str, Any]) -> Config:
+    """A config built from a dict (demo, tests); env and credentials still apply."""
+    try:
+        return Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, Path("<built-in>"))) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"The configuration file {path} does not exist. Pass another one with -c PATH or "
+            f"${CONFIG_PATH_ENV}; config.example.toml lists every key."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"The configuration file {path} cannot be read: {exc.strerror}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"The configuration file {path} is not valid TOML: {exc}.") from None
+
+
+def _describe(exc: ValidationError, path: Path) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        section, _, key = where.partition(".")
+        name = f"[{section}] {key}" if key else f"[{section}]"
+        if error["type"] == "extra_forbidden":
+            message = "is not a known key (check the spelling against config.example.toml)"
+        elif error["type"] == "missing":
+            message = "is required"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{name} {message}")
+    return (
+        f"The configuration in {path} is not valid: "
+        + "; ".join(problems)
+        + f". Values may also come from {ENV_PREFIX}<SECTION>__<KEY> environment variables."
+    )

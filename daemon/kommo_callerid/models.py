@@ -1,0 +1,89 @@
+"""Typed values that cross module boundaries.
+
+Raw panoramisk messages stay in ``ami.py`` and raw Kommo JSON stays in ``kommo.py``;
+everything else in the daemon speaks these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ChannelEventKind(StrEnum):
+    """The AMI events the daemon uses (the names Asterisk sends, case-sensitive)."""
+
+    NEWCHANNEL = "Newchannel"
+    NEWCALLERID = "NewCallerid"
+    HANGUP = "Hangup"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelEvent:
+    """One channel event from Asterisk, reduced to the fields call detection needs."""
+
+    kind: ChannelEventKind
+    channel: str
+    uniqueid: str
+    #: The call's id. Asterisk before 13.5 sends none: then it equals ``uniqueid``.
+    linkedid: str
+    caller_num: str
+    caller_name: str
+    context: str
+    exten: str
+    #: ``loop.time()`` when the event was parsed: the call's clock starts here.
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AmiSessionInfo:
+    """What a successful AMI login tells us."""
+
+    host: str
+    port: int
+    ami_version: str
+
+
+class EntityType(StrEnum):
+    CONTACT = "contact"
+    LEAD = "lead"
+    COMPANY = "company"
+    CUSTOMER = "customer"
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """A Kommo record a phone number belongs to."""
+
+    type: EntityType
+    id: int
+    name: str
+    responsible_user_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    """The answer to "who is calling?"; ``entity`` is None for an unknown number."""
+
+    number: str
+    entity: Entity | None
+    #: For a lead or customer: the contact or company that carries the phone number.
+    phone_entity: Entity | None
+    #: Which API answered: "by_phone" or "contacts".
+    source: str
+    cached: bool
+    ms: float
+
+    @property
+    def responsible_user_id(self) -> int | None:
+        return self.entity.responsible_user_id if self.entity else None
+
+
+class KommoError(Exception):
+    """A Kommo request that did not give a usable answer (already logged as kommo.error)."""
+
+    def __init__(self, status: int | None, endpoint: str, detail: str) -> None:
+        super().__init__(f"{endpoint}: {status} {detail}")
+        self.status = status
+        self.endpoint = endpoint
+        self.detail = detail
