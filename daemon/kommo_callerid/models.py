@@ -87,3 +87,11 @@ class KommoError(Exception):
         self.status = status
         self.endpoint = endpoint
         self.detail = detail
+
+
+class AmiLoginError(Exception):
+    """Asterisk refused the login (wrong username or secret); carries the server's message."""
+
+
+class AmiConnectionError(Exception):
+    """The AMI link could not be opened or was lost before the login finished."""

@@ -1,0 +1,124 @@
+"""The command line: a thin layer that parses arguments, loads the configuration, and hands
+over to the daemon. Exit codes: 0 clean stop, 1 runtime failure, 2 bad command line (argparse),
+3 bad configuration or a start-up failure a restart will not fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .calls import normalize_number
+from .config import Config, ConfigError, load_config, resolve_config_path
+from .daemon import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, Daemon, lookup_once
+from .logging import configure_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kommo-callerid",
+        description="Asterisk inbound calls become Kommo CRM call notifications.",
+    )
+    parser.add_argument("--version", action="version", version=f"kommo-callerid {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument(
+            "-c",
+            "--config",
+            metavar="PATH",
+            help="configuration file (default: $KOMMO_CALLERID_CONFIG, "
+            "else /etc/kommo-callerid/config.toml)",
+        )
+        return sub
+
+    with_config(commands.add_parser("run", help="run the daemon until SIGTERM/SIGINT"))
+    check = with_config(commands.add_parser("check", help="validate the configuration"))
+    check.add_argument(
+        "--offline", action="store_true", help="only validate the file; contact nothing"
+    )
+    lookup = with_config(commands.add_parser("lookup", help="look one number up in Kommo"))
+    lookup.add_argument("number", metavar="NUMBER")
+    demo = commands.add_parser("demo", help="run against embedded AMI and Kommo simulators")
+    demo.add_argument("--calls", type=int, default=5, metavar="N", help="inbound calls to place")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from .demo import run_demo  # noqa: PLC0415  (simulators load only for the demo)
+
+            return run_demo(calls=args.calls)
+        config = _load(args.config)
+        if args.command == "run":
+            return _run(config)
+        if args.command == "check":
+            return _check(config, args.config, offline=args.offline)
+        return _lookup(config, args.number)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _load(cli_path: str | None) -> Config:
+    try:
+        return load_config(resolve_config_path(cli_path))
+    except ConfigError as exc:
+        print(f"kommo-callerid: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def secrets_of(config: Config) -> list[str]:
+    """Every secret value, so the log chain can scrub them should one ever slip through."""
+    return [
+        config.ami.secret.get_secret_value(),
+        config.kommo.access_token.get_secret_value(),
+        config.kommo.client_secret.get_secret_value(),
+        config.kommo.refresh_token.get_secret_value(),
+    ]
+
+
+def _run(config: Config) -> int:
+    configure_logging(config.log, secrets=secrets_of(config))
+
+    async def serve() -> int:
+        daemon = Daemon(config)
+        daemon.install_signal_handlers()
+        return await daemon.serve()
+
+    return asyncio.run(serve())
+
+
+def _check(config: Config, cli_path: str | None, *, offline: bool) -> int:
+    path = resolve_config_path(cli_path)
+    print(f"Configuration {path}: valid")
+    print(f"  AMI:      {config.ami.username}@{config.ami.host}:{config.ami.port}")
+    mode = "OAuth" if config.kommo.oauth else "long-lived token"
+    print(f"  Kommo:    {config.kommo.base_url} ({mode}, lookup: {config.kommo.lookup})")
+    print(f"  Inbound contexts: {', '.join(config.calls.inbound_contexts)}")
+    print(f"  Recipients: {', '.join(config.notify.to)}; fallback: {config.notify.fallback}")
+    if offline:
+        return EXIT_OK
+    configure_logging(config.log.model_copy(update={"level": "error"}), stream=sys.stderr)
+    from .check import run_online_checks  # noqa: PLC0415
+
+    return EXIT_OK if asyncio.run(run_online_checks(config)) else EXIT_FAILURE
+
+
+def _lookup(config: Config, number: str) -> int:
+    configure_logging(config.log, secrets=secrets_of(config), stream=sys.stderr)
+    normalized = normalize_number(number, config.calls.default_region)
+    if normalized is None:
+        print(json.dumps({"number": number, "error": "not a phone number"}))
+        return EXIT_FAILURE
+    result: dict[str, Any] = asyncio.run(lookup_once(config, normalized))
+    result = {"number": number, "normalized": normalized, **result}
+    print(json.dumps(result, ensure_ascii=False))
+    return EXIT_OK if "error" not in result else EXIT_FAILURE
+

@@ -1,0 +1,230 @@
+"""Wiring and lifecycle: build the clients, run intake and housekeeping, stop cleanly.
+
+Life in named steps, as in uvicorn's server: ``startup`` (clients, tasks, READY=1),
+``main_loop`` (wait for a stop request or a fatal start-up error), ``shutdown`` (stop intake,
+let in-flight notifications finish for up to ``shutdown_timeout``, log the counters).
+Signal handlers only set the stop event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from . import __version__
+from .ami import AmiClient
+from .calls import CallTracker
+from .config import Config
+from .kommo import KommoClient
+from .models import AmiLoginError, ChannelEvent, Entity, KommoError
+from .notifier import CallNotifier, TaskOwner
+from .supervisor import AmiSupervisor
+from .systemd import SystemdNotifier
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+
+#: Events waiting for the call tracker; beyond this AMI events are dropped and counted.
+EVENT_QUEUE_SIZE = 10_000
+STATS_INTERVAL = 60.0
+
+
+@dataclass
+class _Running:
+    """What startup builds and shutdown takes apart."""
+
+    queue: asyncio.Queue[ChannelEvent]
+    tracker: CallTracker
+    notifier: CallNotifier
+    supervisor: AmiSupervisor
+    call_tasks: TaskOwner
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    events: int = 0
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        stop: asyncio.Event | None = None,
+        systemd: SystemdNotifier | None = None,
+    ) -> None:
+        self.config = config
+        self.stop = stop or asyncio.Event()
+        self.systemd = systemd or SystemdNotifier()
+        self._running: _Running | None = None
+
+    @property
+    def ami_connected(self) -> bool:
+        return self._running is not None and self._running.supervisor.connected
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+
+    async def serve(self) -> int:
+        async with AsyncExitStack() as stack:
+            kommo = await stack.enter_async_context(
+                KommoClient(self.config.kommo, self.config.cache)
+            )
+            running = self._startup(kommo)
+            exit_code = await self._main_loop(running)
+            await self._shutdown(running)
+        return exit_code
+
+    def _startup(self, kommo: KommoClient) -> _Running:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        queue: asyncio.Queue[ChannelEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
+        call_tasks = TaskOwner()
+        running = _Running(
+            queue=queue,
+            tracker=CallTracker(
+                cfg.calls.inbound_contexts, cfg.calls.min_digits, cfg.calls.default_region
+            ),
+            notifier=CallNotifier(kommo, cfg.notify, cfg.calls, call_tasks, loop.time),
+            supervisor=AmiSupervisor(
+                cfg.ami, lambda: AmiClient(cfg.ami, queue), on_state=self._ami_state_changed
+            ),
+            call_tasks=call_tasks,
+        )
+        self._running = running
+        running.background = [
+            asyncio.create_task(running.supervisor.run(), name="ami-supervisor"),
+            asyncio.create_task(self._consume(running), name="call-intake"),
+            asyncio.create_task(self._housekeeping(running), name="housekeeping"),
+        ]
+        log.info(
+            "daemon.started",
+            version=__version__,
+            ami=f"{cfg.ami.host}:{cfg.ami.port}",
+            kommo=cfg.kommo.base_url,
+            inbound_contexts=list(cfg.calls.inbound_contexts),
+        )
+        self.systemd.ready("running; AMI connecting")
+        return running
+
+    async def _main_loop(self, running: _Running) -> int:
+        stop_waiter = asyncio.create_task(self.stop.wait(), name="stop-waiter")
+        try:
+            await asyncio.wait(
+                [stop_waiter, *running.background], return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stop_waiter.cancel()
+        for task in running.background:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                return self._fatal(task.exception())
+        return EXIT_OK
+
+    @staticmethod
+    def _fatal(exc: BaseException | None) -> int:
+        if isinstance(exc, AmiLoginError):
+            return EXIT_CONFIG  # ami.login_failed already says why
+        log.error("daemon.crashed", exc_info=exc)
+        return EXIT_FAILURE
+
+    async def _shutdown(self, running: _Running) -> None:
+        self.systemd.stopping()
+        for task in running.background:
+            task.cancel()
+        await asyncio.gather(*running.background, return_exceptions=True)
+        in_flight = len(running.call_tasks)
+        cancelled = await running.call_tasks.drain(self.config.daemon.shutdown_timeout)
+        log.info(
+            "daemon.stopped",
+            in_flight_at_stop=in_flight,
+            in_flight_cancelled=cancelled,
+            **self._counters(running),
+        )
+        self._running = None
+
+    async def _consume(self, running: _Running) -> None:
+        tracker, notifier, queue = running.tracker, running.notifier, running.queue
+        while True:
+            event = await queue.get()
+            running.events += 1
+            for decision in tracker.feed(event):
+                notifier.handle(decision)
+
+    async def _housekeeping(self, running: _Running) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.systemd.watchdog_interval or STATS_INTERVAL
+        next_stats = loop.time() + STATS_INTERVAL
+        while True:
+            await asyncio.sleep(min(interval, STATS_INTERVAL))
+            self.systemd.watchdog()
+            if loop.time() >= next_stats:
+                next_stats += STATS_INTERVAL
+                for decision in running.tracker.expire(loop.time()):
+                    running.notifier.handle(decision)
+                counters = self._counters(running)
+                log.info("stats", **counters)
+                self.systemd.status(self._status_line(counters))
+
+    def _ami_state_changed(self, connected: bool) -> None:
+        if self._running is None:
+            return
+        self.systemd.status(self._status_line(self._counters(self._running)))
+
+    def _counters(self, running: _Running) -> dict[str, Any]:
+        return {
+            "ami_connected": running.supervisor.connected,
+            "ami_reconnects": running.supervisor.reconnects,
+            "events": running.events,
+            "queue_depth": running.queue.qsize(),
+            "tracked_calls": len(running.tracker),
+            "active_calls": running.notifier.active_calls,
+            "in_flight": len(running.call_tasks),
+            **running.notifier.stats.as_dict(),
+        }
+
+    @staticmethod
+    def _status_line(counters: dict[str, Any]) -> str:
+        ami = "connected" if counters["ami_connected"] else "disconnected"
+        return (
+            f"AMI {ami}; calls {counters['calls_incoming']}; "
+            f"notified {counters['notifications_sent']}; "
+            f"dropped {counters['notifications_dropped']}"
+        )
+
+
+
+async def lookup_once(config: Config, number: str) -> dict[str, Any]:
+    """One lookup through the daemon's own client (``kommo-callerid lookup``)."""
+    async with KommoClient(config.kommo, config.cache) as kommo:
+        try:
+            result = await kommo.lookup(number)
+        except KommoError as exc:
+            return {"error": exc.detail, "status": exc.status, "endpoint": exc.endpoint}
+    return {
+        "found": result.entity is not None,
+        "entity": _entity_dict(result.entity),
+        "phone_entity": _entity_dict(result.phone_entity),
+        "responsible_user_id": result.responsible_user_id,
+        "source": result.source,
+        "cached": result.cached,
+        "ms": round(result.ms, 1),
+    }
+
+
+def _entity_dict(entity: Entity | None) -> dict[str, Any] | None:
+    if entity is None:
+        return None
+    return {
+        "type": str(entity.type),
+        "id": entity.id,
+        "name": entity.name,
+        "responsible_user_id": entity.responsible_user_id,
+    }

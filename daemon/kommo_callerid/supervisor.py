@@ -1,0 +1,130 @@
+"""The one owner of AMI reconnects: connect, log in, run the session, and after any loss wait
+a capped, jittered, doubling delay before the next try.
+
+panoramisk's own reconnect timer is switched off in ``ami.py``; this loop is the only thing
+that ever opens a new AMI connection. A wrong secret on the very first login is a
+configuration error (the daemon exits 3, so systemd does not restart-loop); after the daemon
+has once been connected it is retried, because an admin may be editing manager.conf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import structlog
+
+from .config import AmiConfig
+from .models import AmiConnectionError, AmiLoginError, AmiSessionInfo
+
+log = structlog.get_logger(__name__)
+
+#: A session that stayed up this long resets the backoff to ``reconnect_min``.
+STABLE_SESSION = 30.0
+
+
+class AmiLink(Protocol):
+    """What the supervisor needs of one AMI session (``ami.AmiClient``)."""
+
+    async def connect(self) -> AmiSessionInfo: ...
+    async def wait_closed(self) -> str: ...
+    async def close(self) -> None: ...
+
+
+class Backoff:
+    """``reconnect_min`` doubling to ``reconnect_max``, with full jitter above the minimum."""
+
+    def __init__(
+        self, minimum: float, maximum: float, rng: Callable[[], float] = random.random
+    ) -> None:
+        self._min = minimum
+        self._max = maximum
+        self._rng = rng
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        self.attempt += 1
+        cap = min(self._max, self._min * 2 ** min(self.attempt - 1, 32))
+        return self._min + (cap - self._min) * self._rng()
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class AmiSupervisor:
+    def __init__(
+        self,
+        config: AmiConfig,
+        link_factory: Callable[[], AmiLink],
+        *,
+        on_state: Callable[[bool], None] = lambda connected: None,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._config = config
+        self._link_factory = link_factory
+        self._on_state = on_state
+        self._clock = clock
+        self._sleep = sleep
+        self._backoff = Backoff(config.reconnect_min, config.reconnect_max)
+        self.ever_connected = False
+        self.connected = False
+        self.reconnects = 0
+
+    async def run(self) -> None:
+        """Run until cancelled; raises AmiLoginError if the very first login is refused."""
+        while True:
+            reason = await self._one_session()
+            delay = self._backoff.next_delay()
+            log.info(
+                "ami.reconnect_scheduled",
+                delay=round(delay, 3),
+                attempt=self._backoff.attempt,
+                reason=reason,
+            )
+            await self._sleep(delay)
+            self.reconnects += 1
+
+    async def _one_session(self) -> str:
+        link = self._link_factory()
+        try:
+            return await self._connect_and_wait(link)
+        finally:
+            await link.close()
+            self._set_connected(False)
+
+    async def _connect_and_wait(self, link: AmiLink) -> str:
+        try:
+            info = await link.connect()
+        except AmiLoginError as exc:
+            log.error(
+                "ami.login_failed",
+                message=str(exc),
+                username=self._config.username,
+                host=self._config.host,
+                port=self._config.port,
+            )
+            if not self.ever_connected:
+                raise
+            return f"login failed: {exc}"
+        except (AmiConnectionError, OSError, TimeoutError) as exc:
+            return f"connect failed: {exc or type(exc).__name__}"
+        started = self._now()
+        self.ever_connected = True
+        self._set_connected(True)
+        log.info("ami.connected", host=info.host, port=info.port, ami_version=info.ami_version)
+        reason = await link.wait_closed()
+        log.warning("ami.disconnected", reason=reason)
+        if self._now() - started >= STABLE_SESSION:
+            self._backoff.reset()
+        return reason
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected != self.connected:
+            self.connected = connected
+            self._on_state(connected)
+
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
