@@ -1,0 +1,416 @@
+"""A fake Kommo API on loopback, for the tests and for ``kommo-callerid demo``.
+
+It implements the documented behaviour the daemon relies on (the telephony search by phone,
+the v4 contacts search, call notifications, the account) plus what tests need to provoke
+failures: a strict rate limit that counts violations, injected failures and delays, and a
+log of every request with its arrival time on an injectable clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import secrets
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+Clock = Callable[[], float]
+Json = dict[str, Any]
+
+TYPE_CONTACT, TYPE_LEAD, TYPE_COMPANY, TYPE_CUSTOMER = 1, 2, 3, 12
+#: Kommo's telephony search matches on this many trailing digits.
+MATCH_DIGITS = 7
+PROBLEM_JSON = "application/problem+json"
+HAL_JSON = "application/hal+json"
+BY_PHONE_PATH = "/api/v2/search/by_phone"
+CONTACTS_PATH = "/api/v4/contacts"
+EVENTS_PATH = "/api/v2/events"
+ACCOUNT_PATH = "/api/v4/account"
+
+
+@dataclass(frozen=True, slots=True)
+class _PhoneOwner:
+    id: int
+    name: str
+    phones: tuple[str, ...]
+    responsible_user_id: int
+    #: Unix time; when several records share a number the oldest one wins.
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class FakeContact(_PhoneOwner):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class FakeCompany(_PhoneOwner):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class FakeLead:
+    id: int
+    name: str
+    responsible_user_id: int
+    active: bool = True
+    contact_ids: tuple[int, ...] = ()
+    company_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FakeCustomer:
+    id: int
+    name: str
+    responsible_user_id: int
+    contact_ids: tuple[int, ...] = ()
+    company_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KommoDataset:
+    contacts: tuple[FakeContact, ...] = ()
+    companies: tuple[FakeCompany, ...] = ()
+    leads: tuple[FakeLead, ...] = ()
+    customers: tuple[FakeCustomer, ...] = ()
+
+
+def demo_dataset() -> KommoDataset:
+    """A few realistic records; John Doe's number is the caller in the recorded AMI traffic."""
+    day = 86_400
+    base = 1_700_000_000
+    return KommoDataset(
+        contacts=(
+            FakeContact(1001, "John Doe", ("+1 830 580 3077",), 8375357, base),
+            FakeContact(1002, "Maria Garcia", ("+1 415 555 0199",), 8320148, base + day),
+            FakeContact(1003, "Wei Chen", ("+44 20 7946 0958",), 8375357, base + 2 * day),
+            FakeContact(1004, "Olga Petrova", ("+7 495 123-45-67",), 8320148, base + 3 * day),
+            FakeContact(1005, "Sam Patel", ("+1 646 555 0123",), 8375357, base + 4 * day),
+        ),
+        companies=(FakeCompany(2001, "Acme Logistics", ("+1 212 555 0142",), 8320148, base),),
+        leads=(
+            FakeLead(3001, "Fleet renewal 2025", 8320148, contact_ids=(1002,)),
+            FakeLead(3002, "Old quote", 8375357, active=False, contact_ids=(1002,)),
+            FakeLead(3003, "Moscow office fit-out", 8320148, contact_ids=(1004,)),
+            FakeLead(3004, "Warehouse lease", 8375357, contact_ids=(1004,)),
+            FakeLead(3005, "", 8375357, contact_ids=(1005,)),
+        ),
+        customers=(FakeCustomer(4001, "Wei Chen - annual support", 8375357, contact_ids=(1003,)),),
+    )
+
+
+def _digits(text: str) -> str:
+    return "".join(char for char in text if char.isdigit())
+
+
+def _item(type_id: int, id_: int, name: str, responsible_user_id: int) -> Json:
+    return {"id": id_, "name": name, "responsible_user_id": responsible_user_id, "type": type_id}
+
+
+def search_by_phone(data: KommoDataset, phone: str) -> Json | None:
+    """Kommo's telephony search: the item ``/api/v2/search/by_phone`` answers, or None."""
+    wanted = _digits(phone)[-MATCH_DIGITS:]
+    if len(wanted) < MATCH_DIGITS:
+        return None
+    searches: tuple[tuple[int, Sequence[_PhoneOwner]], ...] = (
+        (TYPE_COMPANY, data.companies),
+        (TYPE_CONTACT, data.contacts),
+    )
+    for type_id, owners in searches:
+        matches = [o for o in owners if any(_digits(p).endswith(wanted) for p in o.phones)]
+        if matches:
+            oldest = min(matches, key=lambda owner: (owner.created_at, owner.id))
+            return _by_phone_item(data, type_id, oldest)
+    return None
+
+
+def _by_phone_item(data: KommoDataset, type_id: int, owner: _PhoneOwner) -> Json:
+    def linked(record: FakeLead | FakeCustomer) -> bool:
+        ids = record.company_ids if type_id == TYPE_COMPANY else record.contact_ids
+        return owner.id in ids
+
+    leads = [lead for lead in data.leads if lead.active and linked(lead)]
+    customers = [customer for customer in data.customers if linked(customer)]
+    owner_item = _item(type_id, owner.id, owner.name, owner.responsible_user_id)
+    deal: FakeLead | FakeCustomer | None = None
+    deal_type = TYPE_LEAD
+    if len(leads) == 1 and not customers:
+        deal = leads[0]
+    elif len(customers) == 1 and not leads:
+        deal, deal_type = customers[0], TYPE_CUSTOMER
+    if deal is None:
+        return owner_item
+    return {
+        **_item(deal_type, deal.id, deal.name, deal.responsible_user_id),
+        "phone_entity": owner_item,
+    }
+
+
+def search_contacts(data: KommoDataset, query: str) -> list[Json]:
+    """The v4 contacts search: contacts with the query's digits anywhere in a phone."""
+    wanted = _digits(query)
+    if not wanted:
+        return []
+    return [
+        {
+            "id": contact.id,
+            "name": contact.name,
+            "responsible_user_id": contact.responsible_user_id,
+            "created_at": contact.created_at,
+        }
+        for contact in data.contacts
+        if any(wanted in _digits(phone) for phone in contact.phones)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """One accepted call notification; ``users`` None means "everyone"."""
+
+    phone_number: str
+    users: tuple[int, ...] | None
+    received_at: float
+    #: The request's place in the arrival order of all requests (1-based).
+    order: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    method: str
+    path: str
+    status: int
+    #: Arrival time on the fake's clock.
+    at: float
+    order: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Arrival:
+    at: float
+    order: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Injected:
+    status: int
+    body: bytes
+    content_type: str
+
+
+def problem(status: int, title: str, detail: str) -> web.Response:
+    body = {
+        "title": title,
+        "type": f"https://httpstatus.es/{status}",
+        "status": status,
+        "detail": detail,
+    }
+    return web.json_response(body, status=status, content_type=PROBLEM_JSON)
+
+
+_Route = Callable[[web.Request, _Arrival], Awaitable[web.Response]]
+
+
+class FakeKommo:
+    """The fake server; ``async with FakeKommo() as kommo:`` serves it on 127.0.0.1."""
+
+    def __init__(
+        self,
+        dataset: KommoDataset | None = None,
+        *,
+        token: str | None = None,
+        rate_limit: int | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.dataset = dataset if dataset is not None else demo_dataset()
+        self.token = token or secrets.token_urlsafe(24)
+        #: Requests allowed per sliding 1-second window, all endpoints together; None: no limit.
+        self.rate_limit = rate_limit
+        #: When set, by_phone answers this status (e.g. 404: an account without the v2 search).
+        self.by_phone_status: int | None = None
+        self.events: list[RecordedEvent] = []
+        self.requests: list[RequestRecord] = []
+        self.violations = 0
+        self._clock = clock
+        self._orders = itertools.count(1)
+        self._window: deque[float] = deque()
+        self._failures: dict[str, deque[_Injected]] = {}
+        self._delays: dict[str, float] = {}
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._routes: dict[tuple[str, str], _Route] = {
+            ("GET", BY_PHONE_PATH): self._by_phone,
+            ("GET", CONTACTS_PATH): self._contacts,
+            ("POST", EVENTS_PATH): self._events,
+            ("GET", ACCOUNT_PATH): self._account,
+        }
+
+    @property
+    def base_url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("the fake Kommo server is not running")
+        return f"http://127.0.0.1:{self._port}"
+
+    def fail_next(
+        self,
+        path: str,
+        status: int,
+        body: str | bytes = b"",
+        *,
+        content_type: str = "text/plain",
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` authorised requests to ``path`` with this response."""
+        raw = body.encode() if isinstance(body, str) else body
+        queue = self._failures.setdefault(path, deque())
+        queue.extend(_Injected(status, raw, content_type) for _ in range(times))
+
+    def set_delay(self, path: str, seconds: float) -> None:
+        """Hold every request to ``path`` this long (real seconds) before answering."""
+        self._delays[path] = seconds
+
+    def requests_to(self, path: str) -> int:
+        return sum(1 for record in self.requests if record.path == path)
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        return app
+
+    async def start(self) -> None:
+        runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+            self._port = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _dispatch(self, request: web.Request) -> web.Response:
+        arrival = _Arrival(self._clock(), next(self._orders))
+        response = await self._answer(request, arrival)
+        self.requests.append(
+            RequestRecord(request.method, request.path, response.status, arrival.at, arrival.order)
+        )
+        return response
+
+    async def _answer(self, request: web.Request, arrival: _Arrival) -> web.Response:
+        if self._over_rate_limit(arrival.at):
+            self.violations += 1
+            return problem(429, "Too Many Requests", "rate limit exceeded")
+        if not self._authorised(request):
+            return problem(401, "Unauthorized", "missing or invalid access token")
+        delay = self._delays.get(request.path)
+        if delay:
+            await asyncio.sleep(delay)
+        injected = self._failures.get(request.path)
+        if injected:
+            failure = injected.popleft()
+            return web.Response(
+                status=failure.status, body=failure.body, content_type=failure.content_type
+            )
+        route = self._routes.get((request.method, request.path))
+        if route is None:
+            return problem(404, "Not Found", f"no route {request.method} {request.path}")
+        return await route(request, arrival)
+
+    def _over_rate_limit(self, now: float) -> bool:
+        # Kommo counts every request, refused ones too, so the window records them all.
+        while self._window and self._window[0] <= now - 1.0:
+            self._window.popleft()
+        over = self.rate_limit is not None and len(self._window) >= self.rate_limit
+        self._window.append(now)
+        return over
+
+    def _authorised(self, request: web.Request) -> bool:
+        expected = f"Bearer {self.token}".encode()
+        given = request.headers.get("Authorization", "").encode()
+        return hmac.compare_digest(given, expected)
+
+    async def _by_phone(self, request: web.Request, arrival: _Arrival) -> web.Response:
+        if self.by_phone_status is not None:
+            status = self.by_phone_status
+            return problem(status, HTTPStatus(status).phrase, "by_phone search is not available")
+        item = search_by_phone(self.dataset, request.query.get("phone", ""))
+        if item is None:
+            return web.Response(status=204)
+        return web.json_response({"_embedded": {"items": [item]}}, content_type=HAL_JSON)
+
+    async def _contacts(self, request: web.Request, arrival: _Arrival) -> web.Response:
+        found = search_contacts(self.dataset, request.query.get("query", ""))
+        if not found:
+            return web.Response(status=204)
+        return web.json_response({"_embedded": {"contacts": found}}, content_type=HAL_JSON)
+
+    async def _events(self, request: web.Request, arrival: _Arrival) -> web.Response:
+        try:
+            payload = await request.json()
+        except ValueError:
+            return problem(400, "Bad Request", "body is not valid JSON")
+        parsed = _parse_events(payload)
+        if isinstance(parsed, str):
+            return problem(400, "Bad Request", parsed)
+        items = []
+        for phone_number, users in parsed:
+            self.events.append(RecordedEvent(phone_number, users, arrival.at, arrival.order))
+            found = search_by_phone(self.dataset, phone_number)
+            element_id = found["id"] if found else 0
+            element_type = found["type"] if found else TYPE_CONTACT
+            uid = uuid.uuid4().hex
+            items.append({"element_id": element_id, "element_type": element_type, "uid": uid})
+        return web.json_response({"_embedded": {"items": items}})
+
+    async def _account(self, request: web.Request, arrival: _Arrival) -> web.Response:
+        body = {"id": 31_415_926, "name": "Demo account", "subdomain": "demo"}
+        return web.json_response(body, content_type=HAL_JSON)
+
+
+def _parse_events(payload: object) -> list[tuple[str, tuple[int, ...] | None]] | str:
+    """The accepted events, or a sentence saying what is wrong with the body."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("add"), list):
+        return "body must be an object with an 'add' list"
+    if not payload["add"]:
+        return "'add' must not be empty"
+    events: list[tuple[str, tuple[int, ...] | None]] = []
+    for event in payload["add"]:
+        if not isinstance(event, dict) or event.get("type") != "phone_call":
+            return "each event must be an object with type 'phone_call'"
+        phone_number = event.get("phone_number")
+        if not isinstance(phone_number, str) or not phone_number:
+            return "phone_number must be a non-empty string"
+        if "users" not in event:
+            events.append((phone_number, None))
+            continue
+        users = event["users"]
+        if not isinstance(users, list) or not all(_is_user_id(user) for user in users):
+            return "users must be a list of user ids"
+        events.append((phone_number, tuple(users)))
+    return events
+
+
+def _is_user_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
