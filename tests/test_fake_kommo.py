@@ -15,9 +15,8 @@ from kommo_callerid.sim.kommo_app import (
     CONTACTS_PATH,
     EVENTS_PATH,
     FakeKommo,
-    demo_dataset,
-    search_by_phone,
 )
+from kommo_callerid.sim.kommo_data import demo_dataset, search_by_phone
 
 
 @pytest.fixture

@@ -14,17 +14,20 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from kommo_callerid.config import CacheConfig, KommoConfig, LookupMode
-from kommo_callerid.kommo import KommoClient, Priority, RateLimiter, Sleep
+from kommo_callerid.kommo import KommoClient
+from kommo_callerid.kommo_limits import Priority, RateLimiter, Sleep
 from kommo_callerid.models import Entity, EntityType, KommoError
 from kommo_callerid.sim.kommo_app import (
     BY_PHONE_PATH,
     CONTACTS_PATH,
     EVENTS_PATH,
     PROBLEM_JSON,
+    FakeKommo,
+)
+from kommo_callerid.sim.kommo_data import (
     FakeCompany,
     FakeContact,
     FakeCustomer,
-    FakeKommo,
     FakeLead,
     KommoDataset,
 )
