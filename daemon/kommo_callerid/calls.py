@@ -232,7 +232,9 @@ class CallTracker:
         extension = channel_extension(event.channel)
         is_second_half = event.channel.startswith("Local/") and event.channel.endswith(";2")
         if is_second_half or not extension or extension in call.rung:
-            return [self._skip(event, SkipReason.DUPLICATE)] if call.number else []
+            if call.number is None:
+                return []
+            return [self._skip(event, SkipReason.DUPLICATE, call.number)]
         call.rung.add(extension)
         if call.number is None:
             call.early_legs.append((extension, event.channel))
@@ -273,5 +275,6 @@ class CallTracker:
         return [self._skip(event, reason)]
 
     @staticmethod
-    def _skip(event: ChannelEvent, reason: SkipReason) -> ChannelSkipped:
-        return ChannelSkipped(event.linkedid, reason, event.caller_num, event.channel, event.exten)
+    def _skip(event: ChannelEvent, reason: SkipReason, number: str = "") -> ChannelSkipped:
+        number = number or event.caller_num
+        return ChannelSkipped(event.linkedid, reason, number, event.channel, event.exten)

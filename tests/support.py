@@ -1,0 +1,53 @@
+"""Shared test helpers: a daemon wired to the fake AMI server and the fake Kommo."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from kommo_callerid.config import Config, from_mapping
+from kommo_callerid.daemon import EXIT_OK, Daemon
+from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
+from kommo_callerid.sim.kommo_app import FakeKommo
+
+
+def make_config(ami: FakeAmiServer, kommo: FakeKommo, **sections: dict[str, Any]) -> Config:
+    data: dict[str, Any] = {
+        "ami": {
+            "port": ami.port,
+            "username": DEMO_USERNAME,
+            "secret": DEMO_SECRET,
+            "reconnect_min": 0.05,
+            "reconnect_max": 0.2,
+        },
+        "kommo": {"base_url": kommo.base_url, "access_token": kommo.token},
+        "notify": {"fallback_after": 0.3},
+        "daemon": {"shutdown_timeout": 2.0},
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return from_mapping(data)
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def running_daemon(config: Config) -> AsyncIterator[Daemon]:
+    """A daemon that is logged in to the fake AMI; stopped (exit 0 asserted) on exit."""
+    daemon = Daemon(config)
+    serving = asyncio.create_task(daemon.serve())
+    try:
+        await wait_for(lambda: daemon.ami_connected or serving.done())
+        yield daemon
+    finally:
+        daemon.stop.set()
+        assert await serving == EXIT_OK
