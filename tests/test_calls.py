@@ -137,17 +137,15 @@ def test_internal_and_outbound_calls_are_skipped() -> None:
     internal = t.feed(event(NEW, "PJSIP/101-1", "5.1", num="101"))
     assert [d.reason for d in internal if isinstance(d, ChannelSkipped)] == [SkipReason.INTERNAL]
     outbound = t.feed(event(NEW, "PJSIP/101-2", "5.2", context="from-internal"))
-    assert [d.reason for d in outbound if isinstance(d, ChannelSkipped)] == [
-        SkipReason.NOT_INBOUND
-    ]
+    assert [d.reason for d in outbound if isinstance(d, ChannelSkipped)] == [SkipReason.NOT_INBOUND]
     assert t.feed(event(NEW, "PJSIP/trunk-3", "5.3", "5.2", context="from-internal")) == []
     assert len(t) == 0
 
 
 def test_context_patterns_are_fnmatch() -> None:
     t = tracker()
-    assert isinstance(t.feed(event(NEW, "DAHDI/1-1", "6.1", context="from-pstn-toheader"))[0],
-                      CallStarted)  # fmt: skip
+    decisions = t.feed(event(NEW, "DAHDI/1-1", "6.1", context="from-pstn-toheader"))
+    assert isinstance(decisions[0], CallStarted)
     assert not t.is_inbound_context("from-trunk-queue")
 
 

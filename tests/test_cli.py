@@ -10,17 +10,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import wait_for
 
 from kommo_callerid.cli import main
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
 from kommo_callerid.sim.scenarios import CallScenarios
 
+from support import wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_config(tmp_path: Path, ami_port: int, kommo: FakeKommo, secret: str = DEMO_SECRET) -> Path:
+def write_config(
+    tmp_path: Path, ami_port: int, kommo: FakeKommo, secret: str = DEMO_SECRET
+) -> Path:
     path = tmp_path / "cfg.toml"
     path.write_text(
         f"""
@@ -124,10 +127,10 @@ def test_bad_command_line_exits_2() -> None:
 async def test_lookup_prints_one_json_object(tmp_path: Path) -> None:
     async with FakeAmiServer() as ami, FakeKommo(demo_dataset()) as kommo:
         config = write_config(tmp_path, ami.port, kommo)
+        command = ["-m", "kommo_callerid", "lookup", "+1 (415) 555-0199", "-c", str(config)]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kommo_callerid", "lookup", "+1 (415) 555-0199", "-c", str(config),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            sys.executable, *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
         stdout, stderr = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 0, stderr.decode()
     result = json.loads(stdout)

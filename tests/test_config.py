@@ -81,7 +81,9 @@ def test_bad_config_names_key_and_file(tmp_path: Path, text: str, message: str) 
 
 def test_loopback_http_is_allowed(tmp_path: Path) -> None:
     for host in ("127.0.0.1:8080", "localhost", "[::1]:9000"):
-        config = load_config(write(tmp_path, MINIMAL.replace("https://acme.kommo.com", f"http://{host}")))
+        config = load_config(
+            write(tmp_path, MINIMAL.replace("https://acme.kommo.com", f"http://{host}"))
+        )
         assert config.kommo.base_url.startswith("http://")
 
 

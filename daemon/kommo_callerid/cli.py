@@ -121,4 +121,3 @@ def _lookup(config: Config, number: str) -> int:
     result = {"number": number, "normalized": normalized, **result}
     print(json.dumps(result, ensure_ascii=False))
     return EXIT_OK if "error" not in result else EXIT_FAILURE
-

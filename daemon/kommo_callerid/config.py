@@ -275,7 +275,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             f"${CONFIG_PATH_ENV}; config.example.toml lists every key."
         ) from None
     except OSError as exc:
-        raise ConfigError(f"The configuration file {path} cannot be read: {exc.strerror}.") from None
+        raise ConfigError(
+            f"The configuration file {path} cannot be read: {exc.strerror}."
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"The configuration file {path} is not valid TOML: {exc}.") from None
 

@@ -200,7 +200,6 @@ class Daemon:
         )
 
 
-
 async def lookup_once(config: Config, number: str) -> dict[str, Any]:
     """One lookup through the daemon's own client (``kommo-callerid lookup``)."""
     async with KommoClient(config.kommo, config.cache) as kommo:

@@ -133,7 +133,10 @@ class CallNotifier:
         self.stats.calls_incoming += 1
         with active.bound():
             log.info(
-                "call.incoming", exten=started.did, channel=started.channel, name=started.caller_name
+                "call.incoming",
+                exten=started.did,
+                channel=started.channel,
+                name=started.caller_name,
             )
             did_users = self._notify.dids.get(started.did, ())
             self._send(active, active.recipients.offer(Recipient.DID, did_users))
@@ -156,9 +159,11 @@ class CallNotifier:
         self.stats.skipped[skipped.reason] += 1
         with bound_contextvars(call_id=skipped.call_id, caller=skipped.number):
             log.info(
-                "call.skipped", reason=str(skipped.reason), channel=skipped.channel,
+                "call.skipped",
+                reason=str(skipped.reason),
+                channel=skipped.channel,
                 exten=skipped.exten,
-            )  # fmt: skip
+            )
 
     async def _lookup(self, active: _ActiveCall) -> None:
         try:

@@ -46,7 +46,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         self.attempt += 1
-        cap = min(self._max, self._min * 2 ** min(self.attempt - 1, 32))
+        cap = min(self._max, self._min * 2.0 ** min(self.attempt - 1, 32))
         return self._min + (cap - self._min) * self._rng()
 
     def reset(self) -> None:
