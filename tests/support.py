@@ -13,7 +13,7 @@ from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiSer
 from kommo_callerid.sim.kommo_app import FakeKommo
 
 
-def make_config(ami: FakeAmiServer, kommo: FakeKommo, **sections: dict[str, Any]) -> Config:
+def make_config(ami: FakeAmiServer, kommo: FakeKommo, /, **sections: dict[str, Any]) -> Config:
     data: dict[str, Any] = {
         "ami": {
             "port": ami.port,
