@@ -17,13 +17,13 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from support import make_config, running_daemon, wait_for  # noqa: E402
+from kommo_callerid.config import LogConfig
+from kommo_callerid.logging import configure_logging
+from kommo_callerid.sim.ami_server import FakeAmiServer
+from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
+from kommo_callerid.sim.scenarios import CallScenarios
 
-from kommo_callerid.logging import configure_logging  # noqa: E402
-from kommo_callerid.config import LogConfig  # noqa: E402
-from kommo_callerid.sim.ami_server import FakeAmiServer  # noqa: E402
-from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset  # noqa: E402
-from kommo_callerid.sim.scenarios import CallScenarios  # noqa: E402
+from support import make_config, running_daemon, wait_for
 
 
 def percentiles(values: list[float]) -> str:
@@ -59,7 +59,9 @@ async def main(calls: int) -> None:
                 await ami.play(call.events)
                 await wait_for(lambda n=number: any(e.phone_number == n for e in kommo.events))
                 await asyncio.sleep(0.005)
-        did = [(e.received_at - sent[e.phone_number]) * 1000 for e in kommo.events if e.users == (7,)]
+        did = [
+            (e.received_at - sent[e.phone_number]) * 1000 for e in kommo.events if e.users == (7,)
+        ]
         rtt = await loopback_rtt(f"{kommo.base_url}/healthz-missing")
     print(f"calls: {calls}")
     print(f"Newchannel -> POST (DID users, ms):   {percentiles(did)}")
