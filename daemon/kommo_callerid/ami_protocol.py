@@ -1,0 +1,233 @@
+"""panoramisk 1.4 bent to one AMI session: :class:`SessionManager` and its protocol.
+
+panoramisk parses the AMI stream and matches responses to actions; that is kept. What it gets
+wrong for a daemon is switched off or replaced here:
+
+- a lost connection arms a timer that calls ``connect()`` again, and ``Manager.close()`` does
+  not cancel it: a closed manager comes back. Here a lost link ends the session; the
+  supervisor owns reconnects (the next session is a new AmiClient);
+- its pinger sends a Ping on a fixed timer and never checks the answer, so a dead link goes
+  unnoticed: off here; the watchdog pings through ``AmiClient.send_action`` with a timeout;
+- a refused login is silent (``authenticated = False``) and tried again after every reconnect:
+  here AmiClient sends the Login and raises :class:`~.models.AmiLoginError`;
+- an event handler that raises propagates into asyncio's ``data_received``, which drops the
+  connection: here a failing handler or an unparsable message is reported, the link stays;
+- it decodes every TCP read on its own with ``errors='ignore'``, so a UTF-8 name split between
+  reads loses letters: here one incremental decoder per connection, and the text is split into
+  messages before any is parsed;
+- on a loss it queues unanswered actions for a ``FullyBooted`` event to re-send, in a task
+  nobody owns: here that callback is removed and a lost link cancels them.
+
+It also checks the banner (a peer that is not AMI is refused), bounds a message's size, and
+never logs an action (a Login carries the secret).
+
+panoramisk's objects are untyped (``Any``). Only :mod:`.ami` touches them, through
+:meth:`SessionManager.submit` and :func:`first_headers`; events leave as ``str`` mappings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from panoramisk.actions import Action
+from panoramisk.ami_protocol import AMIProtocol
+from panoramisk.manager import Manager
+from panoramisk.message import Message
+
+from .config import AmiConfig
+
+__all__ = ["SessionManager", "first_headers"]
+
+BANNER_PREFIX = "Asterisk Call Manager/"
+_MAX_BANNER_CHARS = 256
+_MAX_MESSAGE_CHARS = 1 << 20  # no AMI message is this long: the peer is broken or not AMI
+
+
+def _text(value: Any) -> str:
+    """A header value; panoramisk turns a repeated header into a list: keep the first."""
+    if isinstance(value, list):
+        return str(value[0]) if value else ""
+    return str(value).strip()
+
+
+def first_headers(answer: Any) -> dict[str, str]:
+    """The first response message as a plain dict (a multi-message answer is a list)."""
+    message = answer[0] if isinstance(answer, list) else answer
+    return {str(k): _text(v) for k, v in message.items() if not (k == "content" and not v)}
+
+
+class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
+    """panoramisk's Manager for exactly one connection: no reconnect, no pinger, no re-send."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        config: AmiConfig,
+        on_event: Callable[[Mapping[str, str]], None],
+        on_fault: Callable[[Exception], None],
+        on_lost: Callable[[str], None],
+    ) -> None:
+        # The real endpoint, though only AmiClient connects: were panoramisk's reconnect ever
+        # armed again, it would reach this server (and the tests would see it).
+        super().__init__(loop=loop, host=config.host, port=config.port, encoding="utf-8")
+        # panoramisk registers FullyBooted -> re-send queued actions, in a task nobody owns.
+        self.callbacks.clear()
+        self.patterns.clear()
+        self.banner: asyncio.Future[str] = loop.create_future()
+        self.down: asyncio.Future[None] = loop.create_future()
+        self.last_received_at: float | None = None
+        self._on_event = on_event
+        self._on_fault = on_fault
+        self._on_lost = on_lost
+        self._loss_reason: str | None = None
+
+    def protocol_factory(self) -> _SessionProtocol:
+        return _SessionProtocol(self)
+
+    # panoramisk's connect() leads to its connection_made(), which logs in and arms the
+    # pinger; AmiClient opens the link, logs in and (through send_action) pings itself.
+    def connect(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("AmiClient opens the connection itself")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        # panoramisk would call_later(reconnect_timeout, self.connect) here; a session just ends.
+        if not self.down.done():
+            self.down.set_result(None)
+        self.banner.cancel()
+        self._on_lost(self._loss_reason or _describe_loss(exc))
+
+    def dispatch(self, event: Any) -> None:
+        # A raise here would reach asyncio's data_received and drop the connection.
+        try:
+            self._on_event({str(k).lower(): _text(v) for k, v in event.items()})
+        except Exception as exc:
+            self.fault(exc)
+
+    def fault(self, exc: Exception) -> None:
+        self._on_fault(exc)
+
+    def submit(self, action: Mapping[str, str]) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self.protocol.send(action)
+        return future
+
+    def forget(self, future: asyncio.Future[Any]) -> None:
+        future.cancel()
+        responses = self.protocol.responses if self.protocol else {}
+        for key in [k for k, action in responses.items() if action.future is future]:
+            del responses[key]
+
+    def fail(self, reason: str) -> None:
+        """End the link because of what the server sent."""
+        self._loss_reason = self._loss_reason or reason
+        self.protocol.transport.abort()
+
+    def close(self, *, logoff: bool = False) -> None:
+        if logoff and self.protocol is not None and not self.protocol.closed:
+            self.protocol.send({"Action": "Logoff"})
+        super().close()  # cancels the pinger, closes the transport
+        if self.protocol is None and not self.down.done():
+            self.down.set_result(None)
+
+    async def shut(self, *, logoff: bool, grace: float) -> None:
+        """Close and wait until the transport is gone; abort it if it takes too long."""
+        self.close(logoff=logoff)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.down), grace)
+        except TimeoutError:
+            self.protocol.transport.abort()
+            await asyncio.shield(self.down)
+
+
+def _describe_loss(exc: BaseException | None) -> str:
+    if exc is None:
+        return "connection closed by the server"
+    return f"connection lost: {str(exc) or type(exc).__name__}"
+
+
+class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
+    """panoramisk's protocol with a banner check, incremental UTF-8 and no secret in logs."""
+
+    def __init__(self, manager: SessionManager) -> None:
+        super().__init__()
+        # Set before connection_made: the banner may arrive before create_connection returns.
+        self.factory = manager
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.closed = False
+        self.responses: dict[str, Any] = {}
+        self.version: str | None = None
+        self.encoding = "utf-8"
+        self.log = self.factory.log
+        self.factory.protocol = self
+
+    def send(self, data: Mapping[str, str], as_list: bool | None = None) -> asyncio.Future[Any]:
+        action = Action(dict(data), as_list=as_list)
+        self.responses[action.id] = action
+        # Never logged, unlike panoramisk on a failed write: a Login carries the secret.
+        self.transport.write(str(action).encode("utf-8"))
+        future: asyncio.Future[Any] = action.future
+        return future
+
+    def data_received(self, data: bytes) -> None:
+        self.factory.last_received_at = self.factory.loop.time()
+        self._buffer += self._decoder.decode(data)
+        if self.version is None and not self._take_banner():
+            return
+        *messages, self._buffer = self._buffer.split("\r\n\r\n")
+        for text in messages:
+            try:
+                message = Message.from_line(text.strip())
+                if message is not None:
+                    self.handle_message(message)
+            except Exception as exc:  # one bad message must not end the link
+                self.factory.fault(exc)
+        if len(self._buffer) > _MAX_MESSAGE_CHARS:
+            self.factory.fail("the server sent a message too long to be AMI")
+
+    def _take_banner(self) -> bool:
+        line, newline, rest = self._buffer.partition("\n")
+        if not newline:
+            if len(self._buffer) > _MAX_BANNER_CHARS:
+                self.factory.fail("not an AMI server: no banner")
+            return False
+        line = line.rstrip("\r")
+        if not line.startswith(BANNER_PREFIX):
+            self.factory.fail(f"not an AMI server: it said {line[:60]!r}")
+            return False
+        self.version = line.removeprefix(BANNER_PREFIX).strip()
+        self._buffer = rest
+        if not self.factory.banner.done():
+            self.factory.banner.set_result(self.version)
+        return True
+
+    def handle_message(self, message: Any) -> None:
+        action = self.responses.get(message.id)
+        if action is None and message.action_id:
+            action = self.responses.get(message.action_id)
+        if action is not None:
+            if action.add_message(message):
+                self.factory.forget(action.future)
+        elif "event" in message:
+            if message["event"].lower() == "shutdown":
+                self.factory.fail("Asterisk is shutting down")
+            self.factory.dispatch(message)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.close()
+        self.factory.connection_lost(exc)
+
+    def close(self) -> None:
+        # panoramisk queues unanswered actions here to re-send after a reconnect; a session
+        # has no next connection, so they are cancelled (AmiClient reports the loss).
+        for action in self.responses.values():
+            action.future.cancel()
+        self.responses.clear()
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
