@@ -147,3 +147,17 @@ def test_demo_runs_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "daemon.started" in out and "kommo.notified" in out
     assert "3 inbound calls placed" in out
+
+
+def test_oauth_mode_is_refused_clearly_until_supported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "oauth.toml"
+    cfg.write_text(
+        '[ami]\nsecret = "x"\n[kommo]\nbase_url = "https://acme.kommo.com"\n'
+        'client_id = "id"\nclient_secret = "cs"\nredirect_uri = "https://acme.example/cb"\n'
+    )
+    with pytest.raises(SystemExit) as info:
+        main(["run", "-c", str(cfg)])
+    assert info.value.code == 3
+    assert "access_token" in capsys.readouterr().err

@@ -68,10 +68,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _load(cli_path: str | None) -> Config:
     try:
-        return load_config(resolve_config_path(cli_path))
+        config = load_config(resolve_config_path(cli_path))
     except ConfigError as exc:
         print(f"kommo-callerid: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+    if config.kommo.oauth:
+        print(
+            "kommo-callerid: [kommo] OAuth mode (client_id/client_secret/refresh_token) is not "
+            "supported by this version yet; set access_token to a long-lived token instead.",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_CONFIG)
+    return config
 
 
 def secrets_of(config: Config) -> list[str]:
