@@ -33,7 +33,9 @@ log = structlog.get_logger(__name__)
 
 _CLOSE_GRACE = 2.0  # seconds a closing link may take to flush before it is aborted
 _WARN_EVERY = 1000  # drops and bad events are logged on the 1st, 1001st, ... occurrence
-_KINDS = {kind.value.lower(): kind for kind in ChannelEventKind}
+_KINDS = {
+    kind.value.lower(): kind for kind in ChannelEventKind if kind is not ChannelEventKind.LINK_LOST
+}
 
 T = TypeVar("T")
 
@@ -135,6 +137,14 @@ class AmiClient:
         self._mark_lost("closed by the client")
         if self._link is not None:
             await self._link.shut(logoff=logoff, grace=_CLOSE_GRACE)
+
+    def abort(self, reason: str) -> None:
+        """Drop a link that stopped answering at once: no Logoff, no grace period."""
+        self._closing = True
+        if self._link is not None:
+            self._give_up(self._link, reason)
+        else:
+            self._mark_lost(reason)
 
     async def _open_and_login(self, loop: asyncio.AbstractEventLoop, link: SessionManager) -> str:
         host, port = self._config.host, self._config.port

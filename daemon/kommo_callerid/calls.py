@@ -160,6 +160,8 @@ class CallTracker:
         return self._inbound is not None and self._inbound.fullmatch(context) is not None
 
     def feed(self, event: ChannelEvent) -> list[Decision]:
+        if event.kind is ChannelEventKind.LINK_LOST:
+            return self.forget_all()
         if event.kind is ChannelEventKind.HANGUP:
             return self._hangup(event)
         is_root = event.uniqueid == event.linkedid

@@ -95,7 +95,10 @@ class Daemon:
             ),
             notifier=CallNotifier(kommo, cfg.notify, cfg.calls, call_tasks, loop.time),
             supervisor=AmiSupervisor(
-                cfg.ami, lambda: AmiClient(cfg.ami, queue), on_state=self._ami_state_changed
+                cfg.ami,
+                lambda: AmiClient(cfg.ami, queue),
+                on_state=self._ami_state_changed,
+                on_link_lost=lambda: queue.put(ChannelEvent.link_lost(loop.time())),
             ),
             call_tasks=call_tasks,
         )

@@ -16,6 +16,8 @@ class ChannelEventKind(StrEnum):
     NEWCHANNEL = "Newchannel"
     NEWCALLERID = "NewCallerid"
     HANGUP = "Hangup"
+    #: Not from Asterisk: the supervisor's marker that the AMI link was lost (a gap).
+    LINK_LOST = "LinkLost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,10 @@ class ChannelEvent:
     exten: str
     #: ``loop.time()`` when the event was parsed: the call's clock starts here.
     received_at: float
+
+    @classmethod
+    def link_lost(cls, at: float) -> ChannelEvent:
+        return cls(ChannelEventKind.LINK_LOST, "", "", "", "", "", "", "", at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ own task, so one slow request never holds up another.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,12 +18,15 @@ from typing import Any, Protocol
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from .calls import CallEnded, CallStarted, ChannelSkipped, Decision, LegRinging
+from .calls import CallEnded, CallStarted, ChannelSkipped, Decision, LegRinging, SkipReason
 from .config import CallsConfig, NotifyConfig, Recipient
 from .models import KommoError, LookupResult
 from .recipients import CallRecipients
 
 log = structlog.get_logger(__name__)
+
+#: How many handled call ids are remembered against re-notification after a reconnect.
+SEEN_CALLS = 10_000
 
 
 class KommoPort(Protocol):
@@ -77,7 +80,7 @@ class NotifierStats:
     def as_dict(self) -> dict[str, Any]:
         return {
             "calls_incoming": self.calls_incoming,
-            "calls_skipped": dict(self.skipped),
+            "calls_skipped": {str(reason): n for reason, n in self.skipped.items()},
             "notifications_sent": self.notifications_sent,
             "notifications_failed": self.notifications_failed,
             "notifications_dropped": self.notifications_dropped,
@@ -110,6 +113,8 @@ class CallNotifier:
         self._tasks = tasks
         self._clock = clock
         self._active: dict[str, _ActiveCall] = {}
+        #: Calls already handled, so a call seen again after an AMI reconnect is not re-notified.
+        self._seen: OrderedDict[str, None] = OrderedDict()
         self.stats = NotifierStats()
 
     @property
@@ -128,6 +133,20 @@ class CallNotifier:
                 self._active.pop(decision.call_id, None)
 
     def _call_started(self, started: CallStarted) -> None:
+        if started.call_id in self._seen:
+            self._skipped(
+                ChannelSkipped(
+                    started.call_id,
+                    SkipReason.DUPLICATE,
+                    started.number,
+                    started.channel,
+                    started.did,
+                )
+            )
+            return
+        self._seen[started.call_id] = None
+        if len(self._seen) > SEEN_CALLS:
+            self._seen.popitem(last=False)
         active = _ActiveCall(started, CallRecipients(self._notify))
         self._active[started.call_id] = active
         self.stats.calls_incoming += 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 import structlog
@@ -23,13 +23,17 @@ log = structlog.get_logger(__name__)
 
 #: A session that stayed up this long resets the backoff to ``reconnect_min``.
 STABLE_SESSION = 30.0
+#: Asterisk sends only what the daemon uses; it pays for filtering, not us.
+EVENT_FILTERS = ("Event: Newchannel", "Event: NewCallerid", "Event: Hangup")
 
 
 class AmiLink(Protocol):
     """What the supervisor needs of one AMI session (``ami.AmiClient``)."""
 
     async def connect(self) -> AmiSessionInfo: ...
+    async def send_action(self, action: Mapping[str, str], timeout: float) -> dict[str, str]: ...
     async def wait_closed(self) -> str: ...
+    def abort(self, reason: str) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -60,12 +64,14 @@ class AmiSupervisor:
         link_factory: Callable[[], AmiLink],
         *,
         on_state: Callable[[bool], None] = lambda connected: None,
+        on_link_lost: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._config = config
         self._link_factory = link_factory
         self._on_state = on_state
+        self._on_link_lost = on_link_lost
         self._clock = clock
         self._sleep = sleep
         self._backoff = Backoff(config.reconnect_min, config.reconnect_max)
@@ -113,13 +119,59 @@ class AmiSupervisor:
             return f"connect failed: {exc or type(exc).__name__}"
         started = self._now()
         self.ever_connected = True
-        self._set_connected(True)
         log.info("ami.connected", host=info.host, port=info.port, ami_version=info.ami_version)
-        reason = await link.wait_closed()
+        try:
+            await self._subscribe(link)
+            self._set_connected(True)
+            reason = await self._watch(link)
+        except AmiConnectionError as exc:
+            reason = str(exc)
         log.warning("ami.disconnected", reason=reason)
+        if self._on_link_lost is not None:
+            await self._on_link_lost()  # state from before the gap is not trusted
         if self._now() - started >= STABLE_SESSION:
             self._backoff.reset()
         return reason
+
+    async def _subscribe(self, link: AmiLink) -> None:
+        """Only the call class, and only the events the daemon uses (per session: re-sent)."""
+        timeout = self._config.ping_timeout
+        await link.send_action({"Action": "Events", "EventMask": "call"}, timeout)
+        for expression in EVENT_FILTERS:
+            action = {"Action": "Filter", "Operation": "Add", "Filter": expression}
+            answer = await link.send_action(action, timeout)
+            if answer.get("Response", "").lower() != "success":
+                log.warning(
+                    "ami.filter_refused",
+                    message=answer.get("Message", ""),
+                    hint="give the AMI user write = system; events are filtered here instead",
+                )
+                return
+
+    async def _watch(self, link: AmiLink) -> str:
+        """Wait for the link to close, pinging it; a Ping unanswered in time kills it."""
+        pinger = asyncio.create_task(self._ping_until_silent(link), name="ami-ping")
+        closed = asyncio.create_task(link.wait_closed(), name="ami-wait-closed")
+        try:
+            done, _ = await asyncio.wait({pinger, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pinger, closed):
+                task.cancel()
+            await asyncio.gather(pinger, closed, return_exceptions=True)
+        if closed in done:
+            return closed.result()
+        reason = pinger.result()
+        link.abort(reason)
+        return reason
+
+    async def _ping_until_silent(self, link: AmiLink) -> str:
+        interval, timeout = self._config.ping_interval, self._config.ping_timeout
+        while True:
+            await self._sleep(interval)
+            try:
+                await link.send_action({"Action": "Ping"}, timeout)
+            except TimeoutError:
+                return f"no answer to Ping within {timeout:g} s"
 
     def _set_connected(self, connected: bool) -> None:
         if connected != self.connected:
