@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from kommo_callerid.ami import AmiClient
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, AmiUser, FakeAmiServer
 from kommo_callerid.sim.kommo_app import EVENTS_PATH, FakeKommo, demo_dataset
 from kommo_callerid.sim.scenarios import CallScenarios
-from kommo_callerid.supervisor import EVENT_FILTERS, Backoff
+from kommo_callerid.supervisor import EVENT_FILTERS, AmiSupervisor, Backoff
 
 from support import make_config, running_daemon, wait_for
 
@@ -199,3 +200,19 @@ async def test_sigterm_lets_in_flight_notifications_finish_and_talks_to_systemd(
     joined = "\n".join(messages)
     for state in ("READY=1", "STATUS=", "WATCHDOG=1", "STOPPING=1"):
         assert state in joined, (state, messages)
+
+
+async def test_a_user_without_the_call_class_is_reported(kommo: FakeKommo) -> None:
+    user = AmiUser(DEMO_SECRET, read=frozenset({"system"}))  # logs in, sees no call events
+    async with FakeAmiServer(users={DEMO_USERNAME: user}) as ami:
+        config = make_config(ami, kommo)
+        link_factory = lambda: AmiClient(config.ami, asyncio.Queue())  # noqa: E731
+        supervisor = AmiSupervisor(config.ami, link_factory, silence_warning_after=0.2)
+        with capture_logs() as logs:
+            task = asyncio.create_task(supervisor.run())
+            await wait_for(lambda: any(x["event"] == "ami.no_call_events" for x in logs))
+            await ami.play(CallScenarios().inbound("18305803077").events)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    warning = next(x for x in logs if x["event"] == "ami.no_call_events")
+    assert "read = call" in warning["hint"]

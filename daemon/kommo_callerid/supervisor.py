@@ -23,6 +23,8 @@ log = structlog.get_logger(__name__)
 
 #: A session that stayed up this long resets the backoff to ``reconnect_min``.
 STABLE_SESSION = 30.0
+#: A session this old that has seen no call event suggests an AMI user without ``read = call``.
+SILENCE_WARNING_AFTER = 600.0
 #: Asterisk sends only what the daemon uses; it pays for filtering, not us.
 EVENT_FILTERS = ("Event: Newchannel", "Event: NewCallerid", "Event: Hangup")
 
@@ -34,6 +36,8 @@ class AmiLink(Protocol):
     async def send_action(self, action: Mapping[str, str], timeout: float) -> dict[str, str]: ...
     async def wait_closed(self) -> str: ...
     def abort(self, reason: str) -> None: ...
+    @property
+    def events_received(self) -> int: ...
     async def close(self) -> None: ...
 
 
@@ -67,6 +71,7 @@ class AmiSupervisor:
         on_link_lost: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        silence_warning_after: float = SILENCE_WARNING_AFTER,
     ) -> None:
         self._config = config
         self._link_factory = link_factory
@@ -74,6 +79,7 @@ class AmiSupervisor:
         self._on_link_lost = on_link_lost
         self._clock = clock
         self._sleep = sleep
+        self._silence_warning_after = silence_warning_after
         self._backoff = Backoff(config.reconnect_min, config.reconnect_max)
         self.ever_connected = False
         self.connected = False
@@ -152,17 +158,28 @@ class AmiSupervisor:
         """Wait for the link to close, pinging it; a Ping unanswered in time kills it."""
         pinger = asyncio.create_task(self._ping_until_silent(link), name="ami-ping")
         closed = asyncio.create_task(link.wait_closed(), name="ami-wait-closed")
+        silence = asyncio.create_task(self._warn_if_no_calls(link), name="ami-silence")
         try:
             done, _ = await asyncio.wait({pinger, closed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (pinger, closed):
+            for task in (pinger, closed, silence):
                 task.cancel()
-            await asyncio.gather(pinger, closed, return_exceptions=True)
+            await asyncio.gather(pinger, closed, silence, return_exceptions=True)
         if closed in done:
             return closed.result()
         reason = pinger.result()
         link.abort(reason)
         return reason
+
+    async def _warn_if_no_calls(self, link: AmiLink) -> None:
+        """AMI cannot tell a user its read classes; a long silence is the only symptom."""
+        await self._sleep(self._silence_warning_after)
+        if link.events_received == 0:
+            log.warning(
+                "ami.no_call_events",
+                minutes=round(self._silence_warning_after / 60, 1),
+                hint="if calls were made, the AMI user lacks read = call in manager.conf",
+            )
 
     async def _ping_until_silent(self, link: AmiLink) -> str:
         interval, timeout = self._config.ping_interval, self._config.ping_timeout
