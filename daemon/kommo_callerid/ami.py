@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import structlog
 
-from .ami_protocol import SessionManager, first_headers
+from .ami_protocol import MAX_MESSAGE_BYTES, Discard, SessionManager, first_headers
 from .config import AmiConfig
 from .models import (
     AmiConnectionError,
@@ -46,6 +46,8 @@ class AmiCounters:
     delivered: int = 0  # put on the queue
     dropped: int = 0  # lost because the queue was full
     invalid: int = 0  # unusable (no Uniqueid) or failed to convert
+    oversized: int = 0  # messages longer than MAX_MESSAGE_BYTES, skipped to the next blank line
+    garbage: int = 0  # messages with neither an Event nor a Response header
 
 
 class AmiClient:
@@ -95,7 +97,12 @@ class AmiClient:
         self._started = True
         loop = asyncio.get_running_loop()
         self._link = link = SessionManager(
-            loop, self._config, self._on_event, self._on_fault, self._mark_lost
+            loop,
+            self._config,
+            self._on_event,
+            self._on_fault,
+            self._mark_lost,
+            on_discard=self._on_discard,
         )
         timeout = self._config.connect_timeout
         try:
@@ -236,6 +243,12 @@ class AmiClient:
     def _on_fault(self, exc: Exception) -> None:
         # Only the type: the message may quote a raw event, and those stay in the AMI layer.
         self._count_invalid(f"handler failed: {type(exc).__name__}")
+
+    def _on_discard(self, why: Discard) -> None:
+        count: int = getattr(self._counters, why) + 1  # each Discard names its counter
+        setattr(self._counters, why, count)
+        if count % _WARN_EVERY == 1:
+            log.warning("ami.input_discarded", reason=why, count=count, limit=MAX_MESSAGE_BYTES)
 
     def _count_invalid(self, why: str) -> None:
         self._counters.invalid += 1

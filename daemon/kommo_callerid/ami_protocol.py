@@ -13,13 +13,17 @@ wrong for a daemon is switched off or replaced here:
 - an event handler that raises propagates into asyncio's ``data_received``, which drops the
   connection: here a failing handler or an unparsable message is reported, the link stays;
 - it decodes every TCP read on its own with ``errors='ignore'``, so a UTF-8 name split between
-  reads loses letters: here one incremental decoder per connection, and the text is split into
-  messages before any is parsed;
+  reads loses letters and a Latin-1 name loses its accents: here the bytes are split into
+  messages at the blank line first, then each message is decoded as UTF-8, and when it is
+  not UTF-8 each line that is not is read as Latin-1 (which decodes any bytes);
+- its buffer grows without end until a blank line comes: here it holds at most
+  :data:`MAX_MESSAGE_BYTES`; a longer message is skipped up to the next blank line, and
+  counted, as is text that is no AMI message;
 - on a loss it queues unanswered actions for a ``FullyBooted`` event to re-send, in a task
   nobody owns: here that callback is removed and a lost link cancels them.
 
-It also checks the banner (a peer that is not AMI is refused), bounds a message's size, and
-never logs an action (a Login carries the secret).
+It also checks the banner (a peer that is not AMI is refused) and never logs an action (a Login
+carries the secret).
 
 panoramisk's objects are untyped (``Any``). Only :mod:`.ami` touches them, through
 :meth:`SessionManager.submit` and :func:`first_headers`; events leave as ``str`` mappings.
@@ -28,9 +32,8 @@ panoramisk's objects are untyped (``Any``). Only :mod:`.ami` touches them, throu
 from __future__ import annotations
 
 import asyncio
-import codecs
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
@@ -39,11 +42,17 @@ from panoramisk.message import Message
 
 from .config import AmiConfig
 
-__all__ = ["SessionManager", "first_headers"]
+__all__ = ["MAX_MESSAGE_BYTES", "Discard", "SessionManager", "first_headers"]
 
-BANNER_PREFIX = "Asterisk Call Manager/"
-_MAX_BANNER_CHARS = 256
-_MAX_MESSAGE_CHARS = 1 << 20  # no AMI message is this long: the peer is broken or not AMI
+BANNER_PREFIX = b"Asterisk Call Manager/"
+_MAX_BANNER_BYTES = 256
+#: The reader never buffers more. AMI messages are a few hundred bytes; a longer one (with its
+#: blank line) is skipped: the peer is broken or not AMI, and it must not exhaust memory.
+MAX_MESSAGE_BYTES = 64 * 1024
+_END = b"\r\n\r\n"  # a message ends with a blank line
+
+#: Why input was thrown away: a message over MAX_MESSAGE_BYTES, or text that is no AMI message.
+Discard = Literal["oversized", "garbage"]
 
 
 def _text(value: Any) -> str:
@@ -69,6 +78,8 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
         on_event: Callable[[Mapping[str, str]], None],
         on_fault: Callable[[Exception], None],
         on_lost: Callable[[str], None],
+        *,
+        on_discard: Callable[[Discard], None],
     ) -> None:
         # The real endpoint, though only AmiClient connects: were panoramisk's reconnect ever
         # armed again, it would reach this server (and the tests would see it).
@@ -82,6 +93,7 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
         self._on_event = on_event
         self._on_fault = on_fault
         self._on_lost = on_lost
+        self._on_discard = on_discard
         self._loss_reason: str | None = None
 
     def protocol_factory(self) -> _SessionProtocol:
@@ -108,6 +120,9 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
 
     def fault(self, exc: Exception) -> None:
         self._on_fault(exc)
+
+    def discard(self, why: Discard) -> None:
+        self._on_discard(why)
 
     def submit(self, action: Mapping[str, str]) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self.protocol.send(action)
@@ -148,14 +163,16 @@ def _describe_loss(exc: BaseException | None) -> str:
 
 
 class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
-    """panoramisk's protocol with a banner check, incremental UTF-8 and no secret in logs."""
+    """panoramisk's protocol with a banner check, a bounded byte buffer and no secret in logs."""
 
     def __init__(self, manager: SessionManager) -> None:
         super().__init__()
         # Set before connection_made: the banner may arrive before create_connection returns.
         self.factory = manager
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buffer = ""
+        self._buffer = bytearray()  # never longer than MAX_MESSAGE_BYTES
+        self._scanned = 0  # the buffer holds no message end before this offset
+        self._skipping = False  # inside an oversized message: drop up to the next blank line
+        self.max_buffered = 0  # high-water mark of the buffer, for tests and diagnostics
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -176,31 +193,66 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
 
     def data_received(self, data: bytes) -> None:
         self.factory.last_received_at = self.factory.loop.time()
-        self._buffer += self._decoder.decode(data)
-        if self.version is None and not self._take_banner():
+        rest = memoryview(data)
+        while rest:  # only as much as fits: the buffer never exceeds MAX_MESSAGE_BYTES
+            room = MAX_MESSAGE_BYTES - len(self._buffer)
+            if room <= 0:  # full and no message end in it
+                self._skip_oversized()
+                continue
+            self._buffer += rest[:room]
+            rest = rest[room:]
+            self.max_buffered = max(self.max_buffered, len(self._buffer))
+            if self.version is None and not self._take_banner():
+                return
+            self._take_messages()
+
+    def _take_messages(self) -> None:
+        buffer, start = self._buffer, 0
+        while (end := buffer.find(_END, max(start, self._scanned))) >= 0:
+            raw = buffer[start:end]
+            start = end + len(_END)
+            if self._skipping:  # the tail of an oversized message: reading resumes after it
+                self._skipping = False
+            else:
+                self._parse(raw)
+        del buffer[:start]
+        self._scanned = max(0, len(buffer) - len(_END) + 1)
+
+    def _skip_oversized(self) -> None:
+        if not self._skipping:
+            self._skipping = True
+            self.factory.discard("oversized")
+        # Keep what may be the start of the blank line that ends the message.
+        del self._buffer[: -(len(_END) - 1)]
+        self._scanned = 0
+
+    def _parse(self, raw: bytearray) -> None:
+        text = _decode(raw).strip()  # strip: Asterisk may send an extra CRLF between messages
+        if not text:
             return
-        *messages, self._buffer = self._buffer.split("\r\n\r\n")
-        for text in messages:
-            try:
-                message = Message.from_line(text.strip())
-                if message is not None:
-                    self.handle_message(message)
-            except Exception as exc:  # one bad message must not end the link
-                self.factory.fault(exc)
-        if len(self._buffer) > _MAX_MESSAGE_CHARS:
-            self.factory.fail("the server sent a message too long to be AMI")
+        try:
+            message = Message.from_line(text)
+        except Exception:  # panoramisk choked on it: as good as garbage
+            message = None
+        if message is None:  # neither an Event nor a Response header
+            self.factory.discard("garbage")
+            return
+        try:
+            self.handle_message(message)
+        except Exception as exc:  # one bad message must not end the link
+            self.factory.fault(exc)
 
     def _take_banner(self) -> bool:
-        line, newline, rest = self._buffer.partition("\n")
+        line, newline, rest = self._buffer.partition(b"\n")
         if not newline:
-            if len(self._buffer) > _MAX_BANNER_CHARS:
+            if len(self._buffer) > _MAX_BANNER_BYTES:
                 self.factory.fail("not an AMI server: no banner")
             return False
-        line = line.rstrip("\r")
+        line = line.rstrip(b"\r")
         if not line.startswith(BANNER_PREFIX):
-            self.factory.fail(f"not an AMI server: it said {line[:60]!r}")
+            self.factory.fail(f"not an AMI server: it said {_decode(line[:60])!r}")
             return False
-        self.version = line.removeprefix(BANNER_PREFIX).strip()
+        self.version = _decode(line.removeprefix(BANNER_PREFIX)).strip()
         self._buffer = rest
         if not self.factory.banner.done():
             self.factory.banner.set_result(self.version)
@@ -231,3 +283,18 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
         if not self.closed:
             self.closed = True
             self.transport.close()
+
+
+def _decode(raw: bytes | bytearray) -> str:
+    """UTF-8, as Asterisk sends; else line by line, a line that is not UTF-8 as Latin-1.
+
+    Latin-1 comes from an old PBX or a SIP peer sending ISO-8859-1, usually in one header: the
+    other lines, say a UTF-8 ConnectedLineName, keep their letters.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        lines = raw.split(b"\r\n")
+        if len(lines) == 1:
+            return raw.decode("latin-1")  # never fails: every byte is a Latin-1 character
+        return "\r\n".join(map(_decode, lines))
