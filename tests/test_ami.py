@@ -288,7 +288,7 @@ async def test_malformed_events_never_break_the_link(
         (ChannelEventKind.HANGUP, "1.1"),
         (ChannelEventKind.NEWCHANNEL, "2.1"),
     ]
-    assert events[1].caller_name == "\ufffd\ufffd name"
+    assert events[1].caller_name == "ÿþ name"
     assert client.counters.invalid == 2  # the two without a Uniqueid
     assert client.connected
 

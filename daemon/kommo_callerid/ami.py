@@ -81,6 +81,11 @@ class AmiClient:
         return replace(self._counters)
 
     @property
+    def events_received(self) -> int:
+        """Newchannel, NewCallerid and Hangup events read in this session."""
+        return self._counters.received
+
+    @property
     def connected(self) -> bool:
         """Logged in and the link is up."""
         return self._logged_in and self._lost is not None and not self._lost.done()
