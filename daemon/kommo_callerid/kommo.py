@@ -34,7 +34,7 @@ from kommo_callerid.kommo_parse import (
     parse_by_phone,
     parse_contacts,
 )
-from kommo_callerid.models import Entity, KommoError, LookupResult
+from kommo_callerid.models import Entity, KommoError, LatencyHistogram, LookupResult
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +58,8 @@ class KommoStats:
     cache_hits: int = 0
     notifications_sent: int = 0
     notifications_failed: int = 0
+    #: Seconds per lookup as the caller saw it (cache hits included).
+    lookup_seconds: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 class TokenProvider(Protocol):
@@ -145,6 +147,7 @@ class KommoClient:
                 self.stats.lookups_failed += 1
                 raise
             result = replace(found, number=number, ms=self._ms_since(started))
+        self.stats.lookup_seconds.observe(result.ms / 1000)
         _log_lookup(result)
         return result
 

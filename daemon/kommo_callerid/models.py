@@ -101,3 +101,37 @@ class AmiLoginError(Exception):
 
 class AmiConnectionError(Exception):
     """The AMI link could not be opened or was lost before the login finished."""
+
+
+#: Upper bounds (seconds) of the latency histograms: from a cache hit to a slow Kommo.
+LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class LatencyHistogram:
+    """A fixed-bucket histogram of seconds: cheap to observe, read by /metrics at scrape time.
+
+    Kept dependency-free so the modules that observe latencies need no metrics library.
+    """
+
+    __slots__ = ("buckets", "count", "counts", "sum")
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        #: Observations per bucket (not cumulative); the last slot is +Inf.
+        self.counts = [0] * (len(buckets) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        index = next((i for i, bound in enumerate(self.buckets) if seconds <= bound), -1)
+        self.counts[index] += 1
+        self.count += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations at or below it) pairs ending with (+inf, count)."""
+        pairs, running = [], 0
+        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            running += n
+            pairs.append((bound, running))
+        return pairs

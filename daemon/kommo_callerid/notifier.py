@@ -20,7 +20,7 @@ from structlog.contextvars import bound_contextvars
 
 from .calls import CallEnded, CallStarted, ChannelSkipped, Decision, LegRinging, SkipReason
 from .config import CallsConfig, NotifyConfig, Recipient
-from .models import KommoError, LookupResult
+from .models import KommoError, LatencyHistogram, LookupResult
 from .recipients import CallRecipients
 
 log = structlog.get_logger(__name__)
@@ -74,8 +74,15 @@ class NotifierStats:
     skipped: Counter[str] = field(default_factory=Counter)
     notifications_sent: int = 0
     notifications_failed: int = 0
-    notifications_dropped: int = 0
+    #: Notifications given up, by reason: "ttl" (too late to be useful) or "rejected" (4xx).
+    dropped: Counter[str] = field(default_factory=Counter)
     lookups_failed: int = 0
+    #: Seconds from the call's Newchannel to Kommo accepting a notification for it.
+    notify_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    @property
+    def notifications_dropped(self) -> int:
+        return sum(self.dropped.values())
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +91,7 @@ class NotifierStats:
             "notifications_sent": self.notifications_sent,
             "notifications_failed": self.notifications_failed,
             "notifications_dropped": self.notifications_dropped,
+            "notifications_dropped_by_reason": dict(self.dropped),
             "lookups_failed": self.lookups_failed,
         }
 
@@ -212,10 +220,11 @@ class CallNotifier:
     async def _deliver(self, active: _ActiveCall, users: tuple[int, ...] | None) -> None:
         user_list = list(users) if users is not None else None
         if self._clock() - active.call.started_at > self._ttl:
-            self.stats.notifications_dropped += 1
+            self.stats.dropped["ttl"] += 1
             log.warning("kommo.notify_dropped", reason="ttl", users=user_list)
             return
         if await self._kommo.notify(active.call.number, users):
             self.stats.notifications_sent += 1
+            self.stats.notify_latency.observe(self._clock() - active.call.started_at)
         else:
             self.stats.notifications_failed += 1
