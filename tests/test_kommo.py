@@ -605,3 +605,8 @@ async def test_limiter_serves_notifications_first_and_survives_cancellation() ->
     release.set()
     await asyncio.gather(*holders, *lookups, notification, return_exceptions=True)
     assert served == ["notify", "lookup-1", "lookup-2"]
+
+
+async def test_account_names_the_token_owner(client: KommoClient) -> None:
+    account = await client.account()
+    assert (account.id, account.name, account.subdomain) == (31_415_926, "Demo account", "demo")

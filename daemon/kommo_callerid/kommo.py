@@ -31,10 +31,11 @@ from kommo_callerid.kommo_parse import (
     BadShape,
     Response,
     error_detail,
+    parse_account,
     parse_by_phone,
     parse_contacts,
 )
-from kommo_callerid.models import Entity, KommoError, LatencyHistogram, LookupResult
+from kommo_callerid.models import AccountInfo, Entity, KommoError, LatencyHistogram, LookupResult
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +43,7 @@ log = structlog.get_logger(__name__)
 BY_PHONE_PATH = "/api/v2/search/by_phone"
 CONTACTS_PATH = "/api/v4/contacts"
 EVENTS_PATH = "/api/v2/events"
+ACCOUNT_PATH = "/api/v4/account"
 #: Kommo's answers are small; anything bigger is not an answer we can use.
 MAX_BODY_BYTES = 1 << 20
 #: What by_phone answers on accounts that do not have the v2 telephony search.
@@ -170,6 +172,18 @@ class KommoClient:
         recipients = list(users) if users is not None else None
         log.info("kommo.notified", users=recipients, ms=self._ms_since(started), attempt=1)
         return True
+
+    async def account(self) -> AccountInfo:
+        """The account the token belongs to; raises :class:`KommoError` (already logged)."""
+        response = await self._request("GET", ACCOUNT_PATH)
+        data = self._decode(response)
+        if data is None:
+            raise self._failure(response.status, ACCOUNT_PATH, "empty answer")
+        try:
+            return parse_account(data)
+        except BadShape as exc:
+            detail = f"unexpected answer: {exc}"
+            raise self._failure(response.status, ACCOUNT_PATH, detail) from None
 
     async def _shared_fetch(self, key: str) -> LookupResult:
         task = self._inflight.get(key)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from kommo_callerid.models import Entity, EntityType
+from kommo_callerid.models import AccountInfo, Entity, EntityType
 
 #: The longest error detail taken from an answer or an exception.
 DETAIL_CHARS = 200
@@ -136,3 +136,18 @@ def _positive_int(raw: Any) -> int | None:
     if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
         return raw
     return None
+
+
+def parse_account(data: Any) -> AccountInfo:
+    """GET /api/v4/account: the account's id, name and subdomain."""
+    if not isinstance(data, dict):
+        raise BadShape("the account is not an object")
+    account_id = data.get("id")
+    if not isinstance(account_id, int) or isinstance(account_id, bool):
+        raise BadShape("the account has no numeric id")
+    name, subdomain = data.get("name"), data.get("subdomain")
+    return AccountInfo(
+        id=account_id,
+        name=name if isinstance(name, str) else "",
+        subdomain=subdomain if isinstance(subdomain, str) else "",
+    )

@@ -85,6 +85,15 @@ class LookupResult:
         return self.entity.responsible_user_id if self.entity else None
 
 
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    """Who the Kommo token belongs to (GET /api/v4/account)."""
+
+    id: int
+    name: str
+    subdomain: str
+
+
 class KommoError(Exception):
     """A Kommo request that did not give a usable answer (already logged as kommo.error)."""
 
