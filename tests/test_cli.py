@@ -149,15 +149,15 @@ def test_demo_runs_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert "3 inbound calls placed" in out
 
 
-def test_oauth_mode_is_refused_clearly_until_supported(
+def test_oauth_without_any_token_exits_3_and_says_how_to_authorise(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = tmp_path / "oauth.toml"
     cfg.write_text(
         '[ami]\nsecret = "x"\n[kommo]\nbase_url = "https://acme.kommo.com"\n'
         'client_id = "id"\nclient_secret = "cs"\nredirect_uri = "https://acme.example/cb"\n'
+        f'token_file = "{tmp_path / "tokens.json"}"\n'
     )
-    with pytest.raises(SystemExit) as info:
-        main(["run", "-c", str(cfg)])
-    assert info.value.code == 3
-    assert "access_token" in capsys.readouterr().err
+    assert main(["run", "-c", str(cfg)]) == 3
+    out = capsys.readouterr().out
+    assert "kommo.error" in out and "kommo-callerid authorize" in out

@@ -114,7 +114,8 @@ async def test_fallback_waits_for_ringing_legs_then_notifies_everyone_once(
 
 
 async def test_kommo_errors_do_not_stop_the_daemon(ami: FakeAmiServer, kommo: FakeKommo) -> None:
-    kommo.fail_next(BY_PHONE_PATH, 500, "<html>oops</html>", content_type="text/html")
+    # 400 is not retried: the lookup fails, so the call falls back to everyone.
+    kommo.fail_next(BY_PHONE_PATH, 400, "<html>oops</html>", content_type="text/html")
     scenarios = CallScenarios()
     config = make_config(ami, kommo, notify={"to": ["responsible"]})
     with capture_logs() as logs:

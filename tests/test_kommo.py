@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from kommo_callerid.config import CacheConfig, KommoConfig, LookupMode
 from kommo_callerid.kommo import KommoClient
 from kommo_callerid.kommo_limits import Priority, RateLimiter, Sleep
-from kommo_callerid.models import Entity, EntityType, KommoError
+from kommo_callerid.models import Entity, EntityType, KommoError, NotifyOutcome
 from kommo_callerid.sim.kommo_app import (
     BY_PHONE_PATH,
     CONTACTS_PATH,
@@ -301,7 +301,7 @@ async def test_cache_is_bounded_and_evicts_least_recently_used(fake: FakeKommo) 
 
 
 async def test_failed_lookup_is_not_cached(fake: FakeKommo, client: KommoClient) -> None:
-    fake.fail_next(BY_PHONE_PATH, 500, "<html><b>oops</b></html>", content_type="text/html")
+    fake.fail_next(BY_PHONE_PATH, 400, "<html><b>oops</b></html>", content_type="text/html")
     with pytest.raises(KommoError):
         await client.lookup(JOHN)
     result = await client.lookup(JOHN)
@@ -340,7 +340,7 @@ async def test_cancelling_one_waiter_keeps_the_shared_request(
 
 async def test_a_shared_failure_reaches_every_waiter(fake: FakeKommo, client: KommoClient) -> None:
     fake.set_delay(BY_PHONE_PATH, 0.05)
-    fake.fail_next(BY_PHONE_PATH, 502, "bad gateway")
+    fake.fail_next(BY_PHONE_PATH, 400, "bad request")
     outcomes = await asyncio.gather(
         *(client.lookup(JOHN) for _ in range(3)), return_exceptions=True
     )
@@ -354,7 +354,7 @@ async def test_a_failure_nobody_waits_for_is_not_an_unretrieved_exception(
     loop_errors: list[dict[str, Any]] = []
     asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
     fake.set_delay(BY_PHONE_PATH, 0.05)
-    fake.fail_next(BY_PHONE_PATH, 500, "boom")
+    fake.fail_next(BY_PHONE_PATH, 400, "boom")
     waiters = [asyncio.create_task(client.lookup(JOHN)) for _ in range(2)]
     await asyncio.sleep(0.01)
     for waiter in waiters:
@@ -384,11 +384,11 @@ async def test_close_cancels_a_lookup_in_flight(fake: FakeKommo) -> None:
 @pytest.mark.parametrize(
     "answer",
     [
-        (500, "<html><body>Internal error</body></html>", "text/html", "HTTP 500 (text/html)"),
+        (400, "<html><body>Bad request</body></html>", "text/html", "HTTP 400 (text/html)"),
         (200, "<html>login</html>", "text/html", "unexpected content type text/html"),
         (200, '{"_embedded": {"items": [', "application/json", "invalid JSON"),
-        (403, json.dumps({"title": "Forbidden", "detail": "Account is blocked", "status": 403}),
-         PROBLEM_JSON, "Account is blocked"),
+        (402, json.dumps({"title": "Payment Required", "detail": "Account is not paid",
+                          "status": 402}), PROBLEM_JSON, "Account is not paid"),
         (401, json.dumps({"title": "Unauthorized", "status": 401}), PROBLEM_JSON, "Unauthorized"),
         (200, "[]", "application/json", "unexpected answer: no _embedded.items list"),
         (200, '{"_embedded": {"items": [{"id": "x", "type": 1}]}}', "application/json",
@@ -430,7 +430,7 @@ async def test_timeout_is_a_kommo_error(fake: FakeKommo) -> None:
         with capture_logs() as logs, pytest.raises(KommoError) as raised:
             await kommo.lookup(JOHN)
     assert raised.value.status is None
-    assert raised.value.detail == "no answer within 0.05 s"
+    assert raised.value.detail == "gave up: no answer within 0.05 s"
     assert events(logs, "kommo.error")[0]["status"] is None
     assert kommo.stats.requests[BY_PHONE_PATH, None] == 1
 
@@ -441,10 +441,10 @@ async def test_connection_refused_is_a_kommo_error() -> None:
         closed_port = probe.getsockname()[1]
     async with make_client(f"http://127.0.0.1:{closed_port}") as kommo:
         with pytest.raises(KommoError) as raised:
-            await kommo.lookup(JOHN)
-        assert await kommo.notify(JOHN, None) is False
+            await kommo.lookup(JOHN, within=0.2)
+        assert await kommo.notify(JOHN, None, within=0.2) is NotifyOutcome.DROPPED_TTL
     assert raised.value.status is None
-    assert raised.value.detail.startswith("ClientConnectorError")
+    assert raised.value.detail.startswith("gave up: ClientConnectorError")
 
 
 async def test_no_token_ever_reaches_the_logs(fake: FakeKommo) -> None:
@@ -452,14 +452,14 @@ async def test_no_token_ever_reaches_the_logs(fake: FakeKommo) -> None:
     with capture_logs() as logs:
         async with make_client(fake.base_url) as kommo:
             await kommo.lookup(JOHN)
-            await kommo.notify(JOHN, [1])
-            fake.fail_next(BY_PHONE_PATH, 500, "<html/>", content_type="text/html")
+            await kommo.notify(JOHN, [1], within=5)
+            fake.fail_next(BY_PHONE_PATH, 400, "<html/>", content_type="text/html")
             with pytest.raises(KommoError):
                 await kommo.lookup(UNKNOWN)
         async with make_client(fake.base_url, token=wrong) as bad:
             with pytest.raises(KommoError) as raised:
                 await bad.lookup(JOHN)
-            assert await bad.notify(JOHN, None) is False
+            assert await bad.notify(JOHN, None, within=5) is NotifyOutcome.REJECTED
     assert raised.value.status == 401
     text = repr(logs)
     assert len(events(logs, "kommo.error")) == 3
@@ -472,7 +472,7 @@ async def test_no_token_ever_reaches_the_logs(fake: FakeKommo) -> None:
 
 async def test_notify_named_users(fake: FakeKommo, client: KommoClient) -> None:
     with capture_logs() as logs:
-        assert await client.notify(JOHN, (8375357, 8320148)) is True
+        assert await client.notify(JOHN, (8375357, 8320148), within=5) is NotifyOutcome.SENT
     [event] = fake.events
     assert (event.phone_number, event.users) == (JOHN, (8375357, 8320148))
     [line] = events(logs, "kommo.notified")
@@ -483,7 +483,7 @@ async def test_notify_named_users(fake: FakeKommo, client: KommoClient) -> None:
 
 async def test_notify_everyone_omits_users(fake: FakeKommo, client: KommoClient) -> None:
     with capture_logs() as logs:
-        assert await client.notify(JOHN, None) is True
+        assert await client.notify(JOHN, None, within=5) is NotifyOutcome.SENT
     # the fake rejects "users": null, so a recorded None means the key was left out
     assert [event.users for event in fake.events] == [None]
     assert events(logs, "kommo.notified")[0]["users"] is None
@@ -494,14 +494,16 @@ async def test_notify_accepts_any_2xx_without_a_body(
     fake: FakeKommo, client: KommoClient, status: int
 ) -> None:
     fake.fail_next(EVENTS_PATH, status, b"")
-    assert await client.notify(JOHN, [1]) is True
+    assert await client.notify(JOHN, [1], within=5) is NotifyOutcome.SENT
 
 
-async def test_notify_failure_returns_false_and_logs(fake: FakeKommo, client: KommoClient) -> None:
+async def test_notify_rejected_is_not_retried_and_logged(
+    fake: FakeKommo, client: KommoClient
+) -> None:
     problem = json.dumps({"title": "Bad Request", "detail": "users: unknown user", "status": 400})
     fake.fail_next(EVENTS_PATH, 400, problem, content_type=PROBLEM_JSON)
     with capture_logs() as logs:
-        assert await client.notify(JOHN, [999]) is False
+        assert await client.notify(JOHN, [999], within=5) is NotifyOutcome.REJECTED
     [line] = events(logs, "kommo.error")
     assert (line["status"], line["endpoint"], line["detail"]) == (
         400,
@@ -509,13 +511,20 @@ async def test_notify_failure_returns_false_and_logs(fake: FakeKommo, client: Ko
         "users: unknown user",
     )
     assert events(logs, "kommo.notified") == []
+    [dropped] = events(logs, "kommo.notify_dropped")
+    assert (dropped["reason"], dropped["detail"], dropped["attempts"]) == (
+        "rejected",
+        "users: unknown user",
+        1,
+    )
+    assert fake.requests_to(EVENTS_PATH) == 1
     assert client.stats.notifications_failed == 1
 
 
 async def test_request_counters(fake: FakeKommo, client: KommoClient) -> None:
     await client.lookup(JOHN)
     await client.lookup(UNKNOWN)
-    await client.notify(JOHN, None)
+    await client.notify(JOHN, None, within=5)
     assert dict(client.stats.requests) == {(BY_PHONE_PATH, 200): 1, (BY_PHONE_PATH, 204): 1,
                                            (EVENTS_PATH, 200): 1}  # fmt: skip
 
@@ -546,9 +555,11 @@ async def test_burst_never_exceeds_the_limit_as_seen_by_the_server() -> None:
             numbers = [f"+1555{n:07d}" for n in range(25)]
             lookups = [asyncio.create_task(kommo.lookup(number)) for number in numbers]
             await asyncio.sleep(0.01)  # 7 lookups under way, 18 waiting for the next window
-            notified = await asyncio.gather(*(kommo.notify(JOHN, [n + 1]) for n in range(5)))
+            notified = await asyncio.gather(
+                *(kommo.notify(JOHN, [n + 1], within=30) for n in range(5))
+            )
             await asyncio.gather(*lookups)
-    assert all(notified)
+    assert set(notified) == {NotifyOutcome.SENT}
     assert fake.violations == 0
     assert len(fake.requests) == 30
     assert most_in_any_window([record.at for record in fake.requests]) == 7

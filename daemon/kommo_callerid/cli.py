@@ -72,13 +72,6 @@ def _load(cli_path: str | None) -> Config:
     except ConfigError as exc:
         print(f"kommo-callerid: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
-    if config.kommo.oauth:
-        print(
-            "kommo-callerid: [kommo] OAuth mode (client_id/client_secret/refresh_token) is not "
-            "supported by this version yet; set access_token to a long-lived token instead.",
-            file=sys.stderr,
-        )
-        raise SystemExit(EXIT_CONFIG)
     return config
 
 

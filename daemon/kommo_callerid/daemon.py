@@ -9,6 +9,7 @@ Signal handlers only set the stop event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from .ami import AmiClient
 from .calls import CallTracker
 from .config import Config
 from .kommo import KommoClient
-from .models import AmiLoginError, ChannelEvent, Entity, KommoError
+from .models import AmiLoginError, ChannelEvent, Entity, KommoAuthError, KommoError
 from .notifier import CallNotifier, TaskOwner
 from .supervisor import AmiSupervisor
 from .systemd import SystemdNotifier
@@ -47,6 +48,7 @@ class _Running:
     notifier: CallNotifier
     supervisor: AmiSupervisor
     call_tasks: TaskOwner
+    kommo: KommoClient
     background: list[asyncio.Task[None]] = field(default_factory=list)
     events: int = 0
 
@@ -78,10 +80,23 @@ class Daemon:
             kommo = await stack.enter_async_context(
                 KommoClient(self.config.kommo, self.config.cache)
             )
+            if not await self._credentials_usable(kommo):
+                return EXIT_CONFIG
             running = self._startup(kommo)
             exit_code = await self._main_loop(running)
             await self._shutdown(running)
         return exit_code
+
+    @staticmethod
+    async def _credentials_usable(kommo: KommoClient) -> bool:
+        """False when Kommo refuses our OAuth grant (logged): a restart cannot fix that."""
+        try:
+            await kommo.ensure_credentials()
+        except KommoAuthError:
+            return False
+        except KommoError:
+            pass  # Kommo unreachable for now: the calls' retries will cope
+        return True
 
     def _startup(self, kommo: KommoClient) -> _Running:
         loop = asyncio.get_running_loop()
@@ -101,6 +116,7 @@ class Daemon:
                 on_link_lost=lambda: queue.put(ChannelEvent.link_lost(loop.time())),
             ),
             call_tasks=call_tasks,
+            kommo=kommo,
         )
         self._running = running
         running.background = [
@@ -172,9 +188,15 @@ class Daemon:
                 next_stats += STATS_INTERVAL
                 for decision in running.tracker.expire(loop.time()):
                     running.notifier.handle(decision)
+                await self._refresh_credentials(running)
                 counters = self._counters(running)
                 log.info("stats", **counters)
                 self.systemd.status(self._status_line(counters))
+
+    @staticmethod
+    async def _refresh_credentials(running: _Running) -> None:
+        with contextlib.suppress(KommoError):  # logged; the requests themselves retry or report
+            await running.kommo.ensure_credentials()
 
     def _ami_state_changed(self, connected: bool) -> None:
         if self._running is None:
@@ -207,6 +229,7 @@ async def lookup_once(config: Config, number: str) -> dict[str, Any]:
     """One lookup through the daemon's own client (``kommo-callerid lookup``)."""
     async with KommoClient(config.kommo, config.cache) as kommo:
         try:
+            await kommo.ensure_credentials()
             result = await kommo.lookup(number)
         except KommoError as exc:
             return {"error": exc.detail, "status": exc.status, "endpoint": exc.endpoint}

@@ -1,10 +1,8 @@
 """The Kommo API client: caller lookups and call notifications.
 
 Raw Kommo JSON stays behind this module (read by :mod:`kommo_callerid.kommo_parse`); callers
-get :mod:`kommo_callerid.models` types. Every HTTP request goes through
-``KommoClient._request``: the one place for the rate limit
-(:mod:`kommo_callerid.kommo_limits`), the Authorization header, the body size cap, the
-counters and transport errors.
+get :mod:`kommo_callerid.models` types. HTTP — rate limit, retries, authorisation — is
+:mod:`kommo_callerid.kommo_http`; this module decides what an answer means.
 """
 
 from __future__ import annotations
@@ -12,22 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
-import aiohttp
 import structlog
-from pydantic import SecretStr
 
-from kommo_callerid import __version__
 from kommo_callerid.config import CacheConfig, KommoConfig, LookupMode
-from kommo_callerid.kommo_limits import Clock, LookupCache, Priority, RateLimiter, Sleep
+from kommo_callerid.kommo_auth import OAuthTokens, StaticToken, TokenProvider, WallClock
+from kommo_callerid.kommo_http import KommoStats, KommoTransport
+from kommo_callerid.kommo_limits import Clock, LookupCache, Priority, Sleep
 from kommo_callerid.kommo_parse import (
-    DETAIL_CHARS,
     BadShape,
     Response,
     error_detail,
@@ -35,49 +30,25 @@ from kommo_callerid.kommo_parse import (
     parse_by_phone,
     parse_contacts,
 )
-from kommo_callerid.models import AccountInfo, Entity, KommoError, LatencyHistogram, LookupResult
+from kommo_callerid.models import (
+    AccountInfo,
+    DeadlineReached,
+    Entity,
+    KommoError,
+    LookupResult,
+    NotifyOutcome,
+)
+
+__all__ = ["KommoClient", "KommoStats", "TokenProvider"]
 
 log = structlog.get_logger(__name__)
-
 
 BY_PHONE_PATH = "/api/v2/search/by_phone"
 CONTACTS_PATH = "/api/v4/contacts"
 EVENTS_PATH = "/api/v2/events"
 ACCOUNT_PATH = "/api/v4/account"
-#: Kommo's answers are small; anything bigger is not an answer we can use.
-MAX_BODY_BYTES = 1 << 20
 #: What by_phone answers on accounts that do not have the v2 telephony search.
 BY_PHONE_GONE = frozenset({404, 405, 410})
-
-
-@dataclass(slots=True)
-class KommoStats:
-    """Counters for ``stats`` log lines and /metrics. ``requests`` status None: no answer."""
-
-    requests: Counter[tuple[str, int | None]] = field(default_factory=Counter)
-    lookups: int = 0
-    lookups_failed: int = 0
-    cache_hits: int = 0
-    notifications_sent: int = 0
-    notifications_failed: int = 0
-    #: Seconds per lookup as the caller saw it (cache hits included).
-    lookup_seconds: LatencyHistogram = field(default_factory=LatencyHistogram)
-
-
-class TokenProvider(Protocol):
-    async def authorization(self) -> str:
-        """The Authorization header value for the next request."""
-        ...
-
-
-class StaticToken:
-    """A long-lived token; an OAuth provider will refresh tokens behind the same method."""
-
-    def __init__(self, token: SecretStr) -> None:
-        self._token = token
-
-    async def authorization(self) -> str:
-        return f"Bearer {self._token.get_secret_value()}"
 
 
 class KommoClient:
@@ -90,23 +61,24 @@ class KommoClient:
         *,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        wall_clock: WallClock = time.time,
         token_provider: TokenProvider | None = None,
     ) -> None:
-        if token_provider is None and config.oauth:
-            raise ValueError("OAuth is not supported yet: set kommo.access_token")
         self._config = config
-        self._auth = token_provider or StaticToken(config.access_token)
         self._clock = clock
-        self._limiter = RateLimiter(config.rate_limit, clock=clock, sleep=sleep)
+        self.stats = KommoStats()
+        self._http = KommoTransport(
+            config, StaticToken(config.access_token), self.stats, clock=clock, sleep=sleep
+        )
+        if token_provider is not None:
+            self._http.auth = token_provider
+        elif config.oauth:
+            self._http.auth = OAuthTokens(config, self._http.exchange_tokens, wall_clock=wall_clock)
         self._cache = LookupCache(cache)
         self._inflight: dict[str, asyncio.Task[LookupResult]] = {}
         self._by_phone_gone = False
-        self._session: aiohttp.ClientSession | None = None
-        self._closed = False
-        self.stats = KommoStats()
 
     async def __aenter__(self) -> Self:
-        self._ensure_session()
         return self
 
     async def __aexit__(
@@ -117,22 +89,37 @@ class KommoClient:
     ) -> None:
         await self.close()
 
+    async def ensure_credentials(self) -> None:
+        """OAuth: load the token file and refresh the pair if it is due, so no call waits for
+        a refresh (the daemon calls this at start-up and every minute). Raises
+        :class:`KommoAuthError` when a human has to act, :class:`KommoError` when Kommo
+        could not be reached."""
+        refresh_if_due = getattr(self._http.auth, "refresh_if_due", None)
+        if refresh_if_due is not None:
+            await refresh_if_due()
+
     async def close(self) -> None:
-        self._closed = True
         tasks = list(self._inflight.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        close_auth = getattr(self._http.auth, "close", None)
+        if close_auth is not None:
+            await close_auth()
+        await self._http.close()
 
     @property
     def cache_size(self) -> int:
         return len(self._cache)
 
-    async def lookup(self, number: str) -> LookupResult:
-        """Who is calling; raises :class:`KommoError` (already logged) when Kommo fails."""
+    @property
+    def blocked(self) -> bool:
+        """Kommo answered 403 and has not accepted a request since."""
+        return self._http.gate.blocked
+
+    async def lookup(self, number: str, *, within: float | None = None) -> LookupResult:
+        """Who is calling, retrying for up to ``within`` seconds (default: one request
+        timeout); raises :class:`KommoError` (already logged) when Kommo fails."""
         key = _digits(number)
         if not key:
             raise ValueError("a number to look up needs digits")
@@ -143,8 +130,9 @@ class KommoClient:
             self.stats.cache_hits += 1
             result = replace(cached, number=number, cached=True, ms=self._ms_since(started))
         else:
+            deadline = started + (within if within is not None else self._config.timeout)
             try:
-                found = await self._shared_fetch(key)
+                found = await self._shared_fetch(key, deadline)
             except KommoError:
                 self.stats.lookups_failed += 1
                 raise
@@ -153,29 +141,59 @@ class KommoClient:
         _log_lookup(result)
         return result
 
-    async def notify(self, number: str, users: Sequence[int] | None) -> bool:
-        """Pop the call up for ``users`` (None: everyone); False when Kommo did not accept it."""
+    async def notify(
+        self, number: str, users: Sequence[int] | None, *, within: float
+    ) -> NotifyOutcome:
+        """Pop the call up for ``users`` (None: everyone), retrying for up to ``within``
+        seconds; logs ``kommo.notified`` or ``kommo.notify_dropped``."""
+        recipients = list(users) if users is not None else None
         event: dict[str, Any] = {"type": "phone_call", "phone_number": number}
-        if users is not None:
-            event["users"] = list(users)
+        if recipients is not None:
+            event["users"] = recipients
         started = self._clock()
         try:
-            response = await self._request(
-                "POST", EVENTS_PATH, payload={"add": [event]}, priority=Priority.NOTIFY
+            if within <= 0:
+                raise DeadlineReached(None, EVENTS_PATH, "the call's notify_ttl had passed", 0)
+            response = await self._http.request(
+                "POST",
+                EVENTS_PATH,
+                payload={"add": [event]},
+                priority=Priority.NOTIFY,
+                deadline=started + within,
             )
-            if not 200 <= response.status < 300:
-                raise self._failure(response.status, EVENTS_PATH, error_detail(response))
-        except KommoError:
-            self.stats.notifications_failed += 1
-            return False
+        except DeadlineReached as exc:
+            return self._dropped(NotifyOutcome.DROPPED_TTL, recipients, exc, exc.attempts)
+        except KommoError as exc:
+            return self._dropped(NotifyOutcome.REJECTED, recipients, exc, 1)
+        if not 200 <= response.status < 300:
+            error = self._failure(response.status, EVENTS_PATH, error_detail(response))
+            return self._dropped(NotifyOutcome.REJECTED, recipients, error, response.attempts)
         self.stats.notifications_sent += 1
-        recipients = list(users) if users is not None else None
-        log.info("kommo.notified", users=recipients, ms=self._ms_since(started), attempt=1)
-        return True
+        log.info(
+            "kommo.notified",
+            users=recipients,
+            ms=self._ms_since(started),
+            attempt=response.attempts,
+        )
+        return NotifyOutcome.SENT
+
+    def _dropped(
+        self, outcome: NotifyOutcome, users: list[int] | None, error: KommoError, attempts: int
+    ) -> NotifyOutcome:
+        self.stats.notifications_failed += 1
+        log.warning(
+            "kommo.notify_dropped",
+            reason=str(outcome),
+            users=users,
+            status=error.status,
+            detail=error.detail,
+            attempts=attempts,
+        )
+        return outcome
 
     async def account(self) -> AccountInfo:
         """The account the token belongs to; raises :class:`KommoError` (already logged)."""
-        response = await self._request("GET", ACCOUNT_PATH)
+        response = await self._request("GET", ACCOUNT_PATH, deadline=self._deadline())
         data = self._decode(response)
         if data is None:
             raise self._failure(response.status, ACCOUNT_PATH, "empty answer")
@@ -185,10 +203,10 @@ class KommoClient:
             detail = f"unexpected answer: {exc}"
             raise self._failure(response.status, ACCOUNT_PATH, detail) from None
 
-    async def _shared_fetch(self, key: str) -> LookupResult:
+    async def _shared_fetch(self, key: str, deadline: float) -> LookupResult:
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.create_task(self._fetch(key))
+            task = asyncio.create_task(self._fetch(key, deadline))
             self._inflight[key] = task
             task.add_done_callback(partial(self._fetch_done, key))
         # shield: a caller that gives up must not cancel the request the others wait for.
@@ -200,13 +218,15 @@ class KommoClient:
         if not task.cancelled():
             task.exception()  # retrieved here, so a fetch nobody awaits any more is not a warning
 
-    async def _fetch(self, key: str) -> LookupResult:
+    async def _fetch(self, key: str, deadline: float) -> LookupResult:
         started = self._clock()
         found = None
         if self._config.lookup is not LookupMode.CONTACTS and not self._by_phone_gone:
-            found = await self._search_by_phone(key)
+            found = await self._search_by_phone(key, deadline)
         source = "by_phone" if found is not None else "contacts"
-        entity, phone_entity = found if found is not None else await self._search_contacts(key)
+        if found is None:
+            found = await self._search_contacts(key, deadline)
+        entity, phone_entity = found
         result = LookupResult(
             number=key,
             entity=entity,
@@ -218,9 +238,13 @@ class KommoClient:
         self._cache.put(key, result, self._clock())
         return result
 
-    async def _search_by_phone(self, key: str) -> tuple[Entity | None, Entity | None] | None:
+    async def _search_by_phone(
+        self, key: str, deadline: float
+    ) -> tuple[Entity | None, Entity | None] | None:
         """The by_phone answer, or None when "auto" has to fall back to the contacts search."""
-        response = await self._request("GET", BY_PHONE_PATH, params={"phone": key})
+        response = await self._request(
+            "GET", BY_PHONE_PATH, params={"phone": key}, deadline=deadline
+        )
         if response.status in BY_PHONE_GONE and self._config.lookup is LookupMode.AUTO:
             if not self._by_phone_gone:
                 self._by_phone_gone = True
@@ -234,8 +258,12 @@ class KommoClient:
         data = self._decode(response)
         return self._parse(response, parse_by_phone, data)
 
-    async def _search_contacts(self, key: str) -> tuple[Entity | None, Entity | None]:
-        response = await self._request("GET", CONTACTS_PATH, params={"query": key})
+    async def _search_contacts(
+        self, key: str, deadline: float
+    ) -> tuple[Entity | None, Entity | None]:
+        response = await self._request(
+            "GET", CONTACTS_PATH, params={"query": key}, deadline=deadline
+        )
         data = self._decode(response)
         return self._parse(response, parse_contacts, data)
 
@@ -269,50 +297,15 @@ class KommoClient:
             raise self._failure(response.status, response.path, "invalid JSON") from None
 
     async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, str] | None = None,
-        payload: Any = None,
-        priority: Priority = Priority.LOOKUP,
+        self, method: str, path: str, *, deadline: float, params: dict[str, str] | None = None
     ) -> Response:
-        session = self._ensure_session()
-        async with self._limiter.slot(priority):
-            headers = {"Authorization": await self._auth.authorization()}
-            try:
-                async with session.request(
-                    method,
-                    self._config.base_url + path,
-                    params=params,
-                    json=payload,
-                    headers=headers,
-                    allow_redirects=False,  # never carry the token to wherever a redirect points
-                ) as answer:
-                    status, content_type = answer.status, answer.content_type
-                    body = await _read_capped(answer)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self.stats.requests[path, None] += 1
-                raise self._failure(None, path, self._transport_detail(exc)) from None
-        self.stats.requests[path, status] += 1
-        if body is None:
-            raise self._failure(status, path, f"answer larger than {MAX_BODY_BYTES} bytes")
-        return Response(path, status, content_type, body)
+        try:
+            return await self._http.request(method, path, params=params, deadline=deadline)
+        except DeadlineReached as exc:
+            raise self._failure(exc.status, path, f"gave up: {exc.detail}") from None
 
-    def _ensure_session(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise RuntimeError("the Kommo client is closed")
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._config.timeout),
-                headers={"User-Agent": f"kommo-callerid/{__version__}"},
-            )
-        return self._session
-
-    def _transport_detail(self, exc: BaseException) -> str:
-        if isinstance(exc, TimeoutError):
-            return f"no answer within {self._config.timeout:g} s"
-        return f"{type(exc).__name__}: {exc}"[:DETAIL_CHARS]
+    def _deadline(self) -> float:
+        return self._clock() + self._config.timeout
 
     def _failure(self, status: int | None, endpoint: str, detail: str) -> KommoError:
         log.error("kommo.error", status=status, endpoint=endpoint, detail=detail)
@@ -320,18 +313,6 @@ class KommoClient:
 
     def _ms_since(self, started: float) -> float:
         return round((self._clock() - started) * 1000, 1)
-
-
-async def _read_capped(answer: aiohttp.ClientResponse) -> bytes | None:
-    """The body, or None when it is larger than :data:`MAX_BODY_BYTES`."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in answer.content.iter_any():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _log_lookup(result: LookupResult) -> None:

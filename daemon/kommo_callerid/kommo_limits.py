@@ -9,6 +9,7 @@ import asyncio
 import heapq
 import itertools
 import math
+import random
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -94,6 +95,70 @@ class RateLimiter:
         # A fresh Event per change is a broadcast: every current waiter re-checks once.
         self._changed.set()
         self._changed = asyncio.Event()
+
+
+def retry_delay(attempt: int, *, base: float = 0.25, cap: float = 4.0) -> float:
+    """Full-jitter backoff before retry ``attempt`` (1-based), never a hot loop."""
+    ceiling = min(cap, base * 2**attempt)
+    return random.uniform(ceiling / 4, ceiling)
+
+
+class GateClosed(Exception):
+    """The deadline passed while Kommo was pausing or blocking us."""
+
+
+class RequestGate:
+    """Holds every request while Kommo asks us to slow down (429) or refuses us (403).
+
+    After a 429 everyone waits for the pause (``retry_after`` or a second). After a 403 the
+    account is blocked or the IP not allowed, and more requests only prolong it: everyone
+    waits a growing, jittered interval (up to a minute), then a single probe request goes
+    out; the others stay held until a probe gets a non-403 answer.
+    """
+
+    BLOCK_MIN = 5.0
+    BLOCK_MAX = 60.0
+    POLL = 0.25
+
+    def __init__(self, *, clock: Clock, sleep: Sleep) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._until = 0.0
+        self._blocks = 0
+        self._probing = False
+
+    @property
+    def blocked(self) -> bool:
+        return self._blocks > 0
+
+    async def enter(self, deadline: float) -> None:
+        """Return when a request may go out; raise :class:`GateClosed` at ``deadline``."""
+        while True:
+            now = self._clock()
+            if now >= self._until and not self._probing:
+                self._probing = self.blocked
+                return
+            wake = self._until if now < self._until else now + self.POLL
+            if min(wake, deadline) >= deadline:
+                raise GateClosed
+            await self._sleep(wake - now)
+
+    def leave(self, status: int | None, pause: float | None = None) -> None:
+        """Record the answer of a request that passed :meth:`enter`."""
+        self._probing = False
+        now = self._clock()
+        if status == 403:
+            self._blocks += 1
+            ceiling = min(self.BLOCK_MAX, self.BLOCK_MIN * 2 ** (self._blocks - 1))
+            self._until = max(self._until, now + random.uniform(ceiling / 2, ceiling))
+        elif status == 429:
+            self._until = max(self._until, now + (pause if pause is not None else 1.0))
+        elif status is not None and status < 500:
+            self._blocks = 0
+
+    def abandon(self) -> None:
+        """The request that passed :meth:`enter` ended without an answer (cancelled)."""
+        self._probing = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,10 @@ class Response:
     status: int
     content_type: str
     body: bytes
+    #: The Retry-After header, in seconds, when there was one.
+    retry_after: float | None = None
+    #: How many attempts it took to get this answer.
+    attempts: int = 1
 
 
 class BadShape(ValueError):

@@ -104,6 +104,26 @@ class KommoError(Exception):
         self.detail = detail
 
 
+class KommoAuthError(KommoError):
+    """Kommo will not accept our credentials until a human acts (retrying cannot help)."""
+
+
+class DeadlineReached(KommoError):
+    """Retries ran out of time (the call's ``notify_ttl``); carries the last failure."""
+
+    def __init__(self, status: int | None, endpoint: str, detail: str, attempts: int) -> None:
+        super().__init__(status, endpoint, detail)
+        self.attempts = attempts
+
+
+class NotifyOutcome(StrEnum):
+    SENT = "sent"
+    #: Not delivered while the call could still use it (``kommo.notify_dropped`` reason ttl).
+    DROPPED_TTL = "ttl"
+    #: Kommo refused it (4xx) or the credentials are unusable (reason rejected).
+    REJECTED = "rejected"
+
+
 class AmiLoginError(Exception):
     """Asterisk refused the login (wrong username or secret); carries the server's message."""
 

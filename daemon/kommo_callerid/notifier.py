@@ -20,7 +20,7 @@ from structlog.contextvars import bound_contextvars
 
 from .calls import CallEnded, CallStarted, ChannelSkipped, Decision, LegRinging, SkipReason
 from .config import CallsConfig, NotifyConfig, Recipient
-from .models import KommoError, LatencyHistogram, LookupResult
+from .models import KommoError, LatencyHistogram, LookupResult, NotifyOutcome
 from .recipients import CallRecipients
 
 log = structlog.get_logger(__name__)
@@ -32,8 +32,10 @@ SEEN_CALLS = 10_000
 class KommoPort(Protocol):
     """What the notifier needs of ``kommo.KommoClient``."""
 
-    async def lookup(self, number: str) -> LookupResult: ...
-    async def notify(self, number: str, users: Sequence[int] | None) -> bool: ...
+    async def lookup(self, number: str, *, within: float | None = None) -> LookupResult: ...
+    async def notify(
+        self, number: str, users: Sequence[int] | None, *, within: float
+    ) -> NotifyOutcome: ...
 
 
 class TaskOwner:
@@ -73,7 +75,6 @@ class NotifierStats:
     calls_incoming: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     notifications_sent: int = 0
-    notifications_failed: int = 0
     #: Notifications given up, by reason: "ttl" (too late to be useful) or "rejected" (4xx).
     dropped: Counter[str] = field(default_factory=Counter)
     lookups_failed: int = 0
@@ -89,7 +90,6 @@ class NotifierStats:
             "calls_incoming": self.calls_incoming,
             "calls_skipped": {str(reason): n for reason, n in self.skipped.items()},
             "notifications_sent": self.notifications_sent,
-            "notifications_failed": self.notifications_failed,
             "notifications_dropped": self.notifications_dropped,
             "notifications_dropped_by_reason": dict(self.dropped),
             "lookups_failed": self.lookups_failed,
@@ -194,7 +194,7 @@ class CallNotifier:
 
     async def _lookup(self, active: _ActiveCall) -> None:
         try:
-            result = await self._kommo.lookup(active.call.number)
+            result = await self._kommo.lookup(active.call.number, within=self._time_left(active))
         except KommoError:
             self.stats.lookups_failed += 1  # already logged as kommo.error
             responsible = None
@@ -218,13 +218,15 @@ class CallNotifier:
         self._tasks.spawn(self._deliver(active, None), name=f"notify-all-{active.call.call_id}")
 
     async def _deliver(self, active: _ActiveCall, users: tuple[int, ...] | None) -> None:
-        user_list = list(users) if users is not None else None
-        if self._clock() - active.call.started_at > self._ttl:
-            self.stats.dropped["ttl"] += 1
-            log.warning("kommo.notify_dropped", reason="ttl", users=user_list)
-            return
-        if await self._kommo.notify(active.call.number, users):
+        outcome = await self._kommo.notify(
+            active.call.number, users, within=self._time_left(active)
+        )
+        if outcome is NotifyOutcome.SENT:
             self.stats.notifications_sent += 1
             self.stats.notify_latency.observe(self._clock() - active.call.started_at)
         else:
-            self.stats.notifications_failed += 1
+            self.stats.dropped[str(outcome)] += 1
+
+    def _time_left(self, active: _ActiveCall) -> float:
+        """Seconds until the call's notification stops being useful (``notify_ttl``)."""
+        return self._ttl - (self._clock() - active.call.started_at)

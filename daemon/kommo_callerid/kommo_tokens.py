@@ -1,0 +1,139 @@
+"""The OAuth token pair on disk: read it, and replace it atomically and durably.
+
+Kommo's refresh tokens are single-use: once a refresh has answered, the old refresh token
+is dead and the new one exists only in that answer. So the new pair is written here before
+anything else happens with it: a temporary file in the same directory (mode 0600), fsync,
+rename over the old file, fsync of the directory. A crash at any point leaves either the
+old file or the new one, never a torn one. An advisory lock beside the file keeps a second
+process (``kommo-callerid lookup`` next to the running daemon) from refreshing at the same
+time with the same refresh token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+
+class TokenFileError(Exception):
+    """The token file cannot be read, parsed or written; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: SecretStr
+    refresh_token: SecretStr
+    #: Wall-clock (Unix) time the access token expires; 0 when unknown (refresh before use).
+    expires_at: float
+
+    @classmethod
+    def from_grant(cls, grant: dict[str, Any], now: float) -> TokenPair:
+        """A pair from Kommo's /oauth2/access_token answer; ValueError when it is not one."""
+        access, refresh = grant.get("access_token"), grant.get("refresh_token")
+        expires_in = grant.get("expires_in")
+        if not (isinstance(access, str) and access and isinstance(refresh, str) and refresh):
+            raise ValueError("the answer has no access_token/refresh_token")
+        if not isinstance(expires_in, int | float) or isinstance(expires_in, bool):
+            raise ValueError("the answer has no numeric expires_in")
+        return cls(SecretStr(access), SecretStr(refresh), now + float(expires_in))
+
+
+class TokenFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> TokenPair | None:
+        """The saved pair, or None when there is no file yet."""
+        try:
+            raw = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise TokenFileError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        try:
+            data = json.loads(raw)
+            return TokenPair(
+                SecretStr(str(data["access_token"])),
+                SecretStr(str(data["refresh_token"])),
+                float(data.get("expires_at", 0)),
+            )
+        except (ValueError, KeyError, TypeError):
+            raise TokenFileError(
+                f"{self.path} is not a token file written by kommo-callerid; move it away and "
+                "authorise again (see README, Kommo tokens)"
+            ) from None
+
+    def save(self, pair: TokenPair) -> None:
+        """Replace the file with ``pair``: temp file, 0600, fsync, rename, fsync the directory."""
+        body = json.dumps(
+            {
+                "access_token": pair.access_token.get_secret_value(),
+                "refresh_token": pair.refresh_token.get_secret_value(),
+                "expires_at": pair.expires_at,
+                "saved_at": time.time(),
+            }
+        )
+        directory = self.path.parent
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
+        except OSError as exc:
+            raise TokenFileError(f"cannot write in {directory}: {exc.strerror or exc}") from None
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                os.fchmod(handle.fileno(), 0o600)
+                handle.write(body)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, self.path)
+            _fsync_directory(directory)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise TokenFileError(f"cannot save {self.path}: {exc.strerror or exc}") from None
+
+    @contextlib.asynccontextmanager
+    async def locked(self, timeout: float = 10.0) -> AsyncIterator[None]:
+        """Hold the advisory lock beside the file; polls without blocking the event loop."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise TokenFileError(f"cannot lock {lock_path}: {exc.strerror or exc}") from None
+        try:
+            deadline = time.monotonic() + timeout
+            while not _try_lock(fd):
+                if time.monotonic() > deadline:
+                    raise TokenFileError(f"{lock_path} is held by another kommo-callerid process")
+                await asyncio.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
