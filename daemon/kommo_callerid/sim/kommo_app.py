@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
 from typing import Self
@@ -43,12 +43,14 @@ __all__ = [
     "EVENTS_PATH",
     "HAL_JSON",
     "PROBLEM_JSON",
+    "TOKEN_PATH",
     "Clock",
     "FakeCompany",
     "FakeContact",
     "FakeCustomer",
     "FakeKommo",
     "FakeLead",
+    "FakeOAuth",
     "KommoDataset",
     "RecordedEvent",
     "RequestRecord",
@@ -64,6 +66,22 @@ BY_PHONE_PATH = "/api/v2/search/by_phone"
 CONTACTS_PATH = "/api/v4/contacts"
 EVENTS_PATH = "/api/v2/events"
 ACCOUNT_PATH = "/api/v4/account"
+TOKEN_PATH = "/oauth2/access_token"  # noqa: S105  (a URL path)
+
+
+@dataclass
+class FakeOAuth:
+    """The fake's OAuth integration: single-use refresh tokens, like Kommo's."""
+
+    client_id: str = "integration-id"
+    client_secret: str = "integration-secret"  # noqa: S105
+    redirect_uri: str = "https://pbx.example/kommo"
+    #: The one refresh token that works now; every refresh replaces it.
+    refresh_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    expires_in: int = 86_400
+    #: Authorisation codes that can be traded once for a first pair.
+    codes: set[str] = field(default_factory=set)
+    refreshes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +141,7 @@ class FakeKommo:
         token: str | None = None,
         rate_limit: int | None = None,
         clock: Clock = time.monotonic,
+        oauth: FakeOAuth | None = None,
     ) -> None:
         self.dataset = dataset if dataset is not None else demo_dataset()
         self.token = token or secrets.token_urlsafe(24)
@@ -133,6 +152,10 @@ class FakeKommo:
         self.events: list[RecordedEvent] = []
         self.requests: list[RequestRecord] = []
         self.violations = 0
+        self.oauth = oauth
+        #: Called with the access token of every authorised request (order-of-operation tests).
+        self.on_authorised: Callable[[str], None] | None = None
+        self._outage: tuple[float, _Injected, str | None] | None = None
         self._clock = clock
         self._orders = itertools.count(1)
         self._window: deque[float] = deque()
@@ -166,6 +189,23 @@ class FakeKommo:
         raw = body.encode() if isinstance(body, str) else body
         queue = self._failures.setdefault(path, deque())
         queue.extend(_Injected(status, raw, content_type) for _ in range(times))
+
+    def outage(
+        self,
+        status: int,
+        seconds: float,
+        *,
+        path: str | None = None,
+        body: str = "<html><body>Service unavailable</body></html>",
+        content_type: str = "text/html",
+    ) -> None:
+        """Answer every authorised request (to ``path``, or all) with ``status`` for a while."""
+        failure = _Injected(status, body.encode(), content_type)
+        self._outage = (self._clock() + seconds, failure, path)
+
+    def expire_token(self) -> None:
+        """The current access token stops working (as after its day is over)."""
+        self.token = secrets.token_urlsafe(24)
 
     def set_delay(self, path: str, seconds: float) -> None:
         """Hold every request to ``path`` this long (real seconds) before answering."""
@@ -216,11 +256,21 @@ class FakeKommo:
         if self._over_rate_limit(arrival.at):
             self.violations += 1
             return problem(429, "Too Many Requests", "rate limit exceeded")
+        if request.path == TOKEN_PATH and request.method == "POST":
+            return await self._token(request)
         if not self._authorised(request):
             return problem(401, "Unauthorized", "missing or invalid access token")
+        if self.on_authorised is not None:
+            self.on_authorised(self.token)
         delay = self._delays.get(request.path)
         if delay:
             await asyncio.sleep(delay)
+        outage = self._outage
+        if outage is not None and arrival.at < outage[0] and outage[2] in (None, request.path):
+            failure = outage[1]
+            return web.Response(
+                status=failure.status, body=failure.body, content_type=failure.content_type
+            )
         injected = self._failures.get(request.path)
         if injected:
             failure = injected.popleft()
@@ -278,9 +328,44 @@ class FakeKommo:
             items.append({"element_id": element_id, "element_type": element_type, "uid": uid})
         return web.json_response({"_embedded": {"items": items}})
 
+    async def _token(self, request: web.Request) -> web.Response:
+        oauth, form = self.oauth, await _form(request)
+        if oauth is None:
+            return problem(404, "Not Found", "this fake has no OAuth integration")
+        client = (form.get("client_id"), form.get("client_secret"), form.get("redirect_uri"))
+        if client != (oauth.client_id, oauth.client_secret, oauth.redirect_uri):
+            return problem(401, "Unauthorized", "Client authentication failed")
+        grant = form.get("grant_type")
+        if grant == "refresh_token" and form.get("refresh_token") == oauth.refresh_token:
+            oauth.refreshes += 1
+        elif grant == "authorization_code" and form.get("code") in oauth.codes:
+            oauth.codes.discard(form["code"])
+        else:
+            return problem(400, "Bad Request", "Token has been revoked")
+        self.token = secrets.token_urlsafe(24)
+        oauth.refresh_token = secrets.token_urlsafe(24)
+        body = {
+            "token_type": "Bearer",
+            "expires_in": oauth.expires_in,
+            "access_token": self.token,
+            "refresh_token": oauth.refresh_token,
+        }
+        return web.json_response(body)
+
     async def _account(self, request: web.Request, arrival: _Arrival) -> web.Response:
         body = {"id": 31_415_926, "name": "Demo account", "subdomain": "demo"}
         return web.json_response(body, content_type=HAL_JSON)
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    """Kommo's token endpoint takes JSON or a form."""
+    if request.content_type == "application/json":
+        try:
+            data = await request.json()
+        except ValueError:
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    return {str(k): str(v) for k, v in (await request.post()).items()}
 
 
 def _parse_events(payload: object) -> list[tuple[str, tuple[int, ...] | None]] | str:
