@@ -133,11 +133,11 @@ class KommoTransport:
                 self.gate.abandon()
                 raise
             self.gate.leave(outcome.status, _pause(outcome))
+            if outcome.status == 401 and not refreshed and authorization is not None:
+                outcome, refreshed = await self._after_401(authorization, outcome)
+                if refreshed:
+                    continue
             if isinstance(outcome, Response) and not _retryable(outcome.status):
-                if outcome.status == 401 and not refreshed and authorization is not None:
-                    refreshed = await self.auth.rejected(authorization)
-                    if refreshed:
-                        continue
                 return replace(outcome, attempts=attempt)
             last = outcome
             delay = _pause(outcome) or retry_delay(attempt)
@@ -155,6 +155,17 @@ class KommoTransport:
         if isinstance(outcome, _Failure):
             raise KommoError(None, TOKEN_PATH, outcome.detail)
         return outcome
+
+    async def _after_401(
+        self, authorization: str, outcome: Response | _Failure
+    ) -> tuple[Response | _Failure, bool]:
+        """Refresh once after a 401; True when the request is worth sending again."""
+        try:
+            return outcome, await self.auth.rejected(authorization)
+        except KommoAuthError:
+            raise
+        except KommoError as exc:  # the refresh failed for now (or was not saved): retry later
+            return _Failure(f"token refresh failed: {exc.detail}"), False
 
     async def _authorized_attempt(self, call: _Call) -> tuple[str | None, Response | _Failure]:
         try:
