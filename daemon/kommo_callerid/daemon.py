@@ -58,6 +58,7 @@ class _Running:
     #: ``loop.time()`` of the last AMI event taken off the queue (for /healthz).
     last_event_at: float | None = None
     started_at: float = field(default_factory=time.time)
+    started_monotonic: float = field(default_factory=time.monotonic)
     callerid: CallerIdService | None = None
     http: HttpServer | None = None
 
@@ -272,7 +273,7 @@ class Daemon:
             ami_connected=running.supervisor.connected,
             facts={
                 "version": __version__,
-                "uptime_seconds": round(time.time() - running.started_at, 1),
+                "uptime_seconds": round(time.monotonic() - running.started_monotonic, 1),
                 "last_event_age_seconds": None if last is None else round(now - last, 1),
                 "ami_reconnects": running.supervisor.reconnects,
                 "queue_depth": running.queue.qsize(),
