@@ -181,6 +181,25 @@ async def test_metrics_count_calls_notifications_skips_and_requests(
     assert value("build_info", "version=0.1.0") == 1
 
 
+async def test_ami_event_counts_add_up_across_reconnects(
+    ami: FakeAmiServer, kommo: FakeKommo, client: aiohttp.ClientSession
+) -> None:
+    scenarios = CallScenarios()
+    config = make_config(ami, kommo, http=LOCAL, notify=DID)
+    async with running_daemon(config) as daemon:
+        await ami.play(scenarios.inbound(JOHN, agents=()).events)
+        await wait_for(lambda: len(kommo.events) == 1)
+        ami.drop()
+        await wait_for(lambda: not daemon.ami_connected)
+        await wait_for(lambda: daemon.ami_connected)
+        await ami.play(scenarios.inbound(MARIA, agents=()).events)
+        await wait_for(lambda: len(kommo.events) == 2)
+        metrics = await scrape(client, daemon)
+    assert metrics["kommo_callerid_ami_events_received_total", ""] == 2  # one per session
+    assert metrics["kommo_callerid_ami_reconnects_total", ""] == 1
+    assert metrics["kommo_callerid_calls_detected_total", ""] == 2
+
+
 async def test_stats_line_carries_the_same_counters_as_metrics(
     ami: FakeAmiServer, kommo: FakeKommo, client: aiohttp.ClientSession
 ) -> None:
