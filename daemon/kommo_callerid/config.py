@@ -182,8 +182,51 @@ class LogConfig(_Section):
         return value.lower() if isinstance(value, str) else value
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:8899"`` or ``"[::1]:8899"`` -> (host, port); port 0 picks a free one."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be HOST:PORT like 127.0.0.1:8899 or [::1]:8899, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address needs brackets, like [::1]:8899, got {value!r}")
+    if not host:
+        raise ValueError(f"needs a host (an empty host means every interface), got {value!r}")
+    return host, int(port)
+
+
 class HttpConfig(_Section):
     listen: str = ""
+    #: The endpoint has no authentication: anything but loopback must be asked for explicitly.
+    allow_public: bool = False
+    #: /callerid answers empty after this long; the lookup goes on and fills the cache.
+    callerid_timeout: Seconds = Field(default=0.5, gt=0, le=10)
+    #: The name goes into a SIP header: keep it short.
+    callerid_max_length: int = Field(default=40, ge=1, le=200)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            parse_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _loopback_unless_allowed(self) -> HttpConfig:
+        if self.listen and not self.allow_public:
+            host, _ = parse_listen(self.listen)
+            if not is_loopback_host(host):
+                raise ValueError(
+                    f"listen = {self.listen!r} is not a loopback address; the endpoint has no "
+                    "authentication, so set allow_public = true to serve it beyond this host"
+                )
+        return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
 
 
 class DaemonConfig(_Section):

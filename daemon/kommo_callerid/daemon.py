@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,12 +19,22 @@ from typing import Any
 import structlog
 
 from . import __version__
-from .ami import AmiClient
+from .callerid import CallerIdService
 from .calls import CallTracker
 from .config import Config
+from .http import Health, HttpServer
 from .kommo import KommoClient
-from .models import AmiLoginError, ChannelEvent, Entity, KommoAuthError, KommoError
+from .metrics import MetricsExporter
+from .models import (
+    AmiLoginError,
+    ChannelEvent,
+    ChannelEventKind,
+    Entity,
+    KommoAuthError,
+    KommoError,
+)
 from .notifier import CallNotifier, TaskOwner
+from .stats import AmiSessions, StatsView, log_fields
 from .supervisor import AmiSupervisor
 from .systemd import SystemdNotifier
 
@@ -49,8 +60,15 @@ class _Running:
     supervisor: AmiSupervisor
     call_tasks: TaskOwner
     kommo: KommoClient
+    ami_sessions: AmiSessions
     background: list[asyncio.Task[None]] = field(default_factory=list)
     events: int = 0
+    #: ``loop.time()`` of the last AMI event taken off the queue (for /healthz).
+    last_event_at: float | None = None
+    started_at: float = field(default_factory=time.time)
+    started_monotonic: float = field(default_factory=time.monotonic)
+    callerid: CallerIdService | None = None
+    http: HttpServer | None = None
 
 
 class Daemon:
@@ -70,6 +88,12 @@ class Daemon:
     def ami_connected(self) -> bool:
         return self._running is not None and self._running.supervisor.connected
 
+    @property
+    def http_port(self) -> int | None:
+        """The bound port of the HTTP endpoint (``listen`` may ask for port 0), or None."""
+        running = self._running
+        return running.http.port if running is not None and running.http is not None else None
+
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -82,7 +106,9 @@ class Daemon:
             )
             if not await self._credentials_usable(kommo):
                 return EXIT_CONFIG
-            running = self._startup(kommo)
+            running = await self._startup(kommo)
+            if running is None:
+                return EXIT_CONFIG  # http.listen_failed says why
             exit_code = await self._main_loop(running)
             await self._shutdown(running)
         return exit_code
@@ -98,11 +124,12 @@ class Daemon:
             pass  # Kommo unreachable for now: the calls' retries will cope
         return True
 
-    def _startup(self, kommo: KommoClient) -> _Running:
+    async def _startup(self, kommo: KommoClient) -> _Running | None:
         loop = asyncio.get_running_loop()
         cfg = self.config
         queue: asyncio.Queue[ChannelEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         call_tasks = TaskOwner()
+        ami_sessions = AmiSessions(cfg.ami, queue)
         running = _Running(
             queue=queue,
             tracker=CallTracker(
@@ -111,14 +138,18 @@ class Daemon:
             notifier=CallNotifier(kommo, cfg.notify, cfg.calls, call_tasks, loop.time),
             supervisor=AmiSupervisor(
                 cfg.ami,
-                lambda: AmiClient(cfg.ami, queue),
+                ami_sessions.new_client,
                 on_state=self._ami_state_changed,
                 on_link_lost=lambda: queue.put(ChannelEvent.link_lost(loop.time())),
             ),
             call_tasks=call_tasks,
             kommo=kommo,
+            ami_sessions=ami_sessions,
         )
         self._running = running
+        if cfg.http.listen and not await self._start_http(running):
+            self._running = None
+            return None
         running.background = [
             asyncio.create_task(running.supervisor.run(), name="ami-supervisor"),
             asyncio.create_task(self._consume(running), name="call-intake"),
@@ -156,6 +187,7 @@ class Daemon:
 
     async def _shutdown(self, running: _Running) -> None:
         self.systemd.stopping()
+        await self._stop_http(running)
         for task in running.background:
             task.cancel()
         await asyncio.gather(*running.background, return_exceptions=True)
@@ -174,6 +206,8 @@ class Daemon:
         while True:
             event = await queue.get()
             running.events += 1
+            if event.kind is not ChannelEventKind.LINK_LOST:
+                running.last_event_at = event.received_at
             for decision in tracker.feed(event):
                 notifier.handle(decision)
 
@@ -204,16 +238,74 @@ class Daemon:
         self.systemd.status(self._status_line(self._counters(self._running)))
 
     def _counters(self, running: _Running) -> dict[str, Any]:
-        return {
-            "ami_connected": running.supervisor.connected,
-            "ami_reconnects": running.supervisor.reconnects,
-            "events": running.events,
-            "queue_depth": running.queue.qsize(),
-            "tracked_calls": len(running.tracker),
-            "active_calls": running.notifier.active_calls,
-            "in_flight": len(running.call_tasks),
-            **running.notifier.stats.as_dict(),
-        }
+        # as_dict first: a counter the notifier adds later still reaches the stats line.
+        return {**running.notifier.stats.as_dict(), **log_fields(self._stats_view(running))}
+
+    def _stats_view(self, running: _Running) -> StatsView:
+        notifier, kommo = running.notifier.stats, running.kommo.stats
+        callerid = running.callerid
+        return StatsView(
+            ami_connected=running.supervisor.connected,
+            ami_reconnects=running.supervisor.reconnects,
+            ami_events=running.ami_sessions.totals(),
+            events_processed=running.events,
+            queue_depth=running.queue.qsize(),
+            tracked_calls=len(running.tracker),
+            active_calls=running.notifier.active_calls,
+            in_flight=len(running.call_tasks),
+            calls_detected=notifier.calls_incoming,
+            calls_skipped={str(reason): n for reason, n in notifier.skipped.items()},
+            notifications_sent=notifier.notifications_sent,
+            notifications_failed=kommo.notifications_failed,
+            notifications_dropped=dict(notifier.dropped),
+            notify_latency=notifier.notify_latency,
+            lookups=kommo.lookups,
+            lookup_cache_hits=kommo.cache_hits,
+            lookups_failed=kommo.lookups_failed,
+            lookup_latency=kommo.lookup_seconds,
+            kommo_requests=dict(kommo.requests),
+            cache_entries=running.kommo.cache_size,
+            callerid_answers={str(k): n for k, n in callerid.answers.items()} if callerid else {},
+            callerid_background=callerid.background_lookups if callerid else 0,
+            started_at=running.started_at,
+        )
+
+    async def _start_http(self, running: _Running) -> bool:
+        """Bind before READY=1, so a monitor that sees the service up can scrape it."""
+        running.callerid = CallerIdService(running.kommo, self.config.calls, self.config.http)
+        running.http = HttpServer(
+            self.config.http,
+            health=lambda: self._health(running),
+            metrics=MetricsExporter(lambda: self._stats_view(running)),
+            callerid=running.callerid,
+        )
+        try:
+            await running.http.start()
+        except OSError as exc:  # address in use, not on this host, or a privileged port
+            log.error("http.listen_failed", listen=self.config.http.listen, reason=str(exc))
+            await running.callerid.close()
+            return False
+        return True
+
+    async def _stop_http(self, running: _Running) -> None:
+        if running.http is not None:
+            await running.http.stop()
+        if running.callerid is not None:
+            await running.callerid.close()
+
+    def _health(self, running: _Running) -> Health:
+        now = asyncio.get_running_loop().time()
+        last = running.last_event_at
+        return Health(
+            ami_connected=running.supervisor.connected,
+            facts={
+                "version": __version__,
+                "uptime_seconds": round(time.monotonic() - running.started_monotonic, 1),
+                "last_event_age_seconds": None if last is None else round(now - last, 1),
+                "ami_reconnects": running.supervisor.reconnects,
+                "queue_depth": running.queue.qsize(),
+            },
+        )
 
     @staticmethod
     def _status_line(counters: dict[str, Any]) -> str:
