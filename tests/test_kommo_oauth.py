@@ -233,3 +233,30 @@ async def test_two_processes_sharing_the_token_file_refresh_once(
         )
     assert set(outcomes) == {NotifyOutcome.SENT}
     assert fake.oauth is not None and fake.oauth.refreshes == 2
+
+
+def test_authorize_command_trades_the_code_and_the_daemon_can_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kommo_callerid.cli import main
+
+    async def scenario() -> tuple[int, int]:
+        oauth = FakeOAuth(codes={"def50200-code"})
+        async with FakeKommo(oauth=oauth) as fake:
+            token_file = tmp_path / "tokens.json"
+            cfg = tmp_path / "config.toml"
+            cfg.write_text(
+                f'[ami]\nsecret = "x"\n[kommo]\nbase_url = "{fake.base_url}"\n'
+                f'client_id = "{oauth.client_id}"\nclient_secret = "{oauth.client_secret}"\n'
+                f'redirect_uri = "{oauth.redirect_uri}"\ntoken_file = "{token_file}"\n'
+            )
+            args = ["authorize", "def50200-code", "-c", str(cfg)]
+            first = await asyncio.to_thread(main, args)
+            again = await asyncio.to_thread(main, args)  # a code works once
+            assert saved(token_file)["access_token"] == fake.token
+            return first, again
+
+    assert asyncio.run(scenario()) == (0, 1)
+    captured = capsys.readouterr()
+    assert "Tokens saved to" in captured.out
+    assert "authorisation failed" in captured.err and "def50200-code" not in captured.err

@@ -15,8 +15,10 @@ from typing import Any
 from . import __version__
 from .calls import normalize_number
 from .config import Config, ConfigError, load_config, resolve_config_path
-from .daemon import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, Daemon, lookup_once
+from .daemon import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, Daemon
 from .logging import configure_logging
+from .models import KommoError
+from .oneshot import authorize_once, lookup_once
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lookup = with_config(commands.add_parser("lookup", help="look one number up in Kommo"))
     lookup.add_argument("number", metavar="NUMBER")
+    authorize = with_config(
+        commands.add_parser(
+            "authorize", help="OAuth: trade an authorisation code for tokens in token_file"
+        )
+    )
+    authorize.add_argument("code", metavar="CODE", help="the code from Kommo (valid 20 minutes)")
     demo = commands.add_parser("demo", help="run against embedded AMI and Kommo simulators")
     demo.add_argument("--calls", type=int, default=5, metavar="N", help="inbound calls to place")
     return parser
@@ -61,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(config)
         if args.command == "check":
             return _check(config, args.config, offline=args.offline)
+        if args.command == "authorize":
+            return _authorize(config, args.code)
         return _lookup(config, args.number)
     except KeyboardInterrupt:
         return EXIT_OK
@@ -110,6 +120,21 @@ def _check(config: Config, cli_path: str | None, *, offline: bool) -> int:
     from .check import run_online_checks  # noqa: PLC0415
 
     return EXIT_OK if asyncio.run(run_online_checks(config)) else EXIT_FAILURE
+
+
+def _authorize(config: Config, code: str) -> int:
+    if not config.kommo.oauth:
+        print("kommo-callerid: authorize is for OAuth; this config uses a long-lived access_token")
+        return EXIT_CONFIG
+    configure_logging(config.log, secrets=[*secrets_of(config), code], stream=sys.stderr)
+
+    try:
+        asyncio.run(authorize_once(config, code))
+    except KommoError as exc:
+        print(f"kommo-callerid: authorisation failed: {exc.detail}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"Tokens saved to {config.kommo.token_file}; start or restart the service now.")
+    return EXIT_OK
 
 
 def _lookup(config: Config, number: str) -> int:

@@ -29,7 +29,6 @@ from .models import (
     AmiLoginError,
     ChannelEvent,
     ChannelEventKind,
-    Entity,
     KommoAuthError,
     KommoError,
 )
@@ -315,33 +314,3 @@ class Daemon:
             f"notified {counters['notifications_sent']}; "
             f"dropped {counters['notifications_dropped']}"
         )
-
-
-async def lookup_once(config: Config, number: str) -> dict[str, Any]:
-    """One lookup through the daemon's own client (``kommo-callerid lookup``)."""
-    async with KommoClient(config.kommo, config.cache) as kommo:
-        try:
-            await kommo.ensure_credentials()
-            result = await kommo.lookup(number)
-        except KommoError as exc:
-            return {"error": exc.detail, "status": exc.status, "endpoint": exc.endpoint}
-    return {
-        "found": result.entity is not None,
-        "entity": _entity_dict(result.entity),
-        "phone_entity": _entity_dict(result.phone_entity),
-        "responsible_user_id": result.responsible_user_id,
-        "source": result.source,
-        "cached": result.cached,
-        "ms": round(result.ms, 1),
-    }
-
-
-def _entity_dict(entity: Entity | None) -> dict[str, Any] | None:
-    if entity is None:
-        return None
-    return {
-        "type": str(entity.type),
-        "id": entity.id,
-        "name": entity.name,
-        "responsible_user_id": entity.responsible_user_id,
-    }

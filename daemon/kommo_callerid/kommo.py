@@ -98,6 +98,12 @@ class KommoClient:
         if refresh_if_due is not None:
             await refresh_if_due()
 
+    async def authorize(self, code: str) -> None:
+        """Trade an authorisation code for the first OAuth pair and save it."""
+        if not isinstance(self._http.auth, OAuthTokens):
+            raise ValueError("authorize needs OAuth: set client_id, client_secret, redirect_uri")
+        await self._http.auth.authorize(code)
+
     async def close(self) -> None:
         tasks = list(self._inflight.values())
         for task in tasks:
