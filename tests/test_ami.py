@@ -16,7 +16,7 @@ from panoramisk.manager import Manager
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from kommo_callerid.ami import AmiClient, AmiConnectionError, AmiLoginError
+from kommo_callerid.ami import AmiActionRefused, AmiClient, AmiConnectionError, AmiLoginError
 from kommo_callerid.config import AmiConfig
 from kommo_callerid.models import AmiSessionInfo, ChannelEvent, ChannelEventKind
 from kommo_callerid.sim.ami_server import AmiUser, FakeAmiServer
@@ -433,6 +433,37 @@ async def test_filter_refused_without_the_system_write_class(
     assert (answer["Response"], answer["Message"]) == ("Error", "Permission denied")
     assert server.sessions[-1].filters == []
     await ami.close()
+
+
+async def test_add_filter_raises_the_servers_refusal(
+    server: FakeAmiServer, client: AmiClient, queue: EventQueue
+) -> None:
+    await client.add_filter("Event: Hangup", timeout=2.0)
+    assert server.sessions[-1].filters == ["Event: Hangup"]
+    config = ami_config(server.port, username="readonly", secret=SecretStr("readonly-secret"))
+    readonly = AmiClient(config, queue)
+    await readonly.connect()
+    with pytest.raises(AmiActionRefused, match="Permission denied"):
+        await readonly.add_filter("Event: Hangup", timeout=2.0)
+    await readonly.close()
+
+
+async def test_active_channels_lists_uniqueids_and_needs_write_system(
+    server: FakeAmiServer, client: AmiClient, queue: EventQueue
+) -> None:
+    assert await client.active_channels(timeout=2.0) == frozenset()
+    server.channels = [
+        {"Channel": "IAX2/carrier-1", "Uniqueid": "1700000000.1", "Context": "from-trunk"},
+        {"Channel": "PJSIP/101-00000001", "Uniqueid": "1700000000.2", "Context": "agents"},
+    ]
+    assert await client.active_channels(timeout=2.0) == {"1700000000.1", "1700000000.2"}
+    assert drain(queue) == []  # list items answer the action; they are no channel events
+    config = ami_config(server.port, username="readonly", secret=SecretStr("readonly-secret"))
+    readonly = AmiClient(config, queue)
+    await readonly.connect()
+    with pytest.raises(AmiActionRefused, match="Permission denied"):
+        await readonly.active_channels(timeout=2.0)
+    await readonly.close()
 
 
 async def test_an_unknown_action_gets_the_error_response(client: AmiClient) -> None:

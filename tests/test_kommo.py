@@ -430,7 +430,7 @@ async def test_timeout_is_a_kommo_error(fake: FakeKommo) -> None:
         with capture_logs() as logs, pytest.raises(KommoError) as raised:
             await kommo.lookup(JOHN)
     assert raised.value.status is None
-    assert raised.value.detail == "gave up: no answer within 0.05 s"
+    assert raised.value.detail == "no answer within 0.05 s"
     assert events(logs, "kommo.error")[0]["status"] is None
     assert kommo.stats.requests[BY_PHONE_PATH, None] == 1
 
@@ -444,7 +444,7 @@ async def test_connection_refused_is_a_kommo_error() -> None:
             await kommo.lookup(JOHN, within=0.2)
         assert await kommo.notify(JOHN, None, within=0.2) is NotifyOutcome.DROPPED_TTL
     assert raised.value.status is None
-    assert raised.value.detail.startswith("gave up: ClientConnectorError")
+    assert raised.value.detail.startswith("ClientConnectorError")
 
 
 async def test_no_token_ever_reaches_the_logs(fake: FakeKommo) -> None:

@@ -17,9 +17,10 @@ from typing import TypeVar
 
 import structlog
 
-from .ami_protocol import MAX_MESSAGE_BYTES, Discard, SessionManager, first_headers
+from .ami_protocol import MAX_MESSAGE_BYTES, Discard, SessionManager, all_headers, first_headers
 from .config import AmiConfig
 from .models import (
+    AmiActionRefused,
     AmiConnectionError,
     AmiLoginError,
     AmiSessionInfo,
@@ -27,7 +28,7 @@ from .models import (
     ChannelEventKind,
 )
 
-__all__ = ["AmiClient", "AmiConnectionError", "AmiCounters", "AmiLoginError"]
+__all__ = ["AmiActionRefused", "AmiClient", "AmiConnectionError", "AmiCounters", "AmiLoginError"]
 
 log = structlog.get_logger(__name__)
 
@@ -132,11 +133,27 @@ class AmiClient:
         timeout: float,  # each caller (Ping watchdog, check) has its own
     ) -> dict[str, str]:
         """Send an action; the headers of its first response. TimeoutError when unanswered."""
-        link = self._link
-        if link is None or not self.connected:
-            lost = self._lost
-            raise AmiConnectionError(lost.result() if lost and lost.done() else "not logged in")
+        link = self._live_link()
         return first_headers(await self._wait(link.submit(action), link, timeout))
+
+    async def add_filter(self, expression: str, timeout: float) -> None:
+        """Ask Asterisk to send only matching events; AmiActionRefused without write = system."""
+        action = {"Action": "Filter", "Operation": "Add", "Filter": expression}
+        _raise_if_refused(await self.send_action(action, timeout))
+
+    async def active_channels(self, timeout: float) -> frozenset[str]:
+        """The Uniqueids of the channels up now (``CoreShowChannels``).
+
+        The list comes back as the action's own answer, so it works without ``read = call``:
+        that is what makes it a witness of calls the events did not show. Asterisk wants
+        ``write = system`` (or ``reporting``) for it; without, AmiActionRefused.
+        """
+        link = self._live_link()
+        answer = await self._wait(link.submit({"Action": "CoreShowChannels"}), link, timeout)
+        response, *items = all_headers(answer)
+        _raise_if_refused(response)
+        listed = (m for m in items if _header(m, "Event").lower() == "coreshowchannel")
+        return frozenset(_header(m, "Uniqueid") for m in listed)
 
     async def wait_closed(self) -> str:
         """Wait until the link is lost or closed; the reason, e.g. "connection closed by server"."""
@@ -204,6 +221,12 @@ class AmiClient:
         if lost.done():
             raise AmiConnectionError(lost.result())
         raise TimeoutError(f"no answer from {self._where()} within {timeout} s")
+
+    def _live_link(self) -> SessionManager:
+        if self._link is None or not self.connected:
+            lost = self._lost
+            raise AmiConnectionError(lost.result() if lost and lost.done() else "not logged in")
+        return self._link
 
     def _give_up(self, link: SessionManager, reason: str) -> None:
         self._mark_lost(reason)
@@ -290,6 +313,11 @@ def _channel_event(
         exten=fields.get("exten", ""),
         received_at=received_at,
     )
+
+
+def _raise_if_refused(answer: Mapping[str, str]) -> None:
+    if _header(answer, "Response").lower() != "success":
+        raise AmiActionRefused(_header(answer, "Message") or "refused without a reason")
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:

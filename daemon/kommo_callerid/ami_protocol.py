@@ -26,7 +26,8 @@ It also checks the banner (a peer that is not AMI is refused) and never logs an 
 carries the secret).
 
 panoramisk's objects are untyped (``Any``). Only :mod:`.ami` touches them, through
-:meth:`SessionManager.submit` and :func:`first_headers`; events leave as ``str`` mappings.
+:meth:`SessionManager.submit`, :func:`first_headers` and
+:func:`all_headers`; events leave as ``str`` mappings.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from panoramisk.message import Message
 
 from .config import AmiConfig
 
-__all__ = ["MAX_MESSAGE_BYTES", "Discard", "SessionManager", "first_headers"]
+__all__ = ["MAX_MESSAGE_BYTES", "Discard", "SessionManager", "all_headers", "first_headers"]
 
 BANNER_PREFIX = b"Asterisk Call Manager/"
 _MAX_BANNER_BYTES = 256
@@ -66,6 +67,13 @@ def first_headers(answer: Any) -> dict[str, str]:
     """The first response message as a plain dict (a multi-message answer is a list)."""
     message = answer[0] if isinstance(answer, list) else answer
     return {str(k): _text(v) for k, v in message.items() if not (k == "content" and not v)}
+
+
+def all_headers(answer: Any) -> list[dict[str, str]]:
+    """Every message of an answer (a list action: the response, its items, the Complete)."""
+    return [
+        first_headers(message) for message in (answer if isinstance(answer, list) else [answer])
+    ]
 
 
 class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--offline", action="store_true", help="only validate the file; contact nothing"
     )
+    check.add_argument(
+        "--listen",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="watch AMI this long for call events and the contexts in use (default 5)",
+    )
     lookup = with_config(commands.add_parser("lookup", help="look one number up in Kommo"))
     lookup.add_argument("number", metavar="NUMBER")
     authorize = with_config(
@@ -57,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0 and 3600 seconds")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -68,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(config)
         if args.command == "check":
-            return _check(config, args.config, offline=args.offline)
+            return _check(config, args.config, offline=args.offline, listen=args.listen)
         if args.command == "authorize":
             return _authorize(config, args.code)
         return _lookup(config, args.number)
@@ -106,7 +124,7 @@ def _run(config: Config) -> int:
     return asyncio.run(serve())
 
 
-def _check(config: Config, cli_path: str | None, *, offline: bool) -> int:
+def _check(config: Config, cli_path: str | None, *, offline: bool, listen: float) -> int:
     path = resolve_config_path(cli_path)
     print(f"Configuration {path}: valid")
     print(f"  AMI:      {config.ami.username}@{config.ami.host}:{config.ami.port}")
@@ -116,10 +134,13 @@ def _check(config: Config, cli_path: str | None, *, offline: bool) -> int:
     print(f"  Recipients: {', '.join(config.notify.to)}; fallback: {config.notify.fallback}")
     if offline:
         return EXIT_OK
-    configure_logging(config.log.model_copy(update={"level": "error"}), stream=sys.stderr)
+    configure_logging(config.log, secrets=secrets_of(config), stream=sys.stderr)
+    # The report says what went wrong and how to fix it; log lines would only repeat it.
+    logging.getLogger().setLevel(logging.CRITICAL)
     from .check import run_online_checks  # noqa: PLC0415
 
-    return EXIT_OK if asyncio.run(run_online_checks(config)) else EXIT_FAILURE
+    all_well = asyncio.run(run_online_checks(config, listen=listen))
+    return EXIT_OK if all_well else EXIT_FAILURE
 
 
 def _authorize(config: Config, code: str) -> int:

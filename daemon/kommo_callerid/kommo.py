@@ -199,7 +199,9 @@ class KommoClient:
 
     async def account(self) -> AccountInfo:
         """The account the token belongs to; raises :class:`KommoError` (already logged)."""
-        response = await self._request("GET", ACCOUNT_PATH, deadline=self._deadline())
+        response = await self._request(
+            "GET", ACCOUNT_PATH, deadline=self._deadline(), max_attempts=1
+        )
         data = self._decode(response)
         if data is None:
             raise self._failure(response.status, ACCOUNT_PATH, "empty answer")
@@ -303,12 +305,20 @@ class KommoClient:
             raise self._failure(response.status, response.path, "invalid JSON") from None
 
     async def _request(
-        self, method: str, path: str, *, deadline: float, params: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        deadline: float,
+        params: dict[str, str] | None = None,
+        max_attempts: int | None = None,
     ) -> Response:
         try:
-            return await self._http.request(method, path, params=params, deadline=deadline)
+            return await self._http.request(
+                method, path, params=params, deadline=deadline, max_attempts=max_attempts
+            )
         except DeadlineReached as exc:
-            raise self._failure(exc.status, path, f"gave up: {exc.detail}") from None
+            raise self._failure(exc.status, path, exc.detail) from None
 
     def _deadline(self) -> float:
         return self._clock() + self._config.timeout

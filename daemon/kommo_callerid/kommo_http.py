@@ -115,8 +115,10 @@ class KommoTransport:
         params: dict[str, str] | None = None,
         payload: Any = None,
         priority: Priority = Priority.LOOKUP,
+        max_attempts: int | None = None,
     ) -> Response:
-        """The first answer that is not worth retrying; raises :class:`DeadlineReached`,
+        """The first answer that is not worth retrying (or the last of ``max_attempts``);
+        raises :class:`DeadlineReached` (also when the attempts ran out without an answer),
         :class:`KommoAuthError`, or :class:`KommoError` (answer too large)."""
         call = _Call(method, path, params, payload, priority, deadline)
         refreshed, attempt = False, 0
@@ -137,9 +139,14 @@ class KommoTransport:
                 outcome, refreshed = await self._after_401(authorization, outcome)
                 if refreshed:
                     continue
-            if isinstance(outcome, Response) and not _retryable(outcome.status):
+            out_of_attempts = max_attempts is not None and attempt >= max_attempts
+            if isinstance(outcome, Response) and (
+                out_of_attempts or not _retryable(outcome.status)
+            ):
                 return replace(outcome, attempts=attempt)
             last = outcome
+            if out_of_attempts:
+                raise self._deadline(path, last, attempt)
             delay = _pause(outcome) or retry_delay(attempt)
             if self._clock() + delay >= deadline:
                 raise self._deadline(path, last, attempt)

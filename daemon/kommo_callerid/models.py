@@ -132,6 +132,10 @@ class AmiConnectionError(Exception):
     """The AMI link could not be opened or was lost before the login finished."""
 
 
+class AmiActionRefused(Exception):
+    """Asterisk answered an action with an error (usually a missing write class)."""
+
+
 #: Upper bounds (seconds) of the latency histograms: from a cache hit to a slow Kommo.
 LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 

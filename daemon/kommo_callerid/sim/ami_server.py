@@ -2,9 +2,10 @@
 
 It speaks the real wire protocol, byte for byte as in ``tests/data/ami-recordings``: the banner,
 CRLF lines, a blank line after each message, ``ActionID`` echoed. It knows the actions the
-daemon uses (Login, Ping, Filter, Events, Logoff) and checks read/write classes the way
-Asterisk does. Faults are injectable: :meth:`FakeAmiServer.drop` (connection reset),
-:meth:`FakeAmiServer.hang` (alive but silent), :meth:`FakeAmiServer.emit_raw` (any bytes).
+daemon and ``check`` use (Login, Ping, Filter, Events, CoreShowChannels, Logoff) and checks
+read/write classes the way Asterisk does. Faults are injectable: :meth:`FakeAmiServer.drop`
+(connection reset), :meth:`FakeAmiServer.hang` (alive but silent),
+:meth:`FakeAmiServer.emit_raw` (any bytes).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class FakeAmiServer:
         self._stopping = False
         self._logged_in = asyncio.Condition()
         self._started_at = time.monotonic()
+        #: The channels up now, as CoreShowChannels lists them (``Channel``, ``Uniqueid``, ...).
+        self.channels: list[dict[str, str]] = []
         #: Every action received, in order; a Login's Secret is masked.
         self.actions: list[dict[str, str]] = []
         self.connections = 0
@@ -231,6 +234,8 @@ class FakeAmiServer:
             self._filter(session, action)
         elif name == "events":
             self._events(session, action)
+        elif name == "coreshowchannels":
+            self._core_show_channels(session, action)
         else:
             _reply(session, action, "Error", Message="Invalid/unknown command")
         return True
@@ -272,6 +277,19 @@ class FakeAmiServer:
         session.event_classes = _requested_classes(action.get("eventmask", "on"), user.read)
         _reply(session, action, "Success", Events="On" if session.event_classes else "Off")
 
+    def _core_show_channels(self, session: FakeAmiSession, action: dict[str, str]) -> None:
+        # Like Asterisk: a list action answered to the session itself, whatever its read
+        # classes; it needs write = system or reporting.
+        user = self.users[session.username or ""]
+        if not user.write & {"system", "reporting"}:
+            _reply(session, action, "Error", Message="Permission denied")
+            return
+        _reply(session, action, "Success", EventList="start", Message="Channels will follow")
+        for channel in self.channels:
+            _reply_item(session, action, "CoreShowChannel", channel)
+        complete = {"EventList": "Complete", "ListItems": str(len(self.channels))}
+        _reply_item(session, action, "CoreShowChannelsComplete", complete)
+
 
 async def _read_message(reader: asyncio.StreamReader) -> dict[str, str] | None:
     """The next action (header names lower-cased), or None at end of stream."""
@@ -294,6 +312,16 @@ def _reply(
     if "actionid" in action:
         message["ActionID"] = action["actionid"]
     session.writer.write(format_message(message | fields))
+
+
+def _reply_item(
+    session: FakeAmiSession, action: Mapping[str, str], event: str, fields: Mapping[str, str]
+) -> None:
+    """One message of a list answer: an event carrying the action's ActionID."""
+    message = {"Event": event}
+    if "actionid" in action:
+        message["ActionID"] = action["actionid"]
+    session.writer.write(format_message(message | dict(fields)))
 
 
 def _masked(action: Mapping[str, str]) -> dict[str, str]:
