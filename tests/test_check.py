@@ -304,3 +304,19 @@ def test_listen_must_be_a_non_negative_number() -> None:
     with pytest.raises(SystemExit) as info:
         main(["check", "--listen", "-1"])
     assert info.value.code == 2
+
+
+async def test_oauth_without_tokens_says_how_to_authorise(
+    tmp_path: Path, kommo: FakeKommo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, closed_port(), kommo.base_url, kommo.token)
+    text = config.read_text().replace(
+        f'access_token = "{kommo.token}"',
+        'client_id = "id"\nclient_secret = "cs"\nredirect_uri = "https://pbx.example/cb"\n'
+        f'token_file = "{tmp_path / "tokens.json"}"',
+    )
+    config.write_text(text)
+    assert await run_check(config) == 1
+    out = capsys.readouterr().out
+    assert "FAIL Kommo OAuth: no OAuth tokens yet" in out
+    assert "kommo-callerid authorize CODE" in out

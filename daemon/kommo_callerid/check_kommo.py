@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from .check_report import Report
 from .config import Config, KommoConfig
 from .kommo import KommoClient
-from .models import AccountInfo, KommoError
+from .models import AccountInfo, KommoAuthError, KommoError
 
 #: A long-lived token this close to its expiry date gets a warning.
 EXPIRY_WARNING_DAYS = 14
@@ -99,6 +99,12 @@ def token_expiry(token: str) -> datetime | None:
 
 
 async def explain_failure(exc: KommoError, config: KommoConfig) -> Finding:
+    if isinstance(exc, KommoAuthError):
+        return Finding(
+            f"Kommo OAuth: {exc.detail}",
+            "get a new authorisation code (Kommo: Settings > Integrations > your integration > "
+            "Keys and scopes) and run `kommo-callerid authorize CODE` within 20 minutes",
+        )
     if exc.status is None:
         return await _transport_failure(exc, config)
     status, said = exc.status, f"Kommo says: {exc.detail}"
