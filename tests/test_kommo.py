@@ -621,3 +621,14 @@ async def test_limiter_serves_notifications_first_and_survives_cancellation() ->
 async def test_account_names_the_token_owner(client: KommoClient) -> None:
     account = await client.account()
     assert (account.id, account.name, account.subdomain) == (31_415_926, "Demo account", "demo")
+
+
+async def test_cache_and_single_flight_under_load(fake: FakeKommo, client: KommoClient) -> None:
+    fake.set_delay(BY_PHONE_PATH, 0.05)
+    numbers = [f"+1415555{n:04d}" for n in range(20)]
+    first = await asyncio.gather(*(client.lookup(numbers[i % 20]) for i in range(400)))
+    assert fake.requests_to(BY_PHONE_PATH) == 20  # one request per number, however many ask
+    again = await asyncio.gather(*(client.lookup(number) for number in numbers * 5))
+    assert fake.requests_to(BY_PHONE_PATH) == 20
+    assert all(result.cached for result in again)
+    assert {r.number for r in first} == set(numbers)
