@@ -4,11 +4,13 @@ Run by ``common.Child``: ``child.py daemon|bare CONFIG_JSON``. It prints ``{"rea
 logged in to the AMI server, then answers one-line commands on stdin with one JSON line:
 ``stats`` (tables, RSS, CPU seconds), ``expect N`` (bare: print ``{"done": ...}`` after N more
 events), ``stop``. Logs go to /dev/null at the configured level: formatting them is real cost.
+With ``BENCH_PROFILE=DIR`` in the environment each child writes a cProfile file into DIR.
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import gc
 import json
 import os
@@ -129,7 +131,14 @@ def main() -> None:
     level = config.get("log", {}).get("level", "info")
     with open(os.devnull, "w") as devnull:
         configure_logging(LogConfig(level=level, format="json"), stream=devnull)
-        asyncio.run(run_daemon(config) if mode == "daemon" else run_bare(config))
+        run = run_daemon(config) if mode == "daemon" else run_bare(config)
+        profile_to = os.environ.get("BENCH_PROFILE")  # a directory: one cProfile file per child
+        if not profile_to:
+            asyncio.run(run)
+            return
+        with cProfile.Profile() as profile:
+            asyncio.run(run)
+        profile.dump_stats(Path(profile_to) / f"{mode}-{os.getpid()}.prof")
 
 
 if __name__ == "__main__":
