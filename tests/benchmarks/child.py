@@ -2,8 +2,9 @@
 
 Run by ``common.Child``: ``child.py daemon|bare CONFIG_JSON``. It prints ``{"ready": ...}`` once
 logged in to the AMI server, then answers one-line commands on stdin with one JSON line:
-``stats`` (tables, RSS, CPU seconds), ``expect N`` (bare: print ``{"done": ...}`` after N more
-events), ``stop``. Logs go to /dev/null at the configured level: formatting them is real cost.
+``stats`` (tables, RSS, CPU seconds), ``memory`` (the same after a garbage collection),
+``expect N`` (bare: print ``{"done": ...}`` after N more events), ``stop``. Logs go to
+/dev/null at the configured level: formatting them is real cost.
 With ``BENCH_PROFILE=DIR`` in the environment each child writes a cProfile file into DIR.
 """
 
@@ -52,13 +53,17 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None
             await asyncio.sleep(0.01)
 
 
-def daemon_tables(daemon: Daemon) -> dict[str, Any]:
-    """Every internal table's size. Reaches into private state: a benchmark may, code may not."""
+def daemon_tables(daemon: Daemon, collect: bool) -> dict[str, Any]:
+    """Every internal table's size. Reaches into private state: a benchmark may, code may not.
+
+    ``collect``: run the garbage collector first, so RSS is what is live.
+    """
     running = daemon._running
     assert running is not None
     notifier = running.notifier
     kommo: Any = notifier._kommo
-    gc.collect()
+    if collect:
+        gc.collect()
     return {
         "events": running.events,
         "queue": running.queue.qsize(),
@@ -87,7 +92,7 @@ async def run_daemon(config: dict[str, Any]) -> None:
     while line := (await reader.readline()).decode().strip():
         if line == "stop":
             break
-        say(daemon_tables(daemon))
+        say(daemon_tables(daemon, collect=line == "memory"))
     daemon.stop.set()
     await serving
     say({"stopped": True})

@@ -203,6 +203,18 @@ async def wait_until(condition: Any, timeout: float, poll: float = 0.002) -> boo
     return True
 
 
+class Pacer:
+    """Ticks on an absolute schedule, so a late tick does not slow the rate down."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = time.monotonic()
+
+    async def tick(self) -> None:
+        self._next += self._interval
+        await asyncio.sleep(max(0.0, self._next - time.monotonic()))
+
+
 # ---- figures --------------------------------------------------------------------------------
 
 

@@ -16,10 +16,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent.parent / "daemon")]
 
+import bench_burst  # noqa: E402
+import bench_cpu  # noqa: E402
 import bench_ingest  # noqa: E402
+import bench_latency  # noqa: E402
+import bench_memory  # noqa: E402
 from common import Report  # noqa: E402
 
-BENCHMARKS = {"ingest": bench_ingest}
+BENCHMARKS = {
+    "ingest": bench_ingest,
+    "latency": bench_latency,
+    "burst": bench_burst,
+    "memory": bench_memory,
+    "cpu": bench_cpu,
+}
 
 
 async def main(quick: bool, only: list[str]) -> Report:
