@@ -266,3 +266,42 @@ async def test_an_event_cut_in_two_at_every_position_arrives_intact(
         (name, "18305803077", "from-trunk")
     }
     assert client.counters.garbage == client.counters.invalid == 0
+
+
+# ---- unused events are dropped unparsed ----
+
+
+async def test_events_the_daemon_does_not_use_are_counted_and_never_parsed(
+    server: FakeAmiServer, client: AmiClient, queue: EventQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[bytes] = []
+    protocol = reader(client)
+    original = protocol._parse
+    monkeypatch.setattr(protocol, "_parse", lambda raw: (parsed.append(bytes(raw)), original(raw)))
+    ignored_before = client.counters.ignored  # FullyBooted after the login
+    noise = [{"Event": name, "Privilege": "dialplan,all"} for name in ("VarSet", "Newexten")]
+    server.emit_raw(
+        b"".join(format_message(event) for event in noise)
+        + b"\r\nEvent: HangupRequest\r\nUniqueid: 1.1\r\n\r\n"  # after a stray CRLF
+        + b"X-Before: the Event line\r\nEvent: Cdr\r\n\r\n"  # not the first line
+        + format_message(newchannel("4.1"))
+    )
+    await barrier(client)
+    assert [e.uniqueid for e in drain(queue)] == ["4.1"]
+    assert client.counters.ignored - ignored_before == 4
+    assert all(b"Response: Success" in raw for raw in parsed)  # only the Ping's answer
+    assert client.counters.garbage == client.counters.invalid == 0
+
+
+async def test_an_unused_event_carrying_a_pending_actions_id_still_reaches_panoramisk(
+    server: FakeAmiServer, client: AmiClient
+) -> None:
+    server.hang()  # the server will not answer: an event with the Ping's ActionID will
+    ping = asyncio.ensure_future(client.send_action({"Action": "Ping"}, timeout=5.0))
+    await asyncio.sleep(0.01)
+    protocol = reader(client)
+    [action_id] = protocol.responses
+    protocol.data_received(format_message({"Event": "PingAnswer", "ActionID": action_id}))
+    answer = await ping
+    assert answer["Event"] == "PingAnswer"
+    assert client.counters.ignored == 1  # the FullyBooted after the login only

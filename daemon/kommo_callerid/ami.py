@@ -49,6 +49,7 @@ class AmiCounters:
     invalid: int = 0  # unusable (no Uniqueid) or failed to convert
     oversized: int = 0  # messages longer than MAX_MESSAGE_BYTES, skipped to the next blank line
     garbage: int = 0  # messages with neither an Event nor a Response header
+    ignored: int = 0  # other events, dropped unparsed (cheap: most of a read=all user's stream)
 
 
 class AmiClient:
@@ -79,7 +80,7 @@ class AmiClient:
     @property
     def counters(self) -> AmiCounters:
         """A snapshot of the event counters."""
-        return replace(self._counters)
+        return replace(self._counters, ignored=self._link.ignored if self._link else 0)
 
     @property
     def events_received(self) -> int:
@@ -109,6 +110,7 @@ class AmiClient:
             self._on_fault,
             self._mark_lost,
             on_discard=self._on_discard,
+            events=_KINDS,
         )
         timeout = self._config.connect_timeout
         try:

@@ -25,6 +25,12 @@ wrong for a daemon is switched off or replaced here:
 It also checks the banner (a peer that is not AMI is refused) and never logs an action (a Login
 carries the secret).
 
+Speed: a busy PBX sends tens of thousands of events a second and the daemon uses three kinds.
+Building panoramisk's ``Message`` (a case-insensitive dict) costs far more than reading the
+``Event:`` line, so each message's event name is read from its raw bytes first: an event the
+handler does not want is counted and dropped undecoded; a wanted one is parsed straight into a
+plain dict. Only responses, garbage and events that may answer an action take panoramisk's path.
+
 panoramisk's objects are untyped (``Any``). Only :mod:`.ami` touches them, through
 :meth:`SessionManager.submit`, :func:`first_headers` and
 :func:`all_headers`; events leave as ``str`` mappings.
@@ -33,7 +39,8 @@ panoramisk's objects are untyped (``Any``). Only :mod:`.ami` touches them, throu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import enum
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Literal
 
 from panoramisk.actions import Action
@@ -51,6 +58,10 @@ _MAX_BANNER_BYTES = 256
 #: blank line) is skipped: the peer is broken or not AMI, and it must not exhaust memory.
 MAX_MESSAGE_BYTES = 64 * 1024
 _END = b"\r\n\r\n"  # a message ends with a blank line
+_EVENT = b"Event: "
+_EVENT_LINE = b"\r\nEvent: "
+#: Events that need panoramisk's path whatever the handler wants: Shutdown ends the link.
+_SPECIAL_EVENTS = frozenset({b"shutdown"})
 
 #: Why input was thrown away: a message over MAX_MESSAGE_BYTES, or text that is no AMI message.
 Discard = Literal["oversized", "garbage"]
@@ -88,7 +99,12 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
         on_lost: Callable[[str], None],
         *,
         on_discard: Callable[[Discard], None],
+        events: Collection[str] | None = None,
     ) -> None:
+        """``events``: the event names ``on_event`` wants (any case); None means every event.
+
+        Others are counted in :attr:`ignored` and never parsed.
+        """
         # The real endpoint, though only AmiClient connects: were panoramisk's reconnect ever
         # armed again, it would reach this server (and the tests would see it).
         super().__init__(loop=loop, host=config.host, port=config.port, encoding="utf-8")
@@ -103,9 +119,15 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
         self._on_lost = on_lost
         self._on_discard = on_discard
         self._loss_reason: str | None = None
+        self.wanted = None if events is None else frozenset(e.lower().encode() for e in events)
 
     def protocol_factory(self) -> _SessionProtocol:
         return _SessionProtocol(self)
+
+    @property
+    def ignored(self) -> int:
+        """Events dropped unparsed because ``on_event`` does not want them."""
+        return self.protocol.ignored if self.protocol is not None else 0
 
     # panoramisk's connect() leads to its connection_made(), which logs in and arms the
     # pinger; AmiClient opens the link, logs in and (through send_action) pings itself.
@@ -120,9 +142,13 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
         self._on_lost(self._loss_reason or _describe_loss(exc))
 
     def dispatch(self, event: Any) -> None:
+        """An event parsed by panoramisk (the slow path)."""
+        self.deliver({str(k).lower(): _text(v) for k, v in event.items()})
+
+    def deliver(self, fields: Mapping[str, str]) -> None:
         # A raise here would reach asyncio's data_received and drop the connection.
         try:
-            self._on_event({str(k).lower(): _text(v) for k, v in event.items()})
+            self._on_event(fields)
         except Exception as exc:
             self.fault(exc)
 
@@ -170,6 +196,12 @@ def _describe_loss(exc: BaseException | None) -> str:
     return f"connection lost: {str(exc) or type(exc).__name__}"
 
 
+class _Route(enum.Enum):
+    IGNORE = enum.auto()  # an event the handler does not want: counted, never decoded
+    EVENT = enum.auto()  # a wanted event: parsed straight into a dict
+    PANORAMISK = enum.auto()  # responses, garbage, Shutdown: panoramisk's Message
+
+
 class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
     """panoramisk's protocol with a banner check, a bounded byte buffer and no secret in logs."""
 
@@ -181,6 +213,8 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
         self._scanned = 0  # the buffer holds no message end before this offset
         self._skipping = False  # inside an oversized message: drop up to the next blank line
         self.max_buffered = 0  # high-water mark of the buffer, for tests and diagnostics
+        self.ignored = 0  # events dropped unparsed: the handler does not want them
+        self._wanted = manager.wanted
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -217,14 +251,40 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
     def _take_messages(self) -> None:
         buffer, start = self._buffer, 0
         while (end := buffer.find(_END, max(start, self._scanned))) >= 0:
-            raw = buffer[start:end]
-            start = end + len(_END)
             if self._skipping:  # the tail of an oversized message: reading resumes after it
                 self._skipping = False
             else:
-                self._parse(raw)
+                route = self._route(buffer, start, end)
+                if route is _Route.IGNORE:
+                    self.ignored += 1
+                elif route is _Route.EVENT:
+                    self.factory.deliver(_fields(_decode(buffer[start:end])))
+                else:
+                    self._parse(buffer[start:end])
+            start = end + len(_END)
         del buffer[:start]
         self._scanned = max(0, len(buffer) - len(_END) + 1)
+
+    def _route(self, buffer: bytearray, start: int, end: int) -> _Route:
+        """Where a message goes, judged by its ``Event:`` line on the raw bytes, without a copy
+        of the message: this runs for every message, and most are events nobody here wants."""
+        wanted = self._wanted
+        if wanted is None:
+            return _Route.PANORAMISK
+        if buffer.startswith(_EVENT, start, end):
+            name_at = start + len(_EVENT)
+        else:
+            line = buffer.find(_EVENT_LINE, start, end)
+            if line < 0:
+                return _Route.PANORAMISK  # a response, or garbage (counted there)
+            name_at = line + len(_EVENT_LINE)
+        name_end = buffer.find(b"\r\n", name_at, end)
+        name = bytes(buffer[name_at : end if name_end < 0 else name_end]).strip().lower()
+        if name in _SPECIAL_EVENTS or (
+            self.responses and buffer.find(b"ActionID:", start, end) >= 0
+        ):
+            return _Route.PANORAMISK  # Shutdown, or maybe part of an action's answer
+        return _Route.EVENT if name in wanted else _Route.IGNORE
 
     def _skip_oversized(self) -> None:
         if not self._skipping:
@@ -291,6 +351,17 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
         if not self.closed:
             self.closed = True
             self.transport.close()
+
+
+def _fields(text: str) -> dict[str, str]:
+    """An event's headers, names lower-cased; as panoramisk reads them (``Name: value``
+    lines), a repeated header keeping its first value."""
+    fields: dict[str, str] = {}
+    for line in text.split("\r\n"):
+        name, colon, value = line.partition(": ")
+        if colon:
+            fields.setdefault(name.lower(), value.strip())
+    return fields
 
 
 def _decode(raw: bytes | bytearray) -> str:

@@ -145,7 +145,7 @@ class FakeAmiServer:
             session.writer.write(data)
         return len(receivers)
 
-    def emit_raw(self, data: bytes) -> int:
+    def emit_raw(self, data: bytes | memoryview) -> int:
         """Send bytes as they are to every logged-in session."""
         if not self._awake.is_set():
             return 0
@@ -153,6 +153,23 @@ class FakeAmiServer:
         for session in receivers:
             session.writer.write(data)
         return len(receivers)
+
+    async def stream(self, data: bytes, chunk: int = 256 * 1024) -> int:
+        """Send bytes to every logged-in session as fast as they read them (benchmarks).
+
+        No filtering and no formatting: a caller that wants filtered traffic precomputes it,
+        so the cost of filtering falls on this server, as it falls on Asterisk.
+        """
+        sent = 0
+        view = memoryview(data)
+        for start in range(0, len(data), chunk):
+            sent = self.emit_raw(view[start : start + chunk])
+            await self.drain()
+        return sent
+
+    async def drain(self) -> None:
+        """Wait until what was written to each session has been handed to the kernel."""
+        await self._drain()
 
     async def play(self, events: Iterable[Mapping[str, str]], delay: float = 0.0) -> int:
         """Emit events in order, ``delay`` seconds apart; returns how many were played."""
@@ -340,6 +357,8 @@ def _requested_classes(events: str, read: frozenset[str]) -> frozenset[str]:
         return read
     if requested in ("off", "no", "false", ""):
         return frozenset()
+    if "all" in read:  # read = all grants every class a mask may ask for
+        return _event_classes(requested)
     return _event_classes(requested) & read
 
 

@@ -1,0 +1,58 @@
+"""CPU per call: the daemon's CPU seconds per 1,000 calls in the steady state (calls at 50/s
+among 2,000 noise events/s, as in the latency run, every caller new, the default recipients:
+the DID's users, each ringing agent, the responsible user). The same stretch of noise alone
+is measured too, so the calls' own share shows.
+"""
+
+from __future__ import annotations
+
+import time
+
+from bench_latency import TICK, play_calls
+from common import BENCH_USERS, Child, Pacer, PbxMix, Report, daemon_config, wire
+
+from kommo_callerid.sim.ami_server import FakeAmiServer
+from kommo_callerid.sim.kommo_app import FakeKommo
+
+PER_CALL = 3  # the DID's user and the two ringing agents; Kommo knows no responsible user
+
+
+async def run(report: Report, quick: bool) -> None:
+    calls = 300 if quick else 1500
+    mix = PbxMix()
+    async with FakeAmiServer(users=BENCH_USERS) as ami, FakeKommo(rate_limit=None) as kommo:
+        config = daemon_config(
+            ami,
+            kommo,
+            kommo={"rate_limit": 10_000},
+            notify={"dids": {"5551000": [7]}, "extensions": {"100": 11, "101": 12}},
+        )
+        async with Child("daemon", config) as child:
+
+            def new_caller(index: int) -> str:
+                return mix.unknown_caller()
+
+            await play_calls(ami, kommo, mix, 50, new_caller, PER_CALL)  # warm up
+            before = (await child.ask("stats"))["cpu_s"]
+            started = time.monotonic()
+            await play_calls(ami, kommo, mix, calls, new_caller, PER_CALL)
+            elapsed = time.monotonic() - started
+            middle = (await child.ask("stats"))["cpu_s"]
+            await _noise_only(ami, mix, elapsed)
+            after = (await child.ask("stats"))["cpu_s"]
+    with_calls, noise = middle - before, after - middle
+    report.add(
+        "CPU per 1,000 calls (calls + noise / noise alone)",
+        f"{with_calls / calls * 1000:.2f} s / {noise / calls * 1000:.2f} s",
+    )
+    report.add(
+        "CPU load at 50 calls/s + 2,000 noise events/s", f"{with_calls / elapsed:.1%} of a core"
+    )
+
+
+async def _noise_only(ami: FakeAmiServer, mix: PbxMix, seconds: float) -> None:
+    noise = [wire(mix.noise(int(2000 * TICK))) for _ in range(16)]
+    pacer = Pacer(TICK)
+    for tick in range(round(seconds / TICK)):
+        ami.emit_raw(noise[tick % len(noise)])
+        await pacer.tick()

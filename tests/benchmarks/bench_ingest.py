@@ -1,0 +1,102 @@
+"""Ingest: how many AMI events per second the client keeps up with, streamed as fast as the
+socket takes them.
+
+(a) a bare panoramisk Manager with a no-op handler; (b) the daemon, every event of the mix
+sent (no server-side filter); (c) the daemon with its Events mask and Filters honoured by
+the server, reported as the PBX event rate it keeps up with: all events of the mix, filtered
+ones included, per second. The filtered stream is computed before the clock starts: on a
+real PBX Asterisk pays for filtering, not us.
+"""
+
+from __future__ import annotations
+
+import time
+
+from common import (
+    BENCH_USERS,
+    CHANNEL_EVENTS,
+    Child,
+    PbxMix,
+    Report,
+    WireEvent,
+    call_bytes,
+    daemon_config,
+    filtered_for,
+    wait_until,
+    wire,
+)
+
+from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
+from kommo_callerid.sim.kommo_app import FakeKommo
+
+MARKER_DID = "5551000"
+
+
+async def bare_rate(events: list[WireEvent]) -> float:
+    data = wire(events)
+    async with FakeAmiServer(users=BENCH_USERS) as ami, Child("bare", _login(ami)) as child:
+        await child.ask(f"expect {len(events)}")
+        started = time.monotonic()
+        await ami.stream(data)
+        done = await child.read()
+    return len(events) / (done["done"] - started)
+
+
+async def daemon_rate(mix: PbxMix, events: list[WireEvent], filtered: bool) -> tuple[float, int]:
+    """PBX events per second, and how many channel events the daemon consumed."""
+    async with FakeAmiServer(users=BENCH_USERS) as ami, FakeKommo(rate_limit=None) as kommo:
+        config = daemon_config(
+            ami,
+            kommo,
+            kommo={"rate_limit": 100_000},
+            notify={"dids": {MARKER_DID: [7]}},
+        )
+        async with Child("daemon", config) as child:
+            sent = filtered_for(ami, events) if filtered else events
+            marker = mix.inbound(agents=())
+            data = wire(sent) + call_bytes(marker.events)
+            started = time.monotonic()
+            await ami.stream(data)
+            if not await wait_until(lambda: _notified(kommo, marker.caller_num), 120):
+                raise RuntimeError("the marker call was never notified")
+            elapsed = kommo.events[-1].received_at - started
+            consumed = (await child.ask("stats"))["events"]
+    return len(events) / elapsed, consumed
+
+
+def _notified(kommo: FakeKommo, number: str) -> bool:
+    return any(e.phone_number == number for e in reversed(kommo.events))
+
+
+def _login(ami: FakeAmiServer) -> dict[str, object]:
+    return {"ami": {"port": ami.port, "username": DEMO_USERNAME, "secret": DEMO_SECRET}}
+
+
+async def run(report: Report, quick: bool) -> None:
+    cycles = 40 if quick else 250
+    mix = PbxMix()
+    events = mix.cycles(cycles)
+    channel = sum(1 for e in events if e.name in CHANNEL_EVENTS)
+    bare = await bare_rate(events)
+    full, consumed_b = await daemon_rate(mix, events, filtered=False)
+    # (c) needs a longer stream to last as long: its filter passes about one event in eight.
+    long_events = mix.cycles(cycles * 8)
+    kept, consumed_c = await daemon_rate(mix, long_events, filtered=True)
+    report.add("ingest (a) bare panoramisk, no-op handler", f"{bare:,.0f} events/s")
+    report.add(
+        "ingest (b) daemon, no server-side filter",
+        f"{full:,.0f} events/s ({full / bare:.2f} x a)",
+        "≥ 0.9 x a",
+        full >= 0.9 * bare,
+    )
+    report.add(
+        "ingest (c) daemon, filters honoured (PBX events/s)",
+        f"{kept:,.0f} events/s ({kept / bare:.1f} x a)",
+        "≥ 10 x a",
+        kept >= 10 * bare,
+    )
+    report.add(
+        "ingest mix",
+        f"{len(events):,} events (b), {len(long_events):,} (c); "
+        f"{channel / len(events):.1%} channel events; consumed {consumed_b:,} / {consumed_c:,}",
+    )

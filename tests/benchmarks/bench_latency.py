@@ -1,0 +1,107 @@
+"""Latency: from the last byte of a call's Newchannel leaving the fake AMI server to the fake
+Kommo receiving the notification, for calls at 50/s among 2,000 noise events/s.
+
+The daemon notifies the caller's responsible user (``to = ["responsible"]``), so every
+notification waits for its lookup: a warm cache answers at once (callers Kommo knows, seen
+before), a cold one costs a request to Kommo first (callers never seen; Kommo does not know
+them, so the everyone-fallback goes out after the lookup). The loopback HTTP round trip,
+measured in the same run, is the yardstick.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+
+from common import (
+    BENCH_USERS,
+    KNOWN_CALLERS,
+    Child,
+    Pacer,
+    PbxMix,
+    Report,
+    call_bytes,
+    daemon_config,
+    loopback_rtt_ms,
+    percentile,
+    spread,
+    wait_until,
+    wire,
+)
+
+from kommo_callerid.sim.ami_server import FakeAmiServer
+from kommo_callerid.sim.kommo_app import FakeKommo
+from kommo_callerid.sim.recording import format_message
+
+CALLS_PER_SECOND = 50
+NOISE_PER_SECOND = 2000
+TICK = 0.01  # noise goes out every tick, a call every other tick
+HANGUP_AFTER = 50  # calls: each call's Hangups go out about a second after it started
+
+
+async def play_calls(
+    ami: FakeAmiServer,
+    kommo: FakeKommo,
+    mix: PbxMix,
+    calls: int,
+    caller: Callable[[int], str],
+    per_call: int = 1,
+) -> list[float]:
+    """Play ``calls`` calls at the paced rate, ``per_call`` notifications expected for each;
+    the latency of each call's first notification in milliseconds."""
+    noise = [wire(mix.noise(int(NOISE_PER_SECOND * TICK))) for _ in range(16)]
+    sent_at: dict[str, deque[float]] = defaultdict(deque)
+    hangups: deque[bytes] = deque()
+    first = len(kommo.events)
+    pacer = Pacer(TICK)
+    ticks_per_call = round(1 / CALLS_PER_SECOND / TICK)
+    for tick in range(calls * ticks_per_call):
+        ami.emit_raw(noise[tick % len(noise)])
+        if tick % ticks_per_call == 0:
+            call = mix.inbound(caller(tick // ticks_per_call))
+            root, *legs = call.events
+            ami.emit_raw(format_message(root))
+            sent_at[call.caller_num].append(time.monotonic())  # write() has sent it
+            ami.emit_raw(call_bytes(legs))
+            hangups.append(call_bytes(call.hangups))
+            if len(hangups) > HANGUP_AFTER:
+                ami.emit_raw(hangups.popleft())
+        await pacer.tick()
+    ami.emit_raw(b"".join(hangups))
+    expected = calls * per_call
+    if not await wait_until(lambda: len(kommo.events) - first >= expected, 30):
+        raise RuntimeError(f"only {len(kommo.events) - first} of {expected} notifications")
+    return [
+        (event.received_at - sent_at[event.phone_number].popleft()) * 1000
+        for event in kommo.events[first:]
+        if sent_at[event.phone_number]  # a call's later notifications find it empty
+    ]
+
+
+async def run(report: Report, quick: bool) -> None:
+    calls = 200 if quick else 2000
+    mix = PbxMix()
+    async with FakeAmiServer(users=BENCH_USERS) as ami, FakeKommo(rate_limit=None) as kommo:
+        config = daemon_config(
+            ami, kommo, kommo={"rate_limit": 10_000}, notify={"to": ["responsible"]}
+        )
+        async with Child("daemon", config) as child:
+            await play_calls(ami, kommo, mix, len(KNOWN_CALLERS), KNOWN_CALLERS.__getitem__)
+            warm = await play_calls(ami, kommo, mix, calls, lambda i: KNOWN_CALLERS[i % 5])
+            cold = await play_calls(ami, kommo, mix, calls, lambda i: mix.unknown_caller())
+            tables = await child.ask("stats")
+        rtt = await loopback_rtt_ms(f"{kommo.base_url}/no-such-path")
+    yardstick = percentile(rtt, 0.99)
+    limit = min(5.0, 10 * yardstick)
+    rates = f"{calls} calls at {CALLS_PER_SECOND}/s, {NOISE_PER_SECOND} noise events/s"
+    report.add("loopback HTTP round trip p50 / p99 / max", spread(rtt))
+    for name, values in (("warm", warm), ("cold", cold)):
+        p99 = percentile(values, 0.99)
+        report.add(
+            f"latency Newchannel -> POST, {name} cache, p50 / p99 / max",
+            spread(values),
+            f"p99 ≤ 5 ms and ≤ 10 x RTT p99 ({limit:.2f} ms)",
+            p99 <= limit,
+        )
+    report.add("latency run", f"{rates}; {tables['dropped'] or 'no'} drops")

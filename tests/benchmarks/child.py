@@ -1,0 +1,150 @@
+"""The process under test: the daemon, or a bare panoramisk Manager for comparison.
+
+Run by ``common.Child``: ``child.py daemon|bare CONFIG_JSON``. It prints ``{"ready": ...}`` once
+logged in to the AMI server, then answers one-line commands on stdin with one JSON line:
+``stats`` (tables, RSS, CPU seconds), ``memory`` (the same after a garbage collection),
+``expect N`` (bare: print ``{"done": ...}`` after N more events), ``stop``. Logs go to
+/dev/null at the configured level: formatting them is real cost.
+With ``BENCH_PROFILE=DIR`` in the environment each child writes a cProfile file into DIR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import gc
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from panoramisk import Manager
+
+from kommo_callerid.config import LogConfig, from_mapping
+from kommo_callerid.daemon import Daemon
+from kommo_callerid.logging import configure_logging
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def say(answer: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(answer) + "\n")
+    sys.stdout.flush()
+
+
+async def commands() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - the conditions are plain attributes: poll
+            await asyncio.sleep(0.01)
+
+
+def daemon_tables(daemon: Daemon, collect: bool) -> dict[str, Any]:
+    """Every internal table's size. Reaches into private state: a benchmark may, code may not.
+
+    ``collect``: run the garbage collector first, so RSS is what is live.
+    """
+    running = daemon._running
+    assert running is not None
+    notifier = running.notifier
+    kommo: Any = notifier._kommo
+    if collect:
+        gc.collect()
+    return {
+        "events": running.events,
+        "queue": running.queue.qsize(),
+        "tracker": len(running.tracker),
+        "active": len(notifier._active),
+        "seen": len(notifier._seen),
+        "cache": kommo.cache_size,
+        "inflight": len(kommo._inflight),
+        "tasks": len(running.call_tasks),
+        "limiter_waiting": len(kommo._limiter._queue),
+        "limiter_finished": len(kommo._limiter._finished),
+        "sent": notifier.stats.notifications_sent,
+        "failed": notifier.stats.notifications_failed,
+        "dropped": dict(notifier.stats.dropped),
+        "rss_mb": rss_mb(),
+        "cpu_s": time.process_time(),
+    }
+
+
+async def run_daemon(config: dict[str, Any]) -> None:
+    daemon = Daemon(from_mapping(config))
+    serving = asyncio.create_task(daemon.serve())
+    await wait_for(lambda: daemon.ami_connected or serving.done())
+    say({"ready": True, "pid": os.getpid()})
+    reader = await commands()
+    while line := (await reader.readline()).decode().strip():
+        if line == "stop":
+            break
+        say(daemon_tables(daemon, collect=line == "memory"))
+    daemon.stop.set()
+    await serving
+    say({"stopped": True})
+
+
+async def run_bare(config: dict[str, Any]) -> None:
+    """panoramisk as its README shows it: a Manager and a no-op handler for every event."""
+    ami = config["ami"]
+    manager = Manager(
+        loop=asyncio.get_running_loop(),
+        host="127.0.0.1",
+        port=ami["port"],
+        username=ami["username"],
+        secret=ami["secret"],
+        ping_delay=3600,
+    )
+    state = {"count": 0, "target": -1}
+
+    def on_event(manager: Manager, event: Any) -> None:  # the no-op handler, plus a count
+        state["count"] += 1
+        if state["count"] == state["target"]:
+            say({"done": time.monotonic(), "count": state["count"]})
+
+    manager.register_event("*", on_event)
+    await manager.connect()
+    await wait_for(lambda: manager.authenticated)
+    say({"ready": True, "pid": os.getpid()})
+    reader = await commands()
+    while line := (await reader.readline()).decode().strip():
+        if line == "stop":
+            break
+        if line.startswith("expect "):
+            state["count"], state["target"] = 0, int(line.split()[1])
+        say({"count": state["count"], "rss_mb": rss_mb(), "cpu_s": time.process_time()})
+    manager.close()
+    say({"stopped": True})
+
+
+def main() -> None:
+    mode, config = sys.argv[1], json.loads(sys.argv[2])
+    level = config.get("log", {}).get("level", "info")
+    with open(os.devnull, "w") as devnull:
+        configure_logging(LogConfig(level=level, format="json"), stream=devnull)
+        run = run_daemon(config) if mode == "daemon" else run_bare(config)
+        profile_to = os.environ.get("BENCH_PROFILE")  # a directory: one cProfile file per child
+        if not profile_to:
+            asyncio.run(run)
+            return
+        with cProfile.Profile() as profile:
+            asyncio.run(run)
+        profile.dump_stats(Path(profile_to) / f"{mode}-{os.getpid()}.prof")
+
+
+if __name__ == "__main__":
+    main()
