@@ -161,3 +161,17 @@ def test_oauth_without_any_token_exits_3_and_says_how_to_authorise(
     assert main(["run", "-c", str(cfg)]) == 3
     out = capsys.readouterr().out
     assert "kommo.error" in out and "kommo-callerid authorize" in out
+
+
+def test_a_closed_stdout_does_not_break_logging() -> None:
+    import io
+
+    import structlog
+
+    from kommo_callerid.config import LogConfig
+    from kommo_callerid.logging import configure_logging
+
+    stream = io.StringIO()
+    configure_logging(LogConfig(format="json"), stream=stream)
+    stream.close()
+    structlog.get_logger("test").info("still.alive")  # must not raise

@@ -8,7 +8,9 @@ shortened in every line; known secret values are scrubbed from every line as a l
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from typing import TextIO
@@ -41,22 +43,37 @@ def _mask_numbers(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict
 
 
 class _SecretScrubber:
-    """Replaces any known secret value that reached a log line (it never should)."""
+    """Replaces any known secret value that reached a log line (it never should).
+
+    One regex search over all string fields at once keeps the common case (no secret) cheap.
+    """
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = tuple(s for s in secrets if len(s) >= 4)
+        found = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, found))) if found else None
 
     def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-        if self._secrets:
+        pattern = self._pattern
+        if pattern is None:
+            return event_dict
+        texts = [value for value in event_dict.values() if isinstance(value, str)]
+        if pattern.search("\0".join(texts)):
             for key, value in event_dict.items():
-                if isinstance(value, str) and any(s in value for s in self._secrets):
-                    event_dict[key] = self._scrub(value)
+                if isinstance(value, str):
+                    event_dict[key] = pattern.sub("**********", value)
         return event_dict
 
-    def _scrub(self, value: str) -> str:
-        for secret in self._secrets:
-            value = value.replace(secret, "**********")
-        return value
+
+class _SafeWriteLogger(structlog.WriteLogger):
+    """Writes a rendered line; a closed or broken stdout must never stop the daemon."""
+
+    def msg(self, message: str) -> None:
+        # as the stdlib handlers do: losing a log line beats losing the process
+        with contextlib.suppress(OSError, ValueError):
+            super().msg(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
 
 
 def _drop_stdlib_noise(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -76,12 +93,17 @@ def _renderer(fmt: str, stream: TextIO) -> Processor:
 def configure_logging(
     config: LogConfig, *, secrets: Iterable[str] = (), stream: TextIO | None = None
 ) -> None:
-    """Install the chain for structlog and the stdlib root logger (idempotent)."""
+    """Install the chain for structlog and the stdlib root logger (idempotent).
+
+    The daemon's own lines take structlog's native path (a filtering bound logger writing
+    straight to the stream: a few microseconds a line, next to nothing for a filtered debug
+    line); the stdlib records of panoramisk and aiohttp go through the same processors via
+    ``ProcessorFormatter``, so every line looks alike.
+    """
     stream = stream or sys.stdout
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
+        structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
     ]
@@ -89,22 +111,19 @@ def configure_logging(
         shared.append(_mask_numbers)
     shared.append(_SecretScrubber(secrets))
     level = getattr(logging, config.level.upper())
+    renderer = _renderer(config.format, stream)
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, renderer],
+        logger_factory=lambda *_: _SafeWriteLogger(stream),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[*shared[:1], structlog.stdlib.add_logger_name, *shared[1:]],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             _drop_stdlib_noise,
-            _renderer(config.format, stream),
+            renderer,
         ],
     )
     handler = logging.StreamHandler(stream)
