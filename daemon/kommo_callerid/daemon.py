@@ -20,7 +20,7 @@ import structlog
 
 from . import __version__
 from .callerid import CallerIdService
-from .calls import CallTracker
+from .calls import CallStarted, CallTracker, LegRinging
 from .config import Config
 from .http import Health, HttpServer
 from .kommo import KommoClient
@@ -92,6 +92,20 @@ class Daemon:
         """The bound port of the HTTP endpoint (``listen`` may ask for port 0), or None."""
         running = self._running
         return running.http.port if running is not None and running.http is not None else None
+
+    def table_sizes(self) -> dict[str, int]:
+        """The size of every internal table (benchmarks, debugging); empty when not running."""
+        running = self._running
+        if running is None:
+            return {}
+        return {
+            "queue": running.queue.qsize(),
+            "tracker": len(running.tracker),
+            "active": running.notifier.active_calls,
+            "seen": running.notifier.seen_calls,
+            "tasks": len(running.call_tasks),
+            **running.kommo.table_sizes(),
+        }
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -207,8 +221,12 @@ class Daemon:
             running.events += 1
             if event.kind is not ChannelEventKind.LINK_LOST:
                 running.last_event_at = event.received_at
-            for decision in tracker.feed(event):
+            decisions = tracker.feed(event)
+            for decision in decisions:
                 notifier.handle(decision)
+            if any(isinstance(d, CallStarted | LegRinging) for d in decisions):
+                # Let the lookup/notification just spawned start before the rest of a backlog.
+                await asyncio.sleep(0)
 
     async def _housekeeping(self, running: _Running) -> None:
         loop = asyncio.get_running_loop()

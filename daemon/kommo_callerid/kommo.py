@@ -118,6 +118,13 @@ class KommoClient:
     def cache_size(self) -> int:
         return len(self._cache)
 
+    def table_sizes(self) -> dict[str, int]:
+        return {
+            "cache": len(self._cache),
+            "inflight": len(self._inflight),
+            **self._http.table_sizes(),
+        }
+
     @property
     def blocked(self) -> bool:
         """Kommo answered 403 and has not accepted a request since."""

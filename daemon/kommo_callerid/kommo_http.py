@@ -100,6 +100,9 @@ class KommoTransport:
         self._closed = False
         self._error_logged: dict[tuple[str, int | None], tuple[float, int]] = {}
 
+    def table_sizes(self) -> dict[str, int]:
+        return {"limiter_waiting": self._limiter.waiting, "error_log_keys": len(self._error_logged)}
+
     async def close(self) -> None:
         self._closed = True
         if self._session is not None:

@@ -49,6 +49,10 @@ class RateLimiter:
         self._tickets = itertools.count()
         self._changed = asyncio.Event()
 
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
     @asynccontextmanager
     async def slot(self, priority: Priority = Priority.LOOKUP) -> AsyncIterator[None]:
         await self._acquire(priority)

@@ -129,6 +129,10 @@ class CallNotifier:
     def active_calls(self) -> int:
         return len(self._active)
 
+    @property
+    def seen_calls(self) -> int:
+        return len(self._seen)
+
     def handle(self, decision: Decision) -> None:
         match decision:
             case CallStarted():

@@ -54,29 +54,19 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None
 
 
 def daemon_tables(daemon: Daemon, collect: bool) -> dict[str, Any]:
-    """Every internal table's size. Reaches into private state: a benchmark may, code may not.
+    """Every internal table's size (``Daemon.table_sizes``) and the process's RSS and CPU.
 
     ``collect``: run the garbage collector first, so RSS is what is live.
     """
     running = daemon._running
     assert running is not None
     notifier = running.notifier
-    kommo: Any = notifier._kommo
     if collect:
         gc.collect()
     return {
         "events": running.events,
-        "queue": running.queue.qsize(),
-        "tracker": len(running.tracker),
-        "active": len(notifier._active),
-        "seen": len(notifier._seen),
-        "cache": kommo.cache_size,
-        "inflight": len(kommo._inflight),
-        "tasks": len(running.call_tasks),
-        "limiter_waiting": len(kommo._limiter._queue),
-        "limiter_finished": len(kommo._limiter._finished),
+        **daemon.table_sizes(),
         "sent": notifier.stats.notifications_sent,
-        "failed": notifier.stats.notifications_failed,
         "dropped": dict(notifier.stats.dropped),
         "rss_mb": rss_mb(),
         "cpu_s": time.process_time(),
