@@ -20,7 +20,7 @@ import structlog
 
 from . import __version__
 from .callerid import CallerIdService
-from .calls import CallStarted, CallTracker, LegRinging
+from .calls import CallTracker
 from .config import Config
 from .http import Health, HttpServer
 from .kommo import KommoClient
@@ -221,12 +221,8 @@ class Daemon:
             running.events += 1
             if event.kind is not ChannelEventKind.LINK_LOST:
                 running.last_event_at = event.received_at
-            decisions = tracker.feed(event)
-            for decision in decisions:
+            for decision in tracker.feed(event):
                 notifier.handle(decision)
-            if any(isinstance(d, CallStarted | LegRinging) for d in decisions):
-                # Let the lookup/notification just spawned start before the rest of a backlog.
-                await asyncio.sleep(0)
 
     async def _housekeeping(self, running: _Running) -> None:
         loop = asyncio.get_running_loop()

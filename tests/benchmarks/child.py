@@ -124,7 +124,7 @@ async def run_bare(config: dict[str, Any]) -> None:
 def main() -> None:
     mode, config = sys.argv[1], json.loads(sys.argv[2])
     level = config.get("log", {}).get("level", "info")
-    with open(os.devnull, "w") as devnull:
+    with open(os.environ.get("BENCH_LOG", os.devnull), "w") as devnull:
         configure_logging(LogConfig(level=level, format="json"), stream=devnull)
         run = run_daemon(config) if mode == "daemon" else run_bare(config)
         profile_to = os.environ.get("BENCH_PROFILE")  # a directory: one cProfile file per child
