@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -51,3 +51,25 @@ async def running_daemon(config: Config) -> AsyncIterator[Daemon]:
     finally:
         daemon.stop.set()
         assert await serving == EXIT_OK
+
+
+def events(logs: Sequence[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
+    """The captured log lines of one event."""
+    return [line for line in logs if line["event"] == name]
+
+
+class ManualClock:
+    """Time that moves only when a test (or a limiter's sleep) moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+        await asyncio.sleep(0)

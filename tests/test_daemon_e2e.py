@@ -20,12 +20,6 @@ UNKNOWN = "13125550100"
 
 
 @pytest.fixture
-async def ami() -> AsyncIterator[FakeAmiServer]:
-    async with FakeAmiServer() as server:
-        yield server
-
-
-@pytest.fixture
 async def kommo() -> AsyncIterator[FakeKommo]:
     async with FakeKommo(demo_dataset()) as server:
         yield server

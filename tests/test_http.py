@@ -35,12 +35,6 @@ DID = {"dids": {"5551000": [7]}, "to": ["did"]}  # one immediate notification pe
 
 
 @pytest.fixture
-async def ami() -> AsyncIterator[FakeAmiServer]:
-    async with FakeAmiServer() as server:
-        yield server
-
-
-@pytest.fixture
 async def kommo() -> AsyncIterator[FakeKommo]:
     base = demo_dataset()
     hostile = (

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import json
 import socket
-from collections.abc import AsyncIterator, MutableMapping, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -31,6 +31,8 @@ from kommo_callerid.sim.kommo_data import (
     FakeLead,
     KommoDataset,
 )
+
+from support import ManualClock, events
 
 TOKEN = "tok-" + "Zq9xLr2v" * 4
 JOHN = "+18305803077"
@@ -61,23 +63,6 @@ DATA = KommoDataset(
     ),
     customers=(FakeCustomer(4001, "Annual support", 41, contact_ids=(1003,)),),
 )
-
-
-class ManualClock:
-    """Time that moves only when a test (or a limiter's sleep) moves it."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(seconds, 0.0)
-        await asyncio.sleep(0)
 
 
 @pytest.fixture
@@ -112,10 +97,6 @@ def make_client(
 async def client(fake: FakeKommo) -> AsyncIterator[KommoClient]:
     async with make_client(fake.base_url) as kommo:
         yield kommo
-
-
-def events(logs: Sequence[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
-    return [line for line in logs if line["event"] == name]
 
 
 # -- by_phone shapes ---------------------------------------------------------------------

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, MutableMapping
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import SecretStr
@@ -21,19 +20,9 @@ from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import BY_PHONE_PATH, EVENTS_PATH, PROBLEM_JSON, FakeKommo
 from kommo_callerid.sim.scenarios import CallScenarios
 
-from support import make_config, running_daemon, wait_for
+from support import ManualClock, events, make_config, running_daemon, wait_for
 
 JOHN = "18305803077"
-
-
-@pytest.fixture
-async def ami() -> AsyncIterator[FakeAmiServer]:
-    async with FakeAmiServer() as server:
-        yield server
-
-
-def events(logs: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
-    return [line for line in logs if line["event"] == name]
 
 
 def digits(number: str) -> str:
@@ -43,20 +32,6 @@ def digits(number: str) -> str:
 def most_in_any_window(times: list[float], window: float = 1.0) -> int:
     ordered = sorted(times)
     return max(sum(1 for t in ordered if start <= t < start + window) for start in ordered)
-
-
-class ManualClock:
-    """Client-side time that only moves when the client sleeps (backoff, gate)."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(seconds, 0.0)
-        await asyncio.sleep(0)
 
 
 # -- the daemon: bursts and outages ----------------------------------------------------------

@@ -29,12 +29,6 @@ DID = {"dids": {"5551000": [7]}, "to": ["did"]}  # one immediate notification pe
 
 
 @pytest.fixture
-async def ami() -> AsyncIterator[FakeAmiServer]:
-    async with FakeAmiServer() as server:
-        yield server
-
-
-@pytest.fixture
 async def kommo() -> AsyncIterator[FakeKommo]:
     async with FakeKommo(demo_dataset(), rate_limit=None) as server:
         yield server
