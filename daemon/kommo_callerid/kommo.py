@@ -94,9 +94,7 @@ class KommoClient:
         a refresh (the daemon calls this at start-up and every minute). Raises
         :class:`KommoAuthError` when a human has to act, :class:`KommoError` when Kommo
         could not be reached."""
-        refresh_if_due = getattr(self._http.auth, "refresh_if_due", None)
-        if refresh_if_due is not None:
-            await refresh_if_due()
+        await self._http.auth.refresh_if_due()
 
     async def authorize(self, code: str) -> None:
         """Trade an authorisation code for the first OAuth pair and save it."""
@@ -109,9 +107,7 @@ class KommoClient:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        close_auth = getattr(self._http.auth, "close", None)
-        if close_auth is not None:
-            await close_auth()
+        await self._http.auth.close()
         await self._http.close()
 
     @property

@@ -51,6 +51,12 @@ class TokenProvider(Protocol):
         """Kommo answered 401 to ``authorization``: True when a retry may now succeed."""
         ...
 
+    async def refresh_if_due(self) -> None:
+        """Renew credentials ahead of time; raises :class:`KommoAuthError` when a human must act."""
+        ...
+
+    async def close(self) -> None: ...
+
 
 class StaticToken:
     """A long-lived token: nothing to refresh, a 401 is final."""
@@ -63,6 +69,12 @@ class StaticToken:
 
     async def rejected(self, authorization: str) -> bool:
         return False
+
+    async def refresh_if_due(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
 
 
 class OAuthTokens:
@@ -77,7 +89,6 @@ class OAuthTokens:
         self._unsaved: TokenPair | None = None
         self._dead: tuple[KommoAuthError, TokenPair | None] | None = None
         self._refreshing: asyncio.Task[TokenPair] | None = None
-        self.refreshes = 0
 
     async def authorization(self) -> str:
         return _bearer(await self._current())
@@ -140,8 +151,7 @@ class OAuthTokens:
             self._raise_if_still_dead()
         async with self._file.locked():
             if self._unsaved is not None:
-                self._adopt(self._unsaved)  # the pair Kommo gave us last time, still unsaved
-                return self._unsaved_or_current()
+                return self._adopt(self._unsaved)  # Kommo's last pair, still unsaved
             saved = self._load()
             if saved is not None and saved != stale and not self._expiring(saved):
                 self._pair = saved  # another process refreshed while we waited for the lock
@@ -149,13 +159,7 @@ class OAuthTokens:
             current = saved or stale
             grant = {"grant_type": "refresh_token"}
             grant["refresh_token"] = current.refresh_token.get_secret_value()
-            self._adopt(await self._grant(grant))
-            return self._unsaved_or_current()
-
-    def _unsaved_or_current(self) -> TokenPair:
-        pair = self._unsaved or self._pair
-        assert pair is not None
-        return pair
+            return self._adopt(await self._grant(grant))
 
     async def _grant(self, fields: dict[str, str]) -> TokenPair:
         form = {
@@ -179,7 +183,7 @@ class OAuthTokens:
             detail = f"unexpected answer: {exc}"
             raise _logged(KommoError(response.status, TOKEN_PATH, detail)) from None
 
-    def _adopt(self, pair: TokenPair) -> None:
+    def _adopt(self, pair: TokenPair) -> TokenPair:
         """Save first, use second; an unsaved pair is kept so the next refresh saves it."""
         self._unsaved = pair
         try:
@@ -190,12 +194,12 @@ class OAuthTokens:
         self._unsaved = None
         self._pair = pair
         self._dead = None
-        self.refreshes += 1
         log.info(
             "kommo.token_refreshed",
             expires_in=round(pair.expires_at - self._wall()),
             token_file=str(self._file.path),
         )
+        return pair
 
     def _load(self) -> TokenPair | None:
         try:
