@@ -69,6 +69,8 @@ class _Call:
     payload: Any
     priority: Priority
     deadline: float
+    #: Send ``payload`` as a form (the OAuth token endpoint) rather than JSON.
+    form: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +150,8 @@ class KommoTransport:
             ):
                 return replace(outcome, attempts=attempt)
             last = outcome
-            if out_of_attempts:
-                raise self._deadline(path, last, attempt)
             delay = _pause(outcome) or retry_delay(attempt)
-            if self._clock() + delay >= deadline:
+            if out_of_attempts or self._clock() + delay >= deadline:
                 raise self._deadline(path, last, attempt)
             self._stats.retries += 1
             self._log_retry(path, outcome, attempt, delay)
@@ -160,7 +160,7 @@ class KommoTransport:
     async def exchange_tokens(self, form: dict[str, str]) -> Response:
         """One unauthenticated POST to the OAuth token endpoint, within the rate limit."""
         deadline = self._clock() + self._config.timeout
-        call = _Call("POST", TOKEN_PATH, None, form, Priority.NOTIFY, deadline)
+        call = _Call("POST", TOKEN_PATH, None, form, Priority.NOTIFY, deadline, form=True)
         outcome = await self._attempt(call, None)
         if isinstance(outcome, _Failure):
             raise KommoError(None, TOKEN_PATH, outcome.detail)
@@ -199,8 +199,8 @@ class KommoTransport:
                     call.method,
                     self._config.base_url + path,
                     params=call.params,
-                    json=call.payload if call.path != TOKEN_PATH else None,
-                    data=call.payload if call.path == TOKEN_PATH else None,
+                    json=None if call.form else call.payload,
+                    data=call.payload if call.form else None,
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=budget),
                     allow_redirects=False,  # never carry the token to wherever a redirect points
