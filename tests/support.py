@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
-from kommo_callerid.config import Config, from_mapping
-from kommo_callerid.daemon import EXIT_OK, Daemon
+from kommo_callerid.core.config import Config, from_mapping
+from kommo_callerid.daemon.app import EXIT_OK, Daemon
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo
+
+#: The repository root and the recorded AMI traffic the tests replay.
+ROOT = Path(__file__).resolve().parents[1]
+RECORDINGS = ROOT / "tests" / "data" / "ami-recordings"
 
 
 def make_config(ami: FakeAmiServer, kommo: FakeKommo, /, **sections: dict[str, Any]) -> Config:

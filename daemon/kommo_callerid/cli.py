@@ -13,13 +13,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
-from .calls import normalize_number
-from .config import Config, ConfigError, load_config, resolve_config_path
-from .daemon import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, Daemon
-from .logging import configure_logging
-from .models import KommoError
-from .oneshot import authorize_once, lookup_once
+from kommo_callerid import __version__
+from kommo_callerid.calls.detector import normalize_number
+from kommo_callerid.commands.oneshot import authorize_once, lookup_once
+from kommo_callerid.core.config import Config, ConfigError, load_config, resolve_config_path
+from kommo_callerid.core.logging import configure_logging
+from kommo_callerid.core.models import KommoError
+from kommo_callerid.daemon.app import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, Daemon
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from .demo import run_demo  # noqa: PLC0415  (simulators load only for the demo)
+            from kommo_callerid.commands.demo import run_demo  # noqa: PLC0415  (simulators load only for the demo)
 
             return run_demo(calls=args.calls)
         config = _load(args.config)
@@ -137,7 +137,7 @@ def _check(config: Config, cli_path: str | None, *, offline: bool, listen: float
     configure_logging(config.log, secrets=secrets_of(config), stream=sys.stderr)
     # The report says what went wrong and how to fix it; log lines would only repeat it.
     logging.getLogger().setLevel(logging.CRITICAL)
-    from .check import run_online_checks  # noqa: PLC0415
+    from kommo_callerid.commands.check import run_online_checks  # noqa: PLC0415
 
     all_well = asyncio.run(run_online_checks(config, listen=listen))
     return EXIT_OK if all_well else EXIT_FAILURE

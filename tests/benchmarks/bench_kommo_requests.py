@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kommo_callerid.config import LogConfig
-from kommo_callerid.logging import configure_logging
+from kommo_callerid.core.config import LogConfig
+from kommo_callerid.core.logging import configure_logging
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo
 from kommo_callerid.sim.scenarios import CallScenarios, SyntheticCall

@@ -10,8 +10,8 @@ from typing import Any
 
 from common import BENCH_USERS, Child, PbxMix, Report, call_bytes, daemon_config, wait_until
 
-from kommo_callerid.config import CacheConfig
-from kommo_callerid.notifier import SEEN_CALLS
+from kommo_callerid.core.config import CacheConfig
+from kommo_callerid.daemon.notifier import SEEN_CALLS
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from panoramisk import Manager
 
-from kommo_callerid.config import LogConfig, from_mapping
-from kommo_callerid.daemon import Daemon
-from kommo_callerid.logging import configure_logging
+from kommo_callerid.core.config import LogConfig, from_mapping
+from kommo_callerid.core.logging import configure_logging
+from kommo_callerid.daemon.app import Daemon
 
 
 def rss_mb() -> float:

@@ -1,0 +1,323 @@
+"""The AMI side: one Asterisk Manager session per :class:`AmiClient`, channel events into a queue.
+
+The link is panoramisk's, cut down to one session in :mod:`.ami_protocol` (which lists the
+panoramisk 1.4 faults it works around). This module turns it into typed results: session info
+or :class:`AmiLoginError` / :class:`AmiConnectionError`, :class:`~.models.ChannelEvent` on the
+queue, event counters, and the reason the link ended. It never reconnects or pings on its own:
+the supervisor owns reconnects and the watchdog (:meth:`AmiClient.send_action` with a Ping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import TypeVar
+
+import structlog
+
+from kommo_callerid.ami.protocol import (
+    MAX_MESSAGE_BYTES,
+    Discard,
+    SessionManager,
+    all_headers,
+    first_headers,
+)
+from kommo_callerid.core.config import AmiConfig
+from kommo_callerid.core.models import (
+    AmiActionRefused,
+    AmiConnectionError,
+    AmiCounters,
+    AmiLoginError,
+    AmiSessionInfo,
+    ChannelEvent,
+    ChannelEventKind,
+)
+
+__all__ = ["AmiActionRefused", "AmiClient", "AmiConnectionError", "AmiCounters", "AmiLoginError"]
+
+log = structlog.get_logger(__name__)
+
+_CLOSE_GRACE = 2.0  # seconds a closing link may take to flush before it is aborted
+_WARN_EVERY = 1000  # drops and bad events are logged on the 1st, 1001st, ... occurrence
+_KINDS = {
+    kind.value.lower(): kind for kind in ChannelEventKind if kind is not ChannelEventKind.LINK_LOST
+}
+
+T = TypeVar("T")
+
+
+class AmiClient:
+    """One AMI session: connect and log in, deliver channel events, tell how the link ended.
+
+    It never reconnects; the next session is a new AmiClient.
+    """
+
+    def __init__(
+        self,
+        config: AmiConfig,
+        queue: asyncio.Queue[ChannelEvent],
+        *,
+        clock: Callable[[], float] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._config = config
+        self._queue = queue
+        self._clock = clock or _loop_time
+        self._ssl_context = ssl_context
+        self._counters = AmiCounters()
+        self._link: SessionManager | None = None
+        self._lost: asyncio.Future[str] | None = None
+        self._started = False
+        self._closing = False
+        self._logged_in = False
+
+    @property
+    def counters(self) -> AmiCounters:
+        """A snapshot of the event counters."""
+        return replace(self._counters, ignored=self._link.ignored if self._link else 0)
+
+    @property
+    def events_received(self) -> int:
+        """Newchannel, NewCallerid and Hangup events read in this session."""
+        return self._counters.received
+
+    @property
+    def connected(self) -> bool:
+        """Logged in and the link is up."""
+        return self._logged_in and self._lost is not None and not self._lost.done()
+
+    @property
+    def last_received_at(self) -> float | None:
+        """``loop.time()`` when the server last sent anything (for a watchdog)."""
+        return self._link.last_received_at if self._link else None
+
+    async def connect(self) -> AmiSessionInfo:
+        """Open the link, read the banner, log in; all within ``connect_timeout``."""
+        if self._started:
+            raise RuntimeError("an AmiClient serves one session; make a new one")
+        self._started = True
+        loop = asyncio.get_running_loop()
+        self._link = link = SessionManager(
+            loop,
+            self._config,
+            self._on_event,
+            self._on_fault,
+            self._mark_lost,
+            on_discard=self._on_discard,
+            events=_KINDS,
+        )
+        timeout = self._config.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                version = await self._open_and_login(loop, link)
+        except TimeoutError:
+            reason = f"no answer from {self._where()} within {timeout:g} s"
+            self._give_up(link, reason)
+            raise AmiConnectionError(reason) from None
+        except (AmiConnectionError, AmiLoginError) as exc:
+            self._give_up(link, str(exc))
+            raise
+        except BaseException:  # cancelled: the link must not outlive the attempt
+            self._give_up(link, "connect cancelled")
+            raise
+        self._logged_in = True
+        return AmiSessionInfo(self._config.host, self._config.port, version)
+
+    async def send_action(
+        self,
+        action: Mapping[str, str],
+        timeout: float,  # each caller (Ping watchdog, check) has its own
+    ) -> dict[str, str]:
+        """Send an action; the headers of its first response. TimeoutError when unanswered."""
+        link = self._live_link()
+        return first_headers(await self._wait(link.submit(action), link, timeout))
+
+    async def add_filter(self, expression: str, timeout: float) -> None:
+        """Ask Asterisk to send only matching events; AmiActionRefused without write = system."""
+        action = {"Action": "Filter", "Operation": "Add", "Filter": expression}
+        _raise_if_refused(await self.send_action(action, timeout))
+
+    async def active_channels(self, timeout: float) -> frozenset[str]:
+        """The Uniqueids of the channels up now (``CoreShowChannels``).
+
+        The list comes back as the action's own answer, so it works without ``read = call``:
+        that is what makes it a witness of calls the events did not show. Asterisk wants
+        ``write = system`` (or ``reporting``) for it; without, AmiActionRefused.
+        """
+        link = self._live_link()
+        answer = await self._wait(link.submit({"Action": "CoreShowChannels"}), link, timeout)
+        response, *items = all_headers(answer)
+        _raise_if_refused(response)
+        listed = (m for m in items if _header(m, "Event").lower() == "coreshowchannel")
+        return frozenset(_header(m, "Uniqueid") for m in listed)
+
+    async def wait_closed(self) -> str:
+        """Wait until the link is lost or closed; the reason, e.g. "connection closed by server"."""
+        return await asyncio.shield(self._lost_future())
+
+    async def close(self) -> None:
+        """Log off and close the link for good; idempotent. Leaves no timer or task behind."""
+        self._closing = True
+        logoff = self.connected
+        self._mark_lost("closed by the client")
+        if self._link is not None:
+            await self._link.shut(logoff=logoff, grace=_CLOSE_GRACE)
+
+    def abort(self, reason: str) -> None:
+        """Drop a link that stopped answering at once: no Logoff, no grace period."""
+        self._closing = True
+        if self._link is not None:
+            self._give_up(self._link, reason)
+        else:
+            self._mark_lost(reason)
+
+    async def _open_and_login(self, loop: asyncio.AbstractEventLoop, link: SessionManager) -> str:
+        host, port = self._config.host, self._config.port
+        context = self._tls_context()
+        try:
+            await loop.create_connection(
+                link.protocol_factory,
+                host,
+                port,
+                ssl=context,
+                server_hostname=host if context else None,
+            )
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise AmiConnectionError(f"cannot connect to {self._where()}: {reason}") from exc
+        if self._closing:
+            raise AmiConnectionError("closed by the client")
+        version = await self._wait(link.banner, link)
+        login = {
+            "Action": "Login",
+            "Username": self._config.username,
+            "Secret": self._config.secret.get_secret_value(),
+            "Events": "on",
+        }
+        answer = first_headers(await self._wait(link.submit(login), link))
+        if _header(answer, "Response").lower() != "success":
+            raise AmiLoginError(_header(answer, "Message") or "login refused")
+        return version
+
+    async def _wait(
+        self,
+        future: asyncio.Future[T],
+        link: SessionManager,
+        timeout: float | None = None,
+    ) -> T:
+        """The future's result, unless the link is lost (AmiConnectionError) or time runs out."""
+        lost = self._lost_future()
+        try:
+            await asyncio.wait((future, lost), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not future.done():
+                link.forget(future)  # a late answer is then ignored
+        if future.done() and not future.cancelled():
+            return future.result()
+        if lost.done():
+            raise AmiConnectionError(lost.result())
+        raise TimeoutError(f"no answer from {self._where()} within {timeout} s")
+
+    def _live_link(self) -> SessionManager:
+        if self._link is None or not self.connected:
+            lost = self._lost
+            raise AmiConnectionError(lost.result() if lost and lost.done() else "not logged in")
+        return self._link
+
+    def _give_up(self, link: SessionManager, reason: str) -> None:
+        self._mark_lost(reason)
+        link.close()
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self._config.tls:
+            return None
+        return self._ssl_context or ssl.create_default_context()
+
+    def _where(self) -> str:
+        return f"{self._config.host}:{self._config.port}"
+
+    def _lost_future(self) -> asyncio.Future[str]:
+        if self._lost is None:
+            self._lost = asyncio.get_running_loop().create_future()
+        return self._lost
+
+    def _mark_lost(self, reason: str) -> None:
+        """The first reason wins: a link closed on purpose is not "closed by the server"."""
+        self._logged_in = False
+        lost = self._lost_future()
+        if not lost.done():
+            lost.set_result(reason)
+
+    def _on_event(self, fields: Mapping[str, str]) -> None:
+        kind = _KINDS.get(fields.get("event", "").lower())
+        if kind is None:
+            return
+        self._counters.received += 1
+        event = _channel_event(kind, fields, self._clock())
+        if event is None:
+            self._count_invalid("no Uniqueid")
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._count_dropped()
+        else:
+            self._counters.delivered += 1
+
+    def _on_fault(self, exc: Exception) -> None:
+        # Only the type: the message may quote a raw event, and those stay in the AMI layer.
+        self._count_invalid(f"handler failed: {type(exc).__name__}")
+
+    def _on_discard(self, why: Discard) -> None:
+        count: int = getattr(self._counters, why) + 1  # each Discard names its counter
+        setattr(self._counters, why, count)
+        if count % _WARN_EVERY == 1:
+            log.warning("ami.input_discarded", reason=why, count=count, limit=MAX_MESSAGE_BYTES)
+
+    def _count_invalid(self, why: str) -> None:
+        self._counters.invalid += 1
+        if self._counters.invalid % _WARN_EVERY == 1:
+            log.warning("ami.event_invalid", reason=why, invalid=self._counters.invalid)
+
+    def _count_dropped(self) -> None:
+        self._counters.dropped += 1
+        if self._counters.dropped % _WARN_EVERY == 1:
+            log.warning(
+                "ami.events_dropped", dropped=self._counters.dropped, queue_size=self._queue.maxsize
+            )
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _channel_event(
+    kind: ChannelEventKind, fields: Mapping[str, str], received_at: float
+) -> ChannelEvent | None:
+    """The event, or None without a Uniqueid (it could not be tied to any call)."""
+    uniqueid = fields.get("uniqueid", "")
+    if not uniqueid:
+        return None
+    return ChannelEvent(
+        kind=kind,
+        channel=fields.get("channel", ""),
+        uniqueid=uniqueid,
+        linkedid=fields.get("linkedid") or uniqueid,  # Asterisk < 13.5 sends no Linkedid
+        caller_num=fields.get("calleridnum", ""),
+        caller_name=fields.get("calleridname", ""),
+        context=fields.get("context", ""),
+        exten=fields.get("exten", ""),
+        received_at=received_at,
+    )
+
+
+def _raise_if_refused(answer: Mapping[str, str]) -> None:
+    if _header(answer, "Response").lower() != "success":
+        raise AmiActionRefused(_header(answer, "Message") or "refused without a reason")
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    wanted = name.lower()
+    return next((value for key, value in headers.items() if key.lower() == wanted), "")

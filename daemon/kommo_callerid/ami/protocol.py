@@ -1,0 +1,379 @@
+"""panoramisk 1.4 bent to one AMI session: :class:`SessionManager` and its protocol.
+
+panoramisk parses the AMI stream and matches responses to actions; that is kept. What it gets
+wrong for a daemon is switched off or replaced here:
+
+- a lost connection arms a timer that calls ``connect()`` again, and ``Manager.close()`` does
+  not cancel it: a closed manager comes back. Here a lost link ends the session; the
+  supervisor owns reconnects (the next session is a new AmiClient);
+- its pinger sends a Ping on a fixed timer and never checks the answer, so a dead link goes
+  unnoticed: off here; the watchdog pings through ``AmiClient.send_action`` with a timeout;
+- a refused login is silent (``authenticated = False``) and tried again after every reconnect:
+  here AmiClient sends the Login and raises :class:`~.models.AmiLoginError`;
+- an event handler that raises propagates into asyncio's ``data_received``, which drops the
+  connection: here a failing handler or an unparsable message is reported, the link stays;
+- it decodes every TCP read on its own with ``errors='ignore'``, so a UTF-8 name split between
+  reads loses letters and a Latin-1 name loses its accents: here the bytes are split into
+  messages at the blank line first, then each message is decoded as UTF-8, and when it is
+  not UTF-8 each line that is not is read as Latin-1 (which decodes any bytes);
+- its buffer grows without end until a blank line comes: here it holds at most
+  :data:`MAX_MESSAGE_BYTES`; a longer message is skipped up to the next blank line, and
+  counted, as is text that is no AMI message;
+- on a loss it queues unanswered actions for a ``FullyBooted`` event to re-send, in a task
+  nobody owns: here that callback is removed and a lost link cancels them.
+
+It also checks the banner (a peer that is not AMI is refused) and never logs an action (a Login
+carries the secret).
+
+Speed: a busy PBX sends tens of thousands of events a second and the daemon uses three kinds.
+Building panoramisk's ``Message`` (a case-insensitive dict) costs far more than reading the
+``Event:`` line, so each message's event name is read from its raw bytes first: an event the
+handler does not want is counted and dropped undecoded; a wanted one is parsed straight into a
+plain dict. Only responses, garbage and events that may answer an action take panoramisk's path.
+
+panoramisk's objects are untyped (``Any``). Only :mod:`.ami` touches them, through
+:meth:`SessionManager.submit`, :func:`first_headers` and
+:func:`all_headers`; events leave as ``str`` mappings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Literal
+
+from panoramisk.actions import Action
+from panoramisk.ami_protocol import AMIProtocol
+from panoramisk.manager import Manager
+from panoramisk.message import Message
+
+from kommo_callerid.core.config import AmiConfig
+
+__all__ = ["MAX_MESSAGE_BYTES", "Discard", "SessionManager", "all_headers", "first_headers"]
+
+BANNER_PREFIX = b"Asterisk Call Manager/"
+_MAX_BANNER_BYTES = 256
+#: The reader never buffers more. AMI messages are a few hundred bytes; a longer one (with its
+#: blank line) is skipped: the peer is broken or not AMI, and it must not exhaust memory.
+MAX_MESSAGE_BYTES = 64 * 1024
+_END = b"\r\n\r\n"  # a message ends with a blank line
+_EVENT = b"Event: "
+_EVENT_LINE = b"\r\nEvent: "
+#: Events that need panoramisk's path whatever the handler wants: Shutdown ends the link.
+_SPECIAL_EVENTS = frozenset({b"shutdown"})
+
+#: Why input was thrown away: a message over MAX_MESSAGE_BYTES, or text that is no AMI message.
+Discard = Literal["oversized", "garbage"]
+
+
+def _text(value: Any) -> str:
+    """A header value; panoramisk turns a repeated header into a list: keep the first."""
+    if isinstance(value, list):
+        return str(value[0]) if value else ""
+    return str(value).strip()
+
+
+def first_headers(answer: Any) -> dict[str, str]:
+    """The first response message as a plain dict (a multi-message answer is a list)."""
+    message = answer[0] if isinstance(answer, list) else answer
+    return {str(k): _text(v) for k, v in message.items() if not (k == "content" and not v)}
+
+
+def all_headers(answer: Any) -> list[dict[str, str]]:
+    """Every message of an answer (a list action: the response, its items, the Complete)."""
+    return [
+        first_headers(message) for message in (answer if isinstance(answer, list) else [answer])
+    ]
+
+
+class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
+    """panoramisk's Manager for exactly one connection: no reconnect, no pinger, no re-send."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        config: AmiConfig,
+        on_event: Callable[[Mapping[str, str]], None],
+        on_fault: Callable[[Exception], None],
+        on_lost: Callable[[str], None],
+        *,
+        on_discard: Callable[[Discard], None],
+        events: Collection[str] | None = None,
+    ) -> None:
+        """``events``: the event names ``on_event`` wants (any case); None means every event.
+
+        Others are counted in :attr:`ignored` and never parsed.
+        """
+        # The real endpoint, though only AmiClient connects: were panoramisk's reconnect ever
+        # armed again, it would reach this server (and the tests would see it).
+        super().__init__(loop=loop, host=config.host, port=config.port, encoding="utf-8")
+        # panoramisk registers FullyBooted -> re-send queued actions, in a task nobody owns.
+        self.callbacks.clear()
+        self.patterns.clear()
+        self.banner: asyncio.Future[str] = loop.create_future()
+        self.down: asyncio.Future[None] = loop.create_future()
+        self.last_received_at: float | None = None
+        self._on_event = on_event
+        self._on_fault = on_fault
+        self._on_lost = on_lost
+        self._on_discard = on_discard
+        self._loss_reason: str | None = None
+        self.wanted = None if events is None else frozenset(e.lower().encode() for e in events)
+
+    def protocol_factory(self) -> _SessionProtocol:
+        return _SessionProtocol(self)
+
+    @property
+    def ignored(self) -> int:
+        """Events dropped unparsed because ``on_event`` does not want them."""
+        return self.protocol.ignored if self.protocol is not None else 0
+
+    # panoramisk's connect() leads to its connection_made(), which logs in and arms the
+    # pinger; AmiClient opens the link, logs in and (through send_action) pings itself.
+    def connect(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("AmiClient opens the connection itself")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        # panoramisk would call_later(reconnect_timeout, self.connect) here; a session just ends.
+        if not self.down.done():
+            self.down.set_result(None)
+        self.banner.cancel()
+        self._on_lost(self._loss_reason or _describe_loss(exc))
+
+    def dispatch(self, event: Any) -> None:
+        """An event parsed by panoramisk (the slow path)."""
+        self.deliver({str(k).lower(): _text(v) for k, v in event.items()})
+
+    def deliver(self, fields: Mapping[str, str]) -> None:
+        # A raise here would reach asyncio's data_received and drop the connection.
+        try:
+            self._on_event(fields)
+        except Exception as exc:
+            self.fault(exc)
+
+    def fault(self, exc: Exception) -> None:
+        self._on_fault(exc)
+
+    def discard(self, why: Discard) -> None:
+        self._on_discard(why)
+
+    def submit(self, action: Mapping[str, str]) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self.protocol.send(action)
+        return future
+
+    def forget(self, future: asyncio.Future[Any]) -> None:
+        future.cancel()
+        responses = self.protocol.responses if self.protocol else {}
+        for key in [k for k, action in responses.items() if action.future is future]:
+            del responses[key]
+
+    def fail(self, reason: str) -> None:
+        """End the link because of what the server sent."""
+        self._loss_reason = self._loss_reason or reason
+        self.protocol.transport.abort()
+
+    def close(self, *, logoff: bool = False) -> None:
+        if logoff and self.protocol is not None and not self.protocol.closed:
+            self.protocol.send({"Action": "Logoff"})
+        super().close()  # cancels the pinger, closes the transport
+        if self.protocol is None and not self.down.done():
+            self.down.set_result(None)
+
+    async def shut(self, *, logoff: bool, grace: float) -> None:
+        """Close and wait until the transport is gone; abort it if it takes too long."""
+        self.close(logoff=logoff)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.down), grace)
+        except TimeoutError:
+            self.protocol.transport.abort()
+            await asyncio.shield(self.down)
+
+
+def _describe_loss(exc: BaseException | None) -> str:
+    if exc is None:
+        return "connection closed by the server"
+    return f"connection lost: {str(exc) or type(exc).__name__}"
+
+
+class _Route(enum.Enum):
+    IGNORE = enum.auto()  # an event the handler does not want: counted, never decoded
+    EVENT = enum.auto()  # a wanted event: parsed straight into a dict
+    PANORAMISK = enum.auto()  # responses, garbage, Shutdown: panoramisk's Message
+
+
+class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
+    """panoramisk's protocol with a banner check, a bounded byte buffer and no secret in logs."""
+
+    def __init__(self, manager: SessionManager) -> None:
+        super().__init__()
+        # Set before connection_made: the banner may arrive before create_connection returns.
+        self.factory = manager
+        self._buffer = bytearray()  # never longer than MAX_MESSAGE_BYTES
+        self._scanned = 0  # the buffer holds no message end before this offset
+        self._skipping = False  # inside an oversized message: drop up to the next blank line
+        self.max_buffered = 0  # high-water mark of the buffer, for tests and diagnostics
+        self.ignored = 0  # events dropped unparsed: the handler does not want them
+        self._wanted = manager.wanted
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.closed = False
+        self.responses: dict[str, Any] = {}
+        self.version: str | None = None
+        self.encoding = "utf-8"
+        self.log = self.factory.log
+        self.factory.protocol = self
+
+    def send(self, data: Mapping[str, str], as_list: bool | None = None) -> asyncio.Future[Any]:
+        action = Action(dict(data), as_list=as_list)
+        self.responses[action.id] = action
+        # Never logged, unlike panoramisk on a failed write: a Login carries the secret.
+        self.transport.write(str(action).encode("utf-8"))
+        future: asyncio.Future[Any] = action.future
+        return future
+
+    def data_received(self, data: bytes) -> None:
+        self.factory.last_received_at = self.factory.loop.time()
+        rest = memoryview(data)
+        while rest:  # only as much as fits: the buffer never exceeds MAX_MESSAGE_BYTES
+            room = MAX_MESSAGE_BYTES - len(self._buffer)
+            if room <= 0:  # full and no message end in it
+                self._skip_oversized()
+                continue
+            self._buffer += rest[:room]
+            rest = rest[room:]
+            self.max_buffered = max(self.max_buffered, len(self._buffer))
+            if self.version is None and not self._take_banner():
+                return
+            self._take_messages()
+
+    def _take_messages(self) -> None:
+        buffer, start = self._buffer, 0
+        while (end := buffer.find(_END, max(start, self._scanned))) >= 0:
+            if self._skipping:  # the tail of an oversized message: reading resumes after it
+                self._skipping = False
+            else:
+                route = self._route(buffer, start, end)
+                if route is _Route.IGNORE:
+                    self.ignored += 1
+                elif route is _Route.EVENT:
+                    self.factory.deliver(_fields(_decode(buffer[start:end])))
+                else:
+                    self._parse(buffer[start:end])
+            start = end + len(_END)
+        del buffer[:start]
+        self._scanned = max(0, len(buffer) - len(_END) + 1)
+
+    def _route(self, buffer: bytearray, start: int, end: int) -> _Route:
+        """Where a message goes, judged by its ``Event:`` line on the raw bytes, without a copy
+        of the message: this runs for every message, and most are events nobody here wants."""
+        wanted = self._wanted
+        if wanted is None:
+            return _Route.PANORAMISK
+        if buffer.startswith(_EVENT, start, end):
+            name_at = start + len(_EVENT)
+        else:
+            line = buffer.find(_EVENT_LINE, start, end)
+            if line < 0:
+                return _Route.PANORAMISK  # a response, or garbage (counted there)
+            name_at = line + len(_EVENT_LINE)
+        name_end = buffer.find(b"\r\n", name_at, end)
+        name = bytes(buffer[name_at : end if name_end < 0 else name_end]).strip().lower()
+        if name in _SPECIAL_EVENTS or (
+            self.responses and buffer.find(b"ActionID:", start, end) >= 0
+        ):
+            return _Route.PANORAMISK  # Shutdown, or maybe part of an action's answer
+        return _Route.EVENT if name in wanted else _Route.IGNORE
+
+    def _skip_oversized(self) -> None:
+        if not self._skipping:
+            self._skipping = True
+            self.factory.discard("oversized")
+        # Keep what may be the start of the blank line that ends the message.
+        del self._buffer[: -(len(_END) - 1)]
+        self._scanned = 0
+
+    def _parse(self, raw: bytearray) -> None:
+        text = _decode(raw).strip()  # strip: Asterisk may send an extra CRLF between messages
+        if not text:
+            return
+        try:
+            message = Message.from_line(text)
+        except Exception:  # panoramisk choked on it: as good as garbage
+            message = None
+        if message is None:  # neither an Event nor a Response header
+            self.factory.discard("garbage")
+            return
+        try:
+            self.handle_message(message)
+        except Exception as exc:  # one bad message must not end the link
+            self.factory.fault(exc)
+
+    def _take_banner(self) -> bool:
+        line, newline, rest = self._buffer.partition(b"\n")
+        if not newline:
+            if len(self._buffer) > _MAX_BANNER_BYTES:
+                self.factory.fail("not an AMI server: no banner")
+            return False
+        line = line.rstrip(b"\r")
+        if not line.startswith(BANNER_PREFIX):
+            self.factory.fail(f"not an AMI server: it said {_decode(line[:60])!r}")
+            return False
+        self.version = _decode(line.removeprefix(BANNER_PREFIX)).strip()
+        self._buffer = rest
+        if not self.factory.banner.done():
+            self.factory.banner.set_result(self.version)
+        return True
+
+    def handle_message(self, message: Any) -> None:
+        action = self.responses.get(message.id)
+        if action is None and message.action_id:
+            action = self.responses.get(message.action_id)
+        if action is not None:
+            if action.add_message(message):
+                self.factory.forget(action.future)
+        elif "event" in message:
+            if message["event"].lower() == "shutdown":
+                self.factory.fail("Asterisk is shutting down")
+            self.factory.dispatch(message)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.close()
+        self.factory.connection_lost(exc)
+
+    def close(self) -> None:
+        # panoramisk queues unanswered actions here to re-send after a reconnect; a session
+        # has no next connection, so they are cancelled (AmiClient reports the loss).
+        for action in self.responses.values():
+            action.future.cancel()
+        self.responses.clear()
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+
+def _fields(text: str) -> dict[str, str]:
+    """An event's headers, names lower-cased; as panoramisk reads them (``Name: value``
+    lines), a repeated header keeping its first value."""
+    fields: dict[str, str] = {}
+    for line in text.split("\r\n"):
+        name, colon, value = line.partition(": ")
+        if colon:
+            fields.setdefault(name.lower(), value.strip())
+    return fields
+
+
+def _decode(raw: bytes | bytearray) -> str:
+    """UTF-8, as Asterisk sends; else line by line, a line that is not UTF-8 as Latin-1.
+
+    Latin-1 comes from an old PBX or a SIP peer sending ISO-8859-1, usually in one header: the
+    other lines, say a UTF-8 ConnectedLineName, keep their letters.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        lines = raw.split(b"\r\n")
+        if len(lines) == 1:
+            return raw.decode("latin-1")  # never fails: every byte is a Latin-1 character
+        return "\r\n".join(map(_decode, lines))

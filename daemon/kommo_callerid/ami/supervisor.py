@@ -1,0 +1,199 @@
+"""The one owner of AMI reconnects: connect, log in, run the session, and after any loss wait
+a capped, jittered, doubling delay before the next try.
+
+panoramisk's own reconnect timer is switched off in ``ami_protocol.py``; this loop is the
+only thing that ever opens a new AMI connection. A wrong secret on the very first login is a
+configuration error (the daemon exits 3, so systemd does not restart-loop); after the daemon
+has once been connected it is retried, because an admin may be editing manager.conf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+import structlog
+
+from kommo_callerid.core.config import AmiConfig
+from kommo_callerid.core.models import AmiConnectionError, AmiLoginError, AmiSessionInfo
+
+log = structlog.get_logger(__name__)
+
+#: A session that stayed up this long resets the backoff to ``reconnect_min``.
+STABLE_SESSION = 30.0
+#: A session this old that has seen no call event suggests an AMI user without ``read = call``.
+SILENCE_WARNING_AFTER = 600.0
+#: Asterisk sends only what the daemon uses; it pays for filtering, not us.
+EVENT_FILTERS = ("Event: Newchannel", "Event: NewCallerid", "Event: Hangup")
+
+
+class AmiLink(Protocol):
+    """What the supervisor needs of one AMI session (``ami.AmiClient``)."""
+
+    async def connect(self) -> AmiSessionInfo: ...
+    async def send_action(self, action: Mapping[str, str], timeout: float) -> dict[str, str]: ...
+    async def wait_closed(self) -> str: ...
+    def abort(self, reason: str) -> None: ...
+    @property
+    def events_received(self) -> int: ...
+    async def close(self) -> None: ...
+
+
+class Backoff:
+    """``reconnect_min`` doubling to ``reconnect_max``, with full jitter above the minimum."""
+
+    def __init__(
+        self, minimum: float, maximum: float, rng: Callable[[], float] = random.random
+    ) -> None:
+        self._min = minimum
+        self._max = maximum
+        self._rng = rng
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        self.attempt += 1
+        cap = min(self._max, self._min * 2.0 ** min(self.attempt - 1, 32))
+        return self._min + (cap - self._min) * self._rng()
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class AmiSupervisor:
+    def __init__(
+        self,
+        config: AmiConfig,
+        link_factory: Callable[[], AmiLink],
+        *,
+        on_state: Callable[[bool], None] = lambda connected: None,
+        on_link_lost: Callable[[], Awaitable[None]] | None = None,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        silence_warning_after: float = SILENCE_WARNING_AFTER,
+    ) -> None:
+        self._config = config
+        self._link_factory = link_factory
+        self._on_state = on_state
+        self._on_link_lost = on_link_lost
+        self._clock = clock
+        self._sleep = sleep
+        self._silence_warning_after = silence_warning_after
+        self._backoff = Backoff(config.reconnect_min, config.reconnect_max)
+        self.ever_connected = False
+        self.connected = False
+        self.reconnects = 0
+
+    async def run(self) -> None:
+        """Run until cancelled; raises AmiLoginError if the very first login is refused."""
+        while True:
+            reason = await self._one_session()
+            delay = self._backoff.next_delay()
+            log.info(
+                "ami.reconnect_scheduled",
+                delay=round(delay, 3),
+                attempt=self._backoff.attempt,
+                reason=reason,
+            )
+            await self._sleep(delay)
+            self.reconnects += 1
+
+    async def _one_session(self) -> str:
+        link = self._link_factory()
+        try:
+            return await self._connect_and_wait(link)
+        finally:
+            await link.close()
+            self._set_connected(False)
+
+    async def _connect_and_wait(self, link: AmiLink) -> str:
+        try:
+            info = await link.connect()
+        except AmiLoginError as exc:
+            log.error(
+                "ami.login_failed",
+                message=str(exc),
+                username=self._config.username,
+                host=self._config.host,
+                port=self._config.port,
+            )
+            if not self.ever_connected:
+                raise
+            return f"login failed: {exc}"
+        except (AmiConnectionError, OSError, TimeoutError) as exc:
+            return f"connect failed: {exc or type(exc).__name__}"
+        started = self._now()
+        self.ever_connected = True
+        log.info("ami.connected", host=info.host, port=info.port, ami_version=info.ami_version)
+        try:
+            await self._subscribe(link)
+            self._set_connected(True)
+            reason = await self._watch(link)
+        except AmiConnectionError as exc:
+            reason = str(exc)
+        log.warning("ami.disconnected", reason=reason)
+        if self._on_link_lost is not None:
+            await self._on_link_lost()  # state from before the gap is not trusted
+        if self._now() - started >= STABLE_SESSION:
+            self._backoff.reset()
+        return reason
+
+    async def _subscribe(self, link: AmiLink) -> None:
+        """Only the call class, and only the events the daemon uses (per session: re-sent)."""
+        timeout = self._config.ping_timeout
+        await link.send_action({"Action": "Events", "EventMask": "call"}, timeout)
+        for expression in EVENT_FILTERS:
+            action = {"Action": "Filter", "Operation": "Add", "Filter": expression}
+            answer = await link.send_action(action, timeout)
+            if answer.get("Response", "").lower() != "success":
+                log.warning(
+                    "ami.filter_refused",
+                    message=answer.get("Message", ""),
+                    hint="give the AMI user write = system; events are filtered here instead",
+                )
+                return
+
+    async def _watch(self, link: AmiLink) -> str:
+        """Wait for the link to close, pinging it; a Ping unanswered in time kills it."""
+        pinger = asyncio.create_task(self._ping_until_silent(link), name="ami-ping")
+        closed = asyncio.create_task(link.wait_closed(), name="ami-wait-closed")
+        silence = asyncio.create_task(self._warn_if_no_calls(link), name="ami-silence")
+        try:
+            done, _ = await asyncio.wait({pinger, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pinger, closed, silence):
+                task.cancel()
+            await asyncio.gather(pinger, closed, silence, return_exceptions=True)
+        if closed in done:
+            return closed.result()
+        reason = pinger.result()
+        link.abort(reason)
+        return reason
+
+    async def _warn_if_no_calls(self, link: AmiLink) -> None:
+        """AMI cannot tell a user its read classes; a long silence is the only symptom."""
+        await self._sleep(self._silence_warning_after)
+        if link.events_received == 0:
+            log.warning(
+                "ami.no_call_events",
+                minutes=round(self._silence_warning_after / 60, 1),
+                hint="if calls were made, the AMI user lacks read = call in manager.conf",
+            )
+
+    async def _ping_until_silent(self, link: AmiLink) -> str:
+        interval, timeout = self._config.ping_interval, self._config.ping_timeout
+        while True:
+            await self._sleep(interval)
+            try:
+                await link.send_action({"Action": "Ping"}, timeout)
+            except TimeoutError:
+                return f"no answer to Ping within {timeout:g} s"
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected != self.connected:
+            self.connected = connected
+            self._on_state(connected)
+
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()

@@ -1,0 +1,282 @@
+"""Call detection: which channel events are an inbound call, which call they belong to, and
+which extensions ring for it.
+
+Pure: no I/O, no clock of its own (time comes in on the events), no aiohttp, no panoramisk.
+One inbound call makes many Newchannel events (trunk leg, Local ``;1``/``;2`` halves, every
+agent phone); they share the Linkedid, and the call's root channel is the one whose Uniqueid
+equals its Linkedid. :class:`CallTracker` turns that stream into a few decisions.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import phonenumbers
+
+from kommo_callerid.core.models import ChannelEvent, ChannelEventKind
+
+#: Caller numbers that mean "no number" (compared case-insensitively).
+WITHHELD = frozenset(
+    {"", "<unknown>", "unknown", "anonymous", "restricted", "private", "unavailable", "withheld"}
+)
+#: Calls older than this are forgotten even if their Hangup never arrived (lost link, bug).
+MAX_CALL_AGE = 4 * 3600.0
+#: Hard cap on tracked calls, so memory stays bounded whatever Asterisk sends.
+MAX_TRACKED_CALLS = 20_000
+
+_SEPARATORS = re.compile(r"[\s\-.()\[\]/]")
+_CHANNEL_SUFFIX = re.compile(r"-[0-9A-Za-z]+$")
+
+
+class SkipReason(StrEnum):
+    ANONYMOUS = "anonymous"
+    INTERNAL = "internal"
+    DUPLICATE = "duplicate"
+    NOT_INBOUND = "not_inbound"
+
+
+@dataclass(frozen=True, slots=True)
+class CallStarted:
+    """An inbound call from a caller we can look up."""
+
+    call_id: str
+    number: str
+    caller_name: str
+    did: str
+    channel: str
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LegRinging:
+    """A new extension rings for a known inbound call."""
+
+    call_id: str
+    extension: str
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSkipped:
+    """A channel that is not a caller to notify; ``number`` is the raw caller number."""
+
+    call_id: str
+    reason: SkipReason
+    number: str
+    channel: str
+    exten: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    call_id: str
+
+
+Decision = CallStarted | LegRinging | ChannelSkipped | CallEnded
+
+
+def normalize_number(raw: str, default_region: str = "") -> str | None:
+    """A caller number in the form Kommo matches best, or None when it is no phone number.
+
+    Separators go, an international ``00`` becomes ``+``; with a region, national numbers
+    become E.164 (``phonenumbers`` knows every country's trunk prefix; hand-written rules
+    would not). Numbers ``phonenumbers`` cannot place are kept as digits rather than lost.
+    """
+    number = _SEPARATORS.sub("", raw.strip())
+    if number.startswith("00"):
+        number = "+" + number[2:]
+    digits = number.removeprefix("+")
+    if not digits.isdigit() or not digits.isascii():
+        return None
+    if number.startswith("+") or not default_region:
+        return number
+    try:
+        parsed = phonenumbers.parse(number, default_region)
+    except phonenumbers.NumberParseException:
+        return number
+    if not phonenumbers.is_possible_number(parsed):
+        return number
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def digit_count(number: str) -> int:
+    return sum(ch.isdigit() for ch in number)
+
+
+def channel_extension(channel: str) -> str:
+    """``PJSIP/101-0000001b`` -> ``101``; ``Local/100@agents-00000004;1`` -> ``100``."""
+    _, _, resource = channel.partition("/")
+    if channel.startswith("Local/"):
+        return resource.partition("@")[0]
+    return _CHANNEL_SUFFIX.sub("", resource)
+
+
+def is_withheld(number: str) -> bool:
+    return number.strip().lower() in WITHHELD
+
+
+@dataclass(slots=True)
+class _Call:
+    call_id: str
+    root_channel: str
+    did: str
+    started_at: float
+    number: str | None = None
+    raw_number: str = ""
+    skip_logged: bool = False
+    rung: set[str] = field(default_factory=set)
+    #: Legs that rang while the root still waited for its caller number.
+    early_legs: list[tuple[str, str]] = field(default_factory=list)
+
+
+class CallTracker:
+    """Feed it every channel event; it answers with the decisions the daemon acts on."""
+
+    def __init__(
+        self,
+        inbound_contexts: Iterable[str],
+        min_digits: int,
+        default_region: str = "",
+        max_calls: int = MAX_TRACKED_CALLS,
+        max_age: float = MAX_CALL_AGE,
+    ) -> None:
+        patterns = "|".join(f"(?:{fnmatch.translate(p)})" for p in inbound_contexts)
+        self._inbound = re.compile(patterns) if patterns else None
+        self._min_digits = min_digits
+        self._region = default_region
+        self._max_calls = max_calls
+        self._max_age = max_age
+        #: Inbound calls and calls whose root still waits for a caller number, oldest first.
+        self._calls: dict[str, _Call] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def is_inbound_context(self, context: str) -> bool:
+        return self._inbound is not None and self._inbound.fullmatch(context) is not None
+
+    def feed(self, event: ChannelEvent) -> list[Decision]:
+        if event.kind is ChannelEventKind.LINK_LOST:
+            return self.forget_all()
+        if event.kind is ChannelEventKind.HANGUP:
+            return self._hangup(event)
+        is_root = event.uniqueid == event.linkedid
+        if event.kind is ChannelEventKind.NEWCALLERID:
+            return self._caller_id_changed(event) if is_root else []
+        if is_root:
+            return self._new_root(event)
+        return self._new_leg(event)
+
+    def expire(self, now: float) -> list[Decision]:
+        """Forget calls older than ``max_age`` (their Hangup was lost)."""
+        decisions: list[Decision] = []
+        for call in list(self._calls.values()):
+            if now - call.started_at < self._max_age:
+                break  # insertion order is start order
+            decisions.extend(self._forget(call))
+        return decisions
+
+    def forget_all(self) -> list[Decision]:
+        """After a lost AMI link: state from before the gap cannot be trusted."""
+        decisions: list[Decision] = []
+        for call in list(self._calls.values()):
+            decisions.extend(self._forget(call))
+        return decisions
+
+    # -- event handlers -------------------------------------------------------------------
+
+    def _new_root(self, event: ChannelEvent) -> list[Decision]:
+        if event.linkedid in self._calls:
+            return [self._skip(event, SkipReason.DUPLICATE)]
+        if not self.is_inbound_context(event.context):
+            return [self._skip(event, SkipReason.NOT_INBOUND)]
+        decisions = self._make_room(event.received_at)
+        call = _Call(event.linkedid, event.channel, event.exten, event.received_at)
+        self._calls[call.call_id] = call
+        decisions.extend(self._classify(call, event))
+        return decisions
+
+    def _caller_id_changed(self, event: ChannelEvent) -> list[Decision]:
+        call = self._calls.get(event.linkedid)
+        if call is None or call.number is not None:
+            return []
+        return self._classify(call, event)
+
+    def _classify(self, call: _Call, event: ChannelEvent) -> list[Decision]:
+        """Decide a root channel whose caller number may have just become known."""
+        call.raw_number = event.caller_num
+        if is_withheld(event.caller_num):
+            if event.caller_num.strip() in ("", "<unknown>"):
+                return []  # Local roots learn their number later (NewCallerid); wait for it
+            return self._skip_once(call, event, SkipReason.ANONYMOUS)
+        number = normalize_number(event.caller_num, self._region)
+        if number is None:
+            return self._skip_once(call, event, SkipReason.ANONYMOUS)
+        if digit_count(number) < self._min_digits:
+            del self._calls[call.call_id]
+            return [self._skip(event, SkipReason.INTERNAL)]
+        call.number = number
+        started = CallStarted(
+            call.call_id, number, event.caller_name, call.did, call.root_channel, call.started_at
+        )
+        early = [LegRinging(call.call_id, ext, chan) for ext, chan in call.early_legs]
+        call.early_legs.clear()
+        return [started, *early]
+
+    def _new_leg(self, event: ChannelEvent) -> list[Decision]:
+        call = self._calls.get(event.linkedid)
+        if call is None:
+            return []  # a leg of a call we do not track (outbound, internal, before start)
+        extension = channel_extension(event.channel)
+        is_second_half = event.channel.startswith("Local/") and event.channel.endswith(";2")
+        if is_second_half or not extension or extension in call.rung:
+            if call.number is None:
+                return []
+            return [self._skip(event, SkipReason.DUPLICATE, call.number)]
+        call.rung.add(extension)
+        if call.number is None:
+            call.early_legs.append((extension, event.channel))
+            return []
+        return [LegRinging(call.call_id, extension, event.channel)]
+
+    def _hangup(self, event: ChannelEvent) -> list[Decision]:
+        if event.uniqueid != event.linkedid:
+            return []
+        call = self._calls.get(event.linkedid)
+        return self._forget(call) if call else []
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _forget(self, call: _Call) -> list[Decision]:
+        del self._calls[call.call_id]
+        if call.number is not None:
+            return [CallEnded(call.call_id)]
+        if call.skip_logged:
+            return []
+        # It never got a usable number: the caller was anonymous after all.
+        return [
+            ChannelSkipped(
+                call.call_id, SkipReason.ANONYMOUS, call.raw_number, call.root_channel, call.did
+            )
+        ]
+
+    def _make_room(self, now: float) -> list[Decision]:
+        decisions = self.expire(now)
+        while len(self._calls) >= self._max_calls:
+            decisions.extend(self._forget(next(iter(self._calls.values()))))
+        return decisions
+
+    def _skip_once(self, call: _Call, event: ChannelEvent, reason: SkipReason) -> list[Decision]:
+        if call.skip_logged:
+            return []
+        call.skip_logged = True
+        return [self._skip(event, reason)]
+
+    @staticmethod
+    def _skip(event: ChannelEvent, reason: SkipReason, number: str = "") -> ChannelSkipped:
+        number = number or event.caller_num
+        return ChannelSkipped(event.linkedid, reason, number, event.channel, event.exten)

@@ -1,0 +1,56 @@
+"""Who gets one call's notification, and when the everyone-fallback is due.
+
+Pure bookkeeping for the contract's rules: recipients come from ``did`` (at once),
+``ringing`` (per ringing leg) and ``responsible`` (when the lookup returns); each user is
+notified at most once per call; if nobody was notified when no more recipients can be
+expected, ``fallback = "all"`` sends one notification to everyone and closes the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from kommo_callerid.core.config import NotifyConfig, Recipient
+
+
+class CallRecipients:
+    def __init__(self, config: NotifyConfig) -> None:
+        self._to = frozenset(config.to)
+        self._fallback_all = config.fallback == "all"
+        self._notified: set[int] = set()
+        self._fallback_decided = False
+        self._closed = False
+
+    @property
+    def notified(self) -> frozenset[int]:
+        return frozenset(self._notified)
+
+    @property
+    def waits_for_ringing(self) -> bool:
+        """With ``ringing`` in ``to``, the fallback waits ``fallback_after`` for a ringing leg."""
+        return Recipient.RINGING in self._to
+
+    def offer(self, source: Recipient, users: Iterable[int | None]) -> tuple[int, ...]:
+        """The users from ``source`` to notify now: configured, known, and not yet notified."""
+        if self._closed or source not in self._to:
+            return ()
+        fresh = tuple(u for u in dict.fromkeys(users) if u is not None and u not in self._notified)
+        self._notified.update(fresh)
+        return fresh
+
+    def lookup_finished(self) -> bool:
+        """True when the everyone-fallback is to be sent now (``ringing`` not in ``to``)."""
+        return not self.waits_for_ringing and self._decide_fallback()
+
+    def fallback_timer_fired(self) -> bool:
+        """True when the everyone-fallback is to be sent now (``ringing`` in ``to``)."""
+        return self.waits_for_ringing and self._decide_fallback()
+
+    def _decide_fallback(self) -> bool:
+        if self._fallback_decided:
+            return False
+        self._fallback_decided = True
+        if self._notified or not self._fallback_all:
+            return False
+        self._closed = True  # after the everyone-notification nothing more is sent
+        return True

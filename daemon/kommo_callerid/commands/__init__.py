@@ -1,0 +1,1 @@
+"""Operator commands beside run: check, lookup, authorize, demo."""

@@ -1,0 +1,46 @@
+"""One-shot commands that use the daemon's Kommo client once: ``lookup`` and ``authorize``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kommo_callerid.core.config import Config
+from kommo_callerid.core.models import Entity, KommoError
+from kommo_callerid.kommo.client import KommoClient
+
+
+async def authorize_once(config: Config, code: str) -> None:
+    """Trade an OAuth authorisation code for the first token pair, saved to ``token_file``;
+    raises :class:`KommoError` (already logged) when Kommo refuses."""
+    async with KommoClient(config.kommo, config.cache) as kommo:
+        await kommo.authorize(code)
+
+
+async def lookup_once(config: Config, number: str) -> dict[str, Any]:
+    """One lookup through the daemon's own client (``kommo-callerid lookup``)."""
+    async with KommoClient(config.kommo, config.cache) as kommo:
+        try:
+            await kommo.ensure_credentials()
+            result = await kommo.lookup(number)
+        except KommoError as exc:
+            return {"error": exc.detail, "status": exc.status, "endpoint": exc.endpoint}
+    return {
+        "found": result.entity is not None,
+        "entity": _entity_dict(result.entity),
+        "phone_entity": _entity_dict(result.phone_entity),
+        "responsible_user_id": result.responsible_user_id,
+        "source": result.source,
+        "cached": result.cached,
+        "ms": round(result.ms, 1),
+    }
+
+
+def _entity_dict(entity: Entity | None) -> dict[str, Any] | None:
+    if entity is None:
+        return None
+    return {
+        "type": str(entity.type),
+        "id": entity.id,
+        "name": entity.name,
+        "responsible_user_id": entity.responsible_user_id,
+    }

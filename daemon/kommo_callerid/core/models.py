@@ -1,0 +1,181 @@
+"""Typed values that cross module boundaries.
+
+Raw panoramisk messages stay in ``ami.py``/``ami_protocol.py`` and raw Kommo JSON in the
+``kommo*.py`` modules; everything else in the daemon speaks these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ChannelEventKind(StrEnum):
+    """The AMI events the daemon uses (the names Asterisk sends, case-sensitive)."""
+
+    NEWCHANNEL = "Newchannel"
+    NEWCALLERID = "NewCallerid"
+    HANGUP = "Hangup"
+    #: Not from Asterisk: the supervisor's marker that the AMI link was lost (a gap).
+    LINK_LOST = "LinkLost"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelEvent:
+    """One channel event from Asterisk, reduced to the fields call detection needs."""
+
+    kind: ChannelEventKind
+    channel: str
+    uniqueid: str
+    #: The call's id. Asterisk before 13.5 sends none: then it equals ``uniqueid``.
+    linkedid: str
+    caller_num: str
+    caller_name: str
+    context: str
+    exten: str
+    #: ``loop.time()`` when the event was parsed: the call's clock starts here.
+    received_at: float
+
+    @classmethod
+    def link_lost(cls, at: float) -> ChannelEvent:
+        return cls(ChannelEventKind.LINK_LOST, "", "", "", "", "", "", "", at)
+
+
+@dataclass(frozen=True, slots=True)
+class AmiSessionInfo:
+    """What a successful AMI login tells us."""
+
+    host: str
+    port: int
+    ami_version: str
+
+
+class EntityType(StrEnum):
+    CONTACT = "contact"
+    LEAD = "lead"
+    COMPANY = "company"
+    CUSTOMER = "customer"
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """A Kommo record a phone number belongs to."""
+
+    type: EntityType
+    id: int
+    name: str
+    responsible_user_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    """The answer to "who is calling?"; ``entity`` is None for an unknown number."""
+
+    number: str
+    entity: Entity | None
+    #: For a lead or customer: the contact or company that carries the phone number.
+    phone_entity: Entity | None
+    #: Which API answered: "by_phone" or "contacts".
+    source: str
+    cached: bool
+    ms: float
+
+    @property
+    def responsible_user_id(self) -> int | None:
+        return self.entity.responsible_user_id if self.entity else None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    """Who the Kommo token belongs to (GET /api/v4/account)."""
+
+    id: int
+    name: str
+    subdomain: str
+
+
+class KommoError(Exception):
+    """A Kommo request that did not give a usable answer (already logged as kommo.error)."""
+
+    def __init__(self, status: int | None, endpoint: str, detail: str) -> None:
+        super().__init__(f"{endpoint}: {status} {detail}")
+        self.status = status
+        self.endpoint = endpoint
+        self.detail = detail
+
+
+class KommoAuthError(KommoError):
+    """Kommo will not accept our credentials until a human acts (retrying cannot help)."""
+
+
+class DeadlineReached(KommoError):
+    """Retries ran out of time (the call's ``notify_ttl``); carries the last failure."""
+
+    def __init__(self, status: int | None, endpoint: str, detail: str, attempts: int) -> None:
+        super().__init__(status, endpoint, detail)
+        self.attempts = attempts
+
+
+class NotifyOutcome(StrEnum):
+    SENT = "sent"
+    #: Not delivered while the call could still use it (``kommo.notify_dropped`` reason ttl).
+    DROPPED_TTL = "ttl"
+    #: Kommo refused it (4xx) or the credentials are unusable (reason rejected).
+    REJECTED = "rejected"
+
+
+class AmiLoginError(Exception):
+    """Asterisk refused the login (wrong username or secret); carries the server's message."""
+
+
+class AmiConnectionError(Exception):
+    """The AMI link could not be opened or was lost before the login finished."""
+
+
+class AmiActionRefused(Exception):
+    """Asterisk answered an action with an error (usually a missing write class)."""
+
+
+#: Upper bounds (seconds) of the latency histograms: from a cache hit to a slow Kommo.
+LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class LatencyHistogram:
+    """A fixed-bucket histogram of seconds: cheap to observe, read by /metrics at scrape time.
+
+    Kept dependency-free so the modules that observe latencies need no metrics library.
+    """
+
+    __slots__ = ("buckets", "count", "counts", "sum")
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        #: Observations per bucket (not cumulative); the last slot is +Inf.
+        self.counts = [0] * (len(buckets) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        index = next((i for i, bound in enumerate(self.buckets) if seconds <= bound), -1)
+        self.counts[index] += 1
+        self.count += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations at or below it) pairs ending with (+inf, count)."""
+        pairs, running = [], 0
+        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            running += n
+            pairs.append((bound, running))
+        return pairs
+
+
+@dataclass(slots=True)
+class AmiCounters:
+    received: int = 0  # Newchannel, NewCallerid and Hangup events read from Asterisk
+    delivered: int = 0  # put on the queue
+    dropped: int = 0  # lost because the queue was full
+    invalid: int = 0  # unusable (no Uniqueid) or failed to convert
+    oversized: int = 0  # messages longer than MAX_MESSAGE_BYTES, skipped to the next blank line
+    garbage: int = 0  # messages with neither an Event nor a Response header
+    ignored: int = 0  # other events, dropped unparsed (cheap: most of a read=all user's stream)

@@ -1,0 +1,331 @@
+"""Wiring and lifecycle: build the clients, run intake and housekeeping, stop cleanly.
+
+Life in named steps, as in uvicorn's server: ``startup`` (clients, tasks, READY=1),
+``main_loop`` (wait for a stop request or a fatal start-up error), ``shutdown`` (stop intake,
+let in-flight notifications finish for up to ``shutdown_timeout``, log the counters).
+Signal handlers only set the stop event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from kommo_callerid import __version__
+from kommo_callerid.ami.sessions import AmiSessions
+from kommo_callerid.ami.supervisor import AmiSupervisor
+from kommo_callerid.calls.detector import CallTracker
+from kommo_callerid.core.config import Config
+from kommo_callerid.core.models import (
+    AmiLoginError,
+    ChannelEvent,
+    ChannelEventKind,
+    KommoAuthError,
+    KommoError,
+)
+from kommo_callerid.daemon.notifier import CallNotifier, TaskOwner
+from kommo_callerid.daemon.systemd import SystemdNotifier
+from kommo_callerid.kommo.client import KommoClient
+from kommo_callerid.web.callerid import CallerIdService
+from kommo_callerid.web.metrics import MetricsExporter
+from kommo_callerid.web.server import Health, HttpServer
+from kommo_callerid.web.stats import StatsView, log_fields
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+
+#: Events waiting for the call tracker; beyond this AMI events are dropped and counted.
+EVENT_QUEUE_SIZE = 10_000
+STATS_INTERVAL = 60.0
+
+
+@dataclass
+class _Running:
+    """What startup builds and shutdown takes apart."""
+
+    queue: asyncio.Queue[ChannelEvent]
+    tracker: CallTracker
+    notifier: CallNotifier
+    supervisor: AmiSupervisor
+    call_tasks: TaskOwner
+    kommo: KommoClient
+    ami_sessions: AmiSessions
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    events: int = 0
+    #: ``loop.time()`` of the last AMI event taken off the queue (for /healthz).
+    last_event_at: float | None = None
+    started_at: float = field(default_factory=time.time)
+    started_monotonic: float = field(default_factory=time.monotonic)
+    callerid: CallerIdService | None = None
+    http: HttpServer | None = None
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        stop: asyncio.Event | None = None,
+        systemd: SystemdNotifier | None = None,
+    ) -> None:
+        self.config = config
+        self.stop = stop or asyncio.Event()
+        self.systemd = systemd or SystemdNotifier()
+        self._running: _Running | None = None
+
+    @property
+    def ami_connected(self) -> bool:
+        return self._running is not None and self._running.supervisor.connected
+
+    @property
+    def http_port(self) -> int | None:
+        """The bound port of the HTTP endpoint (``listen`` may ask for port 0), or None."""
+        running = self._running
+        return running.http.port if running is not None and running.http is not None else None
+
+    def table_sizes(self) -> dict[str, int]:
+        """The size of every internal table (benchmarks, debugging); empty when not running."""
+        running = self._running
+        if running is None:
+            return {}
+        return {
+            "queue": running.queue.qsize(),
+            "tracker": len(running.tracker),
+            "active": running.notifier.active_calls,
+            "seen": running.notifier.seen_calls,
+            "tasks": len(running.call_tasks),
+            **running.kommo.table_sizes(),
+        }
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+
+    async def serve(self) -> int:
+        async with AsyncExitStack() as stack:
+            kommo = await stack.enter_async_context(
+                KommoClient(self.config.kommo, self.config.cache)
+            )
+            if not await self._credentials_usable(kommo):
+                return EXIT_CONFIG
+            running = await self._startup(kommo)
+            if running is None:
+                return EXIT_CONFIG  # http.listen_failed says why
+            exit_code = await self._main_loop(running)
+            await self._shutdown(running)
+        return exit_code
+
+    @staticmethod
+    async def _credentials_usable(kommo: KommoClient) -> bool:
+        """False when Kommo refuses our OAuth grant (logged): a restart cannot fix that."""
+        try:
+            await kommo.ensure_credentials()
+        except KommoAuthError:
+            return False
+        except KommoError:
+            pass  # Kommo unreachable for now: the calls' retries will cope
+        return True
+
+    async def _startup(self, kommo: KommoClient) -> _Running | None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        queue: asyncio.Queue[ChannelEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
+        call_tasks = TaskOwner()
+        ami_sessions = AmiSessions(cfg.ami, queue)
+        running = _Running(
+            queue=queue,
+            tracker=CallTracker(
+                cfg.calls.inbound_contexts, cfg.calls.min_digits, cfg.calls.default_region
+            ),
+            notifier=CallNotifier(kommo, cfg.notify, cfg.calls, call_tasks, loop.time),
+            supervisor=AmiSupervisor(
+                cfg.ami,
+                ami_sessions.new_client,
+                on_state=self._ami_state_changed,
+                on_link_lost=lambda: queue.put(ChannelEvent.link_lost(loop.time())),
+            ),
+            call_tasks=call_tasks,
+            kommo=kommo,
+            ami_sessions=ami_sessions,
+        )
+        self._running = running
+        if cfg.http.listen and not await self._start_http(running):
+            self._running = None
+            return None
+        running.background = [
+            asyncio.create_task(running.supervisor.run(), name="ami-supervisor"),
+            asyncio.create_task(self._consume(running), name="call-intake"),
+            asyncio.create_task(self._housekeeping(running), name="housekeeping"),
+        ]
+        log.info(
+            "daemon.started",
+            version=__version__,
+            ami=f"{cfg.ami.host}:{cfg.ami.port}",
+            kommo=cfg.kommo.base_url,
+            inbound_contexts=list(cfg.calls.inbound_contexts),
+        )
+        self.systemd.ready("running; AMI connecting")
+        return running
+
+    async def _main_loop(self, running: _Running) -> int:
+        stop_waiter = asyncio.create_task(self.stop.wait(), name="stop-waiter")
+        try:
+            await asyncio.wait(
+                [stop_waiter, *running.background], return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stop_waiter.cancel()
+        for task in running.background:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                return self._fatal(task.exception())
+        return EXIT_OK
+
+    @staticmethod
+    def _fatal(exc: BaseException | None) -> int:
+        if isinstance(exc, AmiLoginError):
+            return EXIT_CONFIG  # ami.login_failed already says why
+        log.error("daemon.crashed", exc_info=exc)
+        return EXIT_FAILURE
+
+    async def _shutdown(self, running: _Running) -> None:
+        self.systemd.stopping()
+        await self._stop_http(running)
+        for task in running.background:
+            task.cancel()
+        await asyncio.gather(*running.background, return_exceptions=True)
+        in_flight = len(running.call_tasks)
+        cancelled = await running.call_tasks.drain(self.config.daemon.shutdown_timeout)
+        log.info(
+            "daemon.stopped",
+            in_flight_at_stop=in_flight,
+            in_flight_cancelled=cancelled,
+            **self._counters(running),
+        )
+        self._running = None
+
+    async def _consume(self, running: _Running) -> None:
+        tracker, notifier, queue = running.tracker, running.notifier, running.queue
+        while True:
+            event = await queue.get()
+            running.events += 1
+            if event.kind is not ChannelEventKind.LINK_LOST:
+                running.last_event_at = event.received_at
+            for decision in tracker.feed(event):
+                notifier.handle(decision)
+
+    async def _housekeeping(self, running: _Running) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.systemd.watchdog_interval or STATS_INTERVAL
+        next_stats = loop.time() + STATS_INTERVAL
+        while True:
+            await asyncio.sleep(min(interval, STATS_INTERVAL))
+            self.systemd.watchdog()
+            if loop.time() >= next_stats:
+                next_stats += STATS_INTERVAL
+                for decision in running.tracker.expire(loop.time()):
+                    running.notifier.handle(decision)
+                await self._refresh_credentials(running)
+                counters = self._counters(running)
+                log.info("stats", **counters)
+                self.systemd.status(self._status_line(counters))
+
+    @staticmethod
+    async def _refresh_credentials(running: _Running) -> None:
+        with contextlib.suppress(KommoError):  # logged; the requests themselves retry or report
+            await running.kommo.ensure_credentials()
+
+    def _ami_state_changed(self, connected: bool) -> None:
+        if self._running is None:
+            return
+        self.systemd.status(self._status_line(self._counters(self._running)))
+
+    def _counters(self, running: _Running) -> dict[str, Any]:
+        # as_dict first: a counter the notifier adds later still reaches the stats line.
+        return {**running.notifier.stats.as_dict(), **log_fields(self._stats_view(running))}
+
+    def _stats_view(self, running: _Running) -> StatsView:
+        notifier, kommo = running.notifier.stats, running.kommo.stats
+        callerid = running.callerid
+        return StatsView(
+            ami_connected=running.supervisor.connected,
+            ami_reconnects=running.supervisor.reconnects,
+            ami_events=running.ami_sessions.totals(),
+            events_processed=running.events,
+            queue_depth=running.queue.qsize(),
+            tracked_calls=len(running.tracker),
+            active_calls=running.notifier.active_calls,
+            in_flight=len(running.call_tasks),
+            calls_detected=notifier.calls_incoming,
+            calls_skipped={str(reason): n for reason, n in notifier.skipped.items()},
+            notifications_sent=notifier.notifications_sent,
+            notifications_failed=kommo.notifications_failed,
+            notifications_dropped=dict(notifier.dropped),
+            notify_latency=notifier.notify_latency,
+            lookups=kommo.lookups,
+            lookup_cache_hits=kommo.cache_hits,
+            lookups_failed=kommo.lookups_failed,
+            lookup_latency=kommo.lookup_seconds,
+            kommo_requests=dict(kommo.requests),
+            cache_entries=running.kommo.cache_size,
+            callerid_answers={str(k): n for k, n in callerid.answers.items()} if callerid else {},
+            callerid_background=callerid.background_lookups if callerid else 0,
+            started_at=running.started_at,
+        )
+
+    async def _start_http(self, running: _Running) -> bool:
+        """Bind before READY=1, so a monitor that sees the service up can scrape it."""
+        running.callerid = CallerIdService(running.kommo, self.config.calls, self.config.http)
+        running.http = HttpServer(
+            self.config.http,
+            health=lambda: self._health(running),
+            metrics=MetricsExporter(lambda: self._stats_view(running)),
+            callerid=running.callerid,
+        )
+        try:
+            await running.http.start()
+        except OSError as exc:  # address in use, not on this host, or a privileged port
+            log.error("http.listen_failed", listen=self.config.http.listen, reason=str(exc))
+            await running.callerid.close()
+            return False
+        return True
+
+    async def _stop_http(self, running: _Running) -> None:
+        if running.http is not None:
+            await running.http.stop()
+        if running.callerid is not None:
+            await running.callerid.close()
+
+    def _health(self, running: _Running) -> Health:
+        now = asyncio.get_running_loop().time()
+        last = running.last_event_at
+        return Health(
+            ami_connected=running.supervisor.connected,
+            facts={
+                "version": __version__,
+                "uptime_seconds": round(time.monotonic() - running.started_monotonic, 1),
+                "last_event_age_seconds": None if last is None else round(now - last, 1),
+                "ami_reconnects": running.supervisor.reconnects,
+                "queue_depth": running.queue.qsize(),
+            },
+        )
+
+    @staticmethod
+    def _status_line(counters: dict[str, Any]) -> str:
+        ami = "connected" if counters["ami_connected"] else "disconnected"
+        return (
+            f"AMI {ami}; calls {counters['calls_incoming']}; "
+            f"notified {counters['notifications_sent']}; "
+            f"dropped {counters['notifications_dropped']}"
+        )

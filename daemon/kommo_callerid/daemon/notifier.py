@@ -1,0 +1,243 @@
+"""Turns call decisions into Kommo notifications for the right people, as early as each
+recipient is known.
+
+The DID's users are notified the moment the call is detected; the lookup runs beside that
+and never delays a notification whose recipients are already known; every ringing leg adds
+its agent; the everyone-fallback fires when nobody could be named. Each notification is its
+own task, so one slow request never holds up another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from kommo_callerid.calls.detector import (
+    CallEnded,
+    CallStarted,
+    ChannelSkipped,
+    Decision,
+    LegRinging,
+    SkipReason,
+)
+from kommo_callerid.calls.recipients import CallRecipients
+from kommo_callerid.core.config import CallsConfig, NotifyConfig, Recipient
+from kommo_callerid.core.models import KommoError, LatencyHistogram, LookupResult, NotifyOutcome
+
+log = structlog.get_logger(__name__)
+
+#: How many handled call ids are remembered against re-notification after a reconnect.
+SEEN_CALLS = 10_000
+
+
+class KommoPort(Protocol):
+    """What the notifier needs of ``kommo.KommoClient``."""
+
+    async def lookup(self, number: str, *, within: float | None = None) -> LookupResult: ...
+    async def notify(
+        self, number: str, users: Sequence[int] | None, *, within: float
+    ) -> NotifyOutcome: ...
+
+
+class TaskOwner:
+    """Keeps a reference to every task it starts and can drain them at shutdown."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("daemon.task_failed", task=task.get_name(), exc_info=task.exception())
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for running tasks; cancel the rest; return how many."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        leftovers = set(self._tasks)
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.wait(leftovers)
+        return len(leftovers)
+
+
+@dataclass
+class NotifierStats:
+    calls_incoming: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    notifications_sent: int = 0
+    #: Notifications given up, by reason: "ttl" (too late to be useful) or "rejected" (4xx).
+    dropped: Counter[str] = field(default_factory=Counter)
+    lookups_failed: int = 0
+    #: Seconds from the call's Newchannel to Kommo accepting a notification for it.
+    notify_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    @property
+    def notifications_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "calls_incoming": self.calls_incoming,
+            "calls_skipped": {str(reason): n for reason, n in self.skipped.items()},
+            "notifications_sent": self.notifications_sent,
+            "notifications_dropped": self.notifications_dropped,
+            "notifications_dropped_by_reason": dict(self.dropped),
+            "lookups_failed": self.lookups_failed,
+        }
+
+
+@dataclass
+class _ActiveCall:
+    call: CallStarted
+    recipients: CallRecipients
+    fallback_timer: asyncio.Task[None] | None = None
+
+    def bound(self) -> Any:
+        return bound_contextvars(call_id=self.call.call_id, caller=self.call.number)
+
+
+class CallNotifier:
+    def __init__(
+        self,
+        kommo: KommoPort,
+        notify_config: NotifyConfig,
+        calls_config: CallsConfig,
+        tasks: TaskOwner,
+        clock: Callable[[], float],
+    ) -> None:
+        self._kommo = kommo
+        self._notify = notify_config
+        self._ttl = calls_config.notify_ttl
+        self._tasks = tasks
+        self._clock = clock
+        self._active: dict[str, _ActiveCall] = {}
+        #: Calls already handled, so a call seen again after an AMI reconnect is not re-notified.
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.stats = NotifierStats()
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._active)
+
+    @property
+    def seen_calls(self) -> int:
+        return len(self._seen)
+
+    def handle(self, decision: Decision) -> None:
+        match decision:
+            case CallStarted():
+                self._call_started(decision)
+            case LegRinging():
+                self._leg_ringing(decision)
+            case ChannelSkipped():
+                self._skipped(decision)
+            case CallEnded():
+                self._active.pop(decision.call_id, None)
+
+    def _call_started(self, started: CallStarted) -> None:
+        if started.call_id in self._seen:
+            self._skipped(
+                ChannelSkipped(
+                    started.call_id,
+                    SkipReason.DUPLICATE,
+                    started.number,
+                    started.channel,
+                    started.did,
+                )
+            )
+            return
+        self._seen[started.call_id] = None
+        if len(self._seen) > SEEN_CALLS:
+            self._seen.popitem(last=False)
+        active = _ActiveCall(started, CallRecipients(self._notify))
+        self._active[started.call_id] = active
+        self.stats.calls_incoming += 1
+        with active.bound():
+            log.info(
+                "call.incoming",
+                exten=started.did,
+                channel=started.channel,
+                name=started.caller_name,
+            )
+            did_users = self._notify.dids.get(started.did, ())
+            self._send(active, active.recipients.offer(Recipient.DID, did_users))
+            self._tasks.spawn(self._lookup(active), name=f"lookup-{started.call_id}")
+            if active.recipients.waits_for_ringing:
+                active.fallback_timer = self._tasks.spawn(
+                    self._fallback_timer(active), name=f"fallback-{started.call_id}"
+                )
+
+    def _leg_ringing(self, leg: LegRinging) -> None:
+        active = self._active.get(leg.call_id)
+        if active is None:
+            return
+        user = self._notify.extensions.get(leg.extension)
+        with active.bound():
+            log.info("call.ringing", extension=leg.extension, channel=leg.channel, user=user)
+            self._send(active, active.recipients.offer(Recipient.RINGING, [user]))
+
+    def _skipped(self, skipped: ChannelSkipped) -> None:
+        self.stats.skipped[skipped.reason] += 1
+        with bound_contextvars(call_id=skipped.call_id, caller=skipped.number):
+            log.info(
+                "call.skipped",
+                reason=str(skipped.reason),
+                channel=skipped.channel,
+                exten=skipped.exten,
+            )
+
+    async def _lookup(self, active: _ActiveCall) -> None:
+        try:
+            result = await self._kommo.lookup(active.call.number, within=self._time_left(active))
+        except KommoError:
+            self.stats.lookups_failed += 1  # already logged as kommo.error
+            responsible = None
+        else:
+            responsible = result.responsible_user_id
+        self._send(active, active.recipients.offer(Recipient.RESPONSIBLE, [responsible]))
+        if active.recipients.lookup_finished():
+            self._send_to_everyone(active)
+
+    async def _fallback_timer(self, active: _ActiveCall) -> None:
+        elapsed = self._clock() - active.call.started_at
+        await asyncio.sleep(max(0.0, self._notify.fallback_after - elapsed))
+        if active.recipients.fallback_timer_fired():
+            self._send_to_everyone(active)
+
+    def _send(self, active: _ActiveCall, users: tuple[int, ...]) -> None:
+        if users:
+            self._tasks.spawn(self._deliver(active, users), name=f"notify-{active.call.call_id}")
+
+    def _send_to_everyone(self, active: _ActiveCall) -> None:
+        self._tasks.spawn(self._deliver(active, None), name=f"notify-all-{active.call.call_id}")
+
+    async def _deliver(self, active: _ActiveCall, users: tuple[int, ...] | None) -> None:
+        outcome = await self._kommo.notify(
+            active.call.number, users, within=self._time_left(active)
+        )
+        if outcome is NotifyOutcome.SENT:
+            self.stats.notifications_sent += 1
+            self.stats.notify_latency.observe(self._clock() - active.call.started_at)
+        else:
+            self.stats.dropped[str(outcome)] += 1
+
+    def _time_left(self, active: _ActiveCall) -> float:
+        """Seconds until the call's notification stops being useful (``notify_ttl``)."""
+        return self._ttl - (self._clock() - active.call.started_at)

@@ -1,0 +1,351 @@
+"""The Kommo API client: caller lookups and call notifications.
+
+Raw Kommo JSON stays behind this module (read by :mod:`kommo_callerid.kommo_parse`); callers
+get :mod:`kommo_callerid.models` types. HTTP — rate limit, retries, authorisation — is
+:mod:`kommo_callerid.kommo_http`; this module decides what an answer means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from functools import partial
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+
+from kommo_callerid.core.config import CacheConfig, KommoConfig, LookupMode
+from kommo_callerid.core.models import (
+    AccountInfo,
+    DeadlineReached,
+    Entity,
+    KommoError,
+    LookupResult,
+    NotifyOutcome,
+)
+from kommo_callerid.kommo.auth import OAuthTokens, StaticToken, TokenProvider, WallClock
+from kommo_callerid.kommo.limits import Clock, LookupCache, Priority, Sleep
+from kommo_callerid.kommo.parse import (
+    BadShape,
+    Response,
+    error_detail,
+    parse_account,
+    parse_by_phone,
+    parse_contacts,
+)
+from kommo_callerid.kommo.transport import KommoStats, KommoTransport
+
+__all__ = ["KommoClient", "KommoStats", "TokenProvider"]
+
+log = structlog.get_logger(__name__)
+
+BY_PHONE_PATH = "/api/v2/search/by_phone"
+CONTACTS_PATH = "/api/v4/contacts"
+EVENTS_PATH = "/api/v2/events"
+ACCOUNT_PATH = "/api/v4/account"
+#: What by_phone answers on accounts that do not have the v2 telephony search.
+BY_PHONE_GONE = frozenset({404, 405, 410})
+
+
+class KommoClient:
+    """Lookups (cached, single-flight) and notifications, within Kommo's rate limit."""
+
+    def __init__(
+        self,
+        config: KommoConfig,
+        cache: CacheConfig,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        wall_clock: WallClock = time.time,
+        token_provider: TokenProvider | None = None,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self.stats = KommoStats()
+        self._http = KommoTransport(
+            config, StaticToken(config.access_token), self.stats, clock=clock, sleep=sleep
+        )
+        if token_provider is not None:
+            self._http.auth = token_provider
+        elif config.oauth:
+            self._http.auth = OAuthTokens(config, self._http.exchange_tokens, wall_clock=wall_clock)
+        self._cache = LookupCache(cache)
+        self._inflight: dict[str, asyncio.Task[LookupResult]] = {}
+        self._by_phone_gone = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def ensure_credentials(self) -> None:
+        """OAuth: load the token file and refresh the pair if it is due, so no call waits for
+        a refresh (the daemon calls this at start-up and every minute). Raises
+        :class:`KommoAuthError` when a human has to act, :class:`KommoError` when Kommo
+        could not be reached."""
+        await self._http.auth.refresh_if_due()
+
+    async def authorize(self, code: str) -> None:
+        """Trade an authorisation code for the first OAuth pair and save it."""
+        if not isinstance(self._http.auth, OAuthTokens):
+            raise ValueError("authorize needs OAuth: set client_id, client_secret, redirect_uri")
+        await self._http.auth.authorize(code)
+
+    async def close(self) -> None:
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._http.auth.close()
+        await self._http.close()
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+    def table_sizes(self) -> dict[str, int]:
+        return {
+            "cache": len(self._cache),
+            "inflight": len(self._inflight),
+            **self._http.table_sizes(),
+        }
+
+    @property
+    def blocked(self) -> bool:
+        """Kommo answered 403 and has not accepted a request since."""
+        return self._http.gate.blocked
+
+    async def lookup(self, number: str, *, within: float | None = None) -> LookupResult:
+        """Who is calling, retrying for up to ``within`` seconds (default: one request
+        timeout); raises :class:`KommoError` (already logged) when Kommo fails."""
+        key = _digits(number)
+        if not key:
+            raise ValueError("a number to look up needs digits")
+        started = self._clock()
+        self.stats.lookups += 1
+        cached = self._cache.get(key, started)
+        if cached is not None:
+            self.stats.cache_hits += 1
+            result = replace(cached, number=number, cached=True, ms=self._ms_since(started))
+        else:
+            deadline = started + (within if within is not None else self._config.timeout)
+            try:
+                found = await self._shared_fetch(key, deadline)
+            except KommoError:
+                self.stats.lookups_failed += 1
+                raise
+            result = replace(found, number=number, ms=self._ms_since(started))
+        self.stats.lookup_seconds.observe(result.ms / 1000)
+        _log_lookup(result)
+        return result
+
+    async def notify(
+        self, number: str, users: Sequence[int] | None, *, within: float
+    ) -> NotifyOutcome:
+        """Pop the call up for ``users`` (None: everyone), retrying for up to ``within``
+        seconds; logs ``kommo.notified`` or ``kommo.notify_dropped``."""
+        recipients = list(users) if users is not None else None
+        event: dict[str, Any] = {"type": "phone_call", "phone_number": number}
+        if recipients is not None:
+            event["users"] = recipients
+        started = self._clock()
+        try:
+            if within <= 0:
+                raise DeadlineReached(None, EVENTS_PATH, "the call's notify_ttl had passed", 0)
+            response = await self._http.request(
+                "POST",
+                EVENTS_PATH,
+                payload={"add": [event]},
+                priority=Priority.NOTIFY,
+                deadline=started + within,
+            )
+        except DeadlineReached as exc:
+            return self._dropped(NotifyOutcome.DROPPED_TTL, recipients, exc, exc.attempts)
+        except KommoError as exc:
+            return self._dropped(NotifyOutcome.REJECTED, recipients, exc, 1)
+        if not 200 <= response.status < 300:
+            error = self._failure(response.status, EVENTS_PATH, error_detail(response))
+            return self._dropped(NotifyOutcome.REJECTED, recipients, error, response.attempts)
+        self.stats.notifications_sent += 1
+        log.info(
+            "kommo.notified",
+            users=recipients,
+            ms=self._ms_since(started),
+            attempt=response.attempts,
+        )
+        return NotifyOutcome.SENT
+
+    def _dropped(
+        self, outcome: NotifyOutcome, users: list[int] | None, error: KommoError, attempts: int
+    ) -> NotifyOutcome:
+        self.stats.notifications_failed += 1
+        log.warning(
+            "kommo.notify_dropped",
+            reason=str(outcome),
+            users=users,
+            status=error.status,
+            detail=error.detail,
+            attempts=attempts,
+        )
+        return outcome
+
+    async def account(self) -> AccountInfo:
+        """The account the token belongs to; raises :class:`KommoError` (already logged)."""
+        response = await self._request(
+            "GET", ACCOUNT_PATH, deadline=self._deadline(), max_attempts=1
+        )
+        data = self._decode(response)
+        if data is None:
+            raise self._failure(response.status, ACCOUNT_PATH, "empty answer")
+        try:
+            return parse_account(data)
+        except BadShape as exc:
+            detail = f"unexpected answer: {exc}"
+            raise self._failure(response.status, ACCOUNT_PATH, detail) from None
+
+    async def _shared_fetch(self, key: str, deadline: float) -> LookupResult:
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._fetch(key, deadline))
+            self._inflight[key] = task
+            task.add_done_callback(partial(self._fetch_done, key))
+        # shield: a caller that gives up must not cancel the request the others wait for.
+        return await asyncio.shield(task)
+
+    def _fetch_done(self, key: str, task: asyncio.Task[LookupResult]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so a fetch nobody awaits any more is not a warning
+
+    async def _fetch(self, key: str, deadline: float) -> LookupResult:
+        started = self._clock()
+        found = None
+        if self._config.lookup is not LookupMode.CONTACTS and not self._by_phone_gone:
+            found = await self._search_by_phone(key, deadline)
+        source = "by_phone" if found is not None else "contacts"
+        if found is None:
+            found = await self._search_contacts(key, deadline)
+        entity, phone_entity = found
+        result = LookupResult(
+            number=key,
+            entity=entity,
+            phone_entity=phone_entity,
+            source=source,
+            cached=False,
+            ms=self._ms_since(started),
+        )
+        self._cache.put(key, result, self._clock())
+        return result
+
+    async def _search_by_phone(
+        self, key: str, deadline: float
+    ) -> tuple[Entity | None, Entity | None] | None:
+        """The by_phone answer, or None when "auto" has to fall back to the contacts search."""
+        response = await self._request(
+            "GET", BY_PHONE_PATH, params={"phone": key}, deadline=deadline
+        )
+        if response.status in BY_PHONE_GONE and self._config.lookup is LookupMode.AUTO:
+            if not self._by_phone_gone:
+                self._by_phone_gone = True
+                log.warning(
+                    "kommo.error",
+                    status=response.status,
+                    endpoint=BY_PHONE_PATH,
+                    detail="by_phone search unavailable; using the contacts search from now on",
+                )
+            return None
+        data = self._decode(response)
+        return self._parse(response, parse_by_phone, data)
+
+    async def _search_contacts(
+        self, key: str, deadline: float
+    ) -> tuple[Entity | None, Entity | None]:
+        response = await self._request(
+            "GET", CONTACTS_PATH, params={"query": key}, deadline=deadline
+        )
+        data = self._decode(response)
+        return self._parse(response, parse_contacts, data)
+
+    def _parse(
+        self,
+        response: Response,
+        parser: Callable[[Any], tuple[Entity | None, Entity | None]],
+        data: Any,
+    ) -> tuple[Entity | None, Entity | None]:
+        if data is None:
+            return None, None
+        try:
+            return parser(data)
+        except BadShape as exc:
+            raise self._failure(
+                response.status, response.path, f"unexpected answer: {exc}"
+            ) from None
+
+    def _decode(self, response: Response) -> Any:
+        """The JSON of a 2xx answer; None when it has no body (nothing found)."""
+        if not 200 <= response.status < 300:
+            raise self._failure(response.status, response.path, error_detail(response))
+        if response.status == 204 or not response.body.strip():
+            return None
+        if "json" not in response.content_type:
+            detail = f"unexpected content type {response.content_type or 'none'}"
+            raise self._failure(response.status, response.path, detail)
+        try:
+            return json.loads(response.body)
+        except ValueError:
+            raise self._failure(response.status, response.path, "invalid JSON") from None
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        deadline: float,
+        params: dict[str, str] | None = None,
+        max_attempts: int | None = None,
+    ) -> Response:
+        try:
+            return await self._http.request(
+                method, path, params=params, deadline=deadline, max_attempts=max_attempts
+            )
+        except DeadlineReached as exc:
+            raise self._failure(exc.status, path, exc.detail) from None
+
+    def _deadline(self) -> float:
+        return self._clock() + self._config.timeout
+
+    def _failure(self, status: int | None, endpoint: str, detail: str) -> KommoError:
+        log.error("kommo.error", status=status, endpoint=endpoint, detail=detail)
+        return KommoError(status, endpoint, detail)
+
+    def _ms_since(self, started: float) -> float:
+        return round((self._clock() - started) * 1000, 1)
+
+
+def _log_lookup(result: LookupResult) -> None:
+    entity = result.entity
+    log.info(
+        "kommo.lookup",
+        entity_type=entity.type.value if entity else None,
+        entity_id=entity.id if entity else None,
+        name=entity.name if entity else None,
+        responsible_user_id=result.responsible_user_id,
+        cached=result.cached,
+        ms=result.ms,
+    )
+
+
+def _digits(number: str) -> str:
+    return "".join(char for char in number if char.isdigit())

@@ -1,0 +1,201 @@
+"""What keeps the Kommo client within bounds: the request rate limiter and the lookup cache.
+
+Both run on an injectable clock; neither does any HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+import random
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import IntEnum
+
+from kommo_callerid.core.config import CacheConfig
+from kommo_callerid.core.models import LookupResult
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Priority(IntEnum):
+    """Lower goes first: a notification is worth more than a lookup that may be cached."""
+
+    NOTIFY = 0
+    LOOKUP = 1
+
+
+class RateLimiter:
+    """At most ``floor(rate)`` requests in any 1-second window (one per ``1/rate`` s below 1).
+
+    A request holds its slot from the moment it starts until one period after it completes:
+    the server sees it arrive somewhere in between, so the server's windows can never hold
+    more than the limit either. Waiters are served by priority, then first come first served.
+    """
+
+    def __init__(self, rate: float, *, clock: Clock, sleep: Sleep) -> None:
+        self._permits = max(1, math.floor(rate))
+        self._period = 1.0 if rate >= 1 else 1.0 / rate
+        self._clock = clock
+        self._sleep = sleep
+        self._running = 0
+        self._finished: deque[float] = deque()
+        self._queue: list[tuple[int, int]] = []
+        self._tickets = itertools.count()
+        self._changed = asyncio.Event()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    @asynccontextmanager
+    async def slot(self, priority: Priority = Priority.LOOKUP) -> AsyncIterator[None]:
+        await self._acquire(priority)
+        try:
+            yield
+        finally:
+            self._running -= 1
+            self._finished.append(self._clock())
+            self._wake_all()
+
+    async def _acquire(self, priority: Priority) -> None:
+        ticket = (int(priority), next(self._tickets))
+        heapq.heappush(self._queue, ticket)
+        try:
+            while True:
+                wait = self._wait_time() if self._queue[0] == ticket else None
+                if wait is not None and wait <= 0:
+                    break
+                if wait is None:
+                    await self._changed.wait()
+                else:
+                    await self._sleep(wait)
+        except BaseException:
+            self._queue.remove(ticket)
+            heapq.heapify(self._queue)
+            self._wake_all()
+            raise
+        heapq.heappop(self._queue)
+        self._running += 1
+        self._wake_all()
+
+    def _wait_time(self) -> float | None:
+        """0 when a slot is free, seconds until one frees, or None: wait for a release."""
+        now = self._clock()
+        while self._finished and self._finished[0] + self._period <= now:
+            self._finished.popleft()
+        if self._running + len(self._finished) < self._permits:
+            return 0.0
+        if self._finished:
+            return self._finished[0] + self._period - now
+        return None
+
+    def _wake_all(self) -> None:
+        # A fresh Event per change is a broadcast: every current waiter re-checks once.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+def retry_delay(attempt: int, *, base: float = 0.25, cap: float = 4.0) -> float:
+    """Full-jitter backoff before retry ``attempt`` (1-based), never a hot loop."""
+    ceiling = min(cap, base * 2**attempt)
+    return random.uniform(ceiling / 4, ceiling)
+
+
+class GateClosed(Exception):
+    """The deadline passed while Kommo was pausing or blocking us."""
+
+
+class RequestGate:
+    """Holds every request while Kommo asks us to slow down (429) or refuses us (403).
+
+    After a 429 everyone waits for the pause (``retry_after`` or a second). After a 403 the
+    account is blocked or the IP not allowed, and more requests only prolong it: everyone
+    waits a growing, jittered interval (up to a minute), then a single probe request goes
+    out; the others stay held until a probe gets a non-403 answer.
+    """
+
+    BLOCK_MIN = 5.0
+    BLOCK_MAX = 60.0
+    POLL = 0.25
+
+    def __init__(self, *, clock: Clock, sleep: Sleep) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._until = 0.0
+        self._blocks = 0
+        self._probing = False
+
+    @property
+    def blocked(self) -> bool:
+        return self._blocks > 0
+
+    async def enter(self, deadline: float) -> None:
+        """Return when a request may go out; raise :class:`GateClosed` at ``deadline``."""
+        while True:
+            now = self._clock()
+            if now >= self._until and not self._probing:
+                self._probing = self.blocked
+                return
+            wake = self._until if now < self._until else now + self.POLL
+            if min(wake, deadline) >= deadline:
+                raise GateClosed
+            await self._sleep(wake - now)
+
+    def leave(self, status: int | None, pause: float | None = None) -> None:
+        """Record the answer of a request that passed :meth:`enter`."""
+        self._probing = False
+        now = self._clock()
+        if status == 403:
+            self._blocks += 1
+            ceiling = min(self.BLOCK_MAX, self.BLOCK_MIN * 2 ** (self._blocks - 1))
+            self._until = max(self._until, now + random.uniform(ceiling / 2, ceiling))
+        elif status == 429:
+            self._until = max(self._until, now + (pause if pause is not None else 1.0))
+        elif status is not None and status < 500:
+            self._blocks = 0
+
+    def abandon(self) -> None:
+        """The request that passed :meth:`enter` ended without an answer (cancelled)."""
+        self._probing = False
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    result: LookupResult
+    expires_at: float
+
+
+class LookupCache:
+    """Finished lookups by number digits; LRU-bounded, unknown numbers kept shorter."""
+
+    def __init__(self, config: CacheConfig) -> None:
+        self._config = config
+        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str, now: float) -> LookupResult | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires_at <= now:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry.result
+
+    def put(self, key: str, result: LookupResult, now: float) -> None:
+        ttl = self._config.ttl if result.entity else self._config.negative_ttl
+        if ttl <= 0:
+            return
+        self._entries[key] = CacheEntry(result, now + ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._config.max_entries:
+            self._entries.popitem(last=False)

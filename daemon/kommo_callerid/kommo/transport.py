@@ -1,0 +1,300 @@
+"""The HTTP side of the Kommo client: every request goes through :meth:`KommoTransport.request`.
+
+One place for the rate limit (notifications first), the global pause after 429 and block
+after 403, the Authorization header (and one token refresh after a 401), the body size cap,
+the counters, and the retries: 429, 5xx, 403, timeouts and connection errors are retried
+with jittered backoff until the request's deadline (for a notification: ``notify_ttl``
+after the call arrived); other answers go back to the caller to judge.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+import structlog
+
+from kommo_callerid import __version__
+from kommo_callerid.core.config import KommoConfig
+from kommo_callerid.core.models import DeadlineReached, KommoAuthError, KommoError, LatencyHistogram
+from kommo_callerid.kommo.auth import TOKEN_PATH, TokenProvider
+from kommo_callerid.kommo.limits import (
+    Clock,
+    GateClosed,
+    Priority,
+    RateLimiter,
+    RequestGate,
+    Sleep,
+    retry_delay,
+)
+from kommo_callerid.kommo.parse import DETAIL_CHARS, Response, error_detail
+
+log = structlog.get_logger(__name__)
+
+#: Kommo's answers are small; anything bigger is not an answer we can use.
+MAX_BODY_BYTES = 1 << 20
+#: The longest pause a 429's ``retry_after`` may impose.
+MAX_PAUSE = 60.0
+#: How often a repeating retryable error is logged (403: the issue asks for once a minute).
+ERROR_LOG_INTERVAL = {403: 60.0}
+DEFAULT_ERROR_LOG_INTERVAL = 10.0
+
+
+@dataclass(slots=True)
+class KommoStats:
+    """Counters for ``stats`` log lines and /metrics. ``requests`` status None: no answer."""
+
+    requests: Counter[tuple[str, int | None]] = field(default_factory=Counter)
+    retries: int = 0
+    lookups: int = 0
+    lookups_failed: int = 0
+    cache_hits: int = 0
+    notifications_sent: int = 0
+    notifications_failed: int = 0
+    #: Seconds per lookup as the caller saw it (cache hits included).
+    lookup_seconds: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What one request is: sent the same way on every attempt."""
+
+    method: str
+    path: str
+    params: dict[str, str] | None
+    payload: Any
+    priority: Priority
+    deadline: float
+    #: Send ``payload`` as a form (the OAuth token endpoint) rather than JSON.
+    form: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """An attempt that got no HTTP answer."""
+
+    detail: str
+    status: None = None
+
+
+class KommoTransport:
+    def __init__(
+        self,
+        config: KommoConfig,
+        auth: TokenProvider,
+        stats: KommoStats,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep,
+    ) -> None:
+        self._config = config
+        self.auth = auth
+        self._stats = stats
+        self._clock = clock
+        self._sleep = sleep
+        self._limiter = RateLimiter(config.rate_limit, clock=clock, sleep=sleep)
+        self.gate = RequestGate(clock=clock, sleep=sleep)
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._error_logged: dict[tuple[str, int | None], tuple[float, int]] = {}
+
+    def table_sizes(self) -> dict[str, int]:
+        return {"limiter_waiting": self._limiter.waiting, "error_log_keys": len(self._error_logged)}
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        deadline: float,
+        params: dict[str, str] | None = None,
+        payload: Any = None,
+        priority: Priority = Priority.LOOKUP,
+        max_attempts: int | None = None,
+    ) -> Response:
+        """The first answer that is not worth retrying (or the last of ``max_attempts``);
+        raises :class:`DeadlineReached` (also when the attempts ran out without an answer),
+        :class:`KommoAuthError`, or :class:`KommoError` (answer too large)."""
+        call = _Call(method, path, params, payload, priority, deadline)
+        refreshed, attempt = False, 0
+        last: Response | _Failure = _Failure("no attempt before the deadline")
+        while True:
+            attempt += 1
+            try:
+                await self.gate.enter(deadline)
+            except GateClosed:
+                raise self._deadline(path, last, attempt - 1) from None
+            try:
+                authorization, outcome = await self._authorized_attempt(call)
+            except BaseException:
+                self.gate.abandon()
+                raise
+            self.gate.leave(outcome.status, _pause(outcome))
+            if outcome.status == 401 and not refreshed and authorization is not None:
+                outcome, refreshed = await self._after_401(authorization, outcome)
+                if refreshed:
+                    continue
+            out_of_attempts = max_attempts is not None and attempt >= max_attempts
+            if isinstance(outcome, Response) and (
+                out_of_attempts or not _retryable(outcome.status)
+            ):
+                return replace(outcome, attempts=attempt)
+            last = outcome
+            delay = _pause(outcome) or retry_delay(attempt)
+            if out_of_attempts or self._clock() + delay >= deadline:
+                raise self._deadline(path, last, attempt)
+            self._stats.retries += 1
+            self._log_retry(path, outcome, attempt, delay)
+            await self._sleep(delay)
+
+    async def exchange_tokens(self, form: dict[str, str]) -> Response:
+        """One unauthenticated POST to the OAuth token endpoint, within the rate limit."""
+        deadline = self._clock() + self._config.timeout
+        call = _Call("POST", TOKEN_PATH, None, form, Priority.NOTIFY, deadline, form=True)
+        outcome = await self._attempt(call, None)
+        if isinstance(outcome, _Failure):
+            raise KommoError(None, TOKEN_PATH, outcome.detail)
+        return outcome
+
+    async def _after_401(
+        self, authorization: str, outcome: Response | _Failure
+    ) -> tuple[Response | _Failure, bool]:
+        """Refresh once after a 401; True when the request is worth sending again."""
+        try:
+            return outcome, await self.auth.rejected(authorization)
+        except KommoAuthError:
+            raise
+        except KommoError as exc:  # the refresh failed for now (or was not saved): retry later
+            return _Failure(f"token refresh failed: {exc.detail}"), False
+
+    async def _authorized_attempt(self, call: _Call) -> tuple[str | None, Response | _Failure]:
+        try:
+            authorization = await self.auth.authorization()
+        except KommoAuthError:
+            raise
+        except KommoError as exc:  # the token endpoint failed for now: retry like any failure
+            return None, _Failure(f"token refresh failed: {exc.detail}")
+        return authorization, await self._attempt(call, authorization)
+
+    async def _attempt(self, call: _Call, authorization: str | None) -> Response | _Failure:
+        session = self._ensure_session()
+        headers = {"Authorization": authorization} if authorization else {}
+        path = call.path
+        async with self._limiter.slot(call.priority):
+            budget = min(self._config.timeout, call.deadline - self._clock())
+            if budget <= 0:
+                return _Failure("no time left before the deadline")
+            try:
+                async with session.request(
+                    call.method,
+                    self._config.base_url + path,
+                    params=call.params,
+                    json=None if call.form else call.payload,
+                    data=call.payload if call.form else None,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=budget),
+                    allow_redirects=False,  # never carry the token to wherever a redirect points
+                ) as answer:
+                    status, content_type = answer.status, answer.content_type
+                    header_pause = _seconds(answer.headers.get("Retry-After"))
+                    body = await _read_capped(answer)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._stats.requests[path, None] += 1
+                return _Failure(self._transport_detail(exc, budget))
+        self._stats.requests[path, status] += 1
+        if body is None:
+            detail = f"answer larger than {MAX_BODY_BYTES} bytes"
+            log.error("kommo.error", status=status, endpoint=path, detail=detail)
+            raise KommoError(status, path, detail)
+        return Response(path, status, content_type, body, retry_after=header_pause)
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("the Kommo client is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers={"User-Agent": f"kommo-callerid/{__version__}"},
+            )
+        return self._session
+
+    def _transport_detail(self, exc: BaseException, budget: float) -> str:
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {budget:.2g} s"
+        return f"{type(exc).__name__}: {exc}"[:DETAIL_CHARS]
+
+    def _deadline(self, path: str, last: Response | _Failure, attempts: int) -> DeadlineReached:
+        detail = last.detail if isinstance(last, _Failure) else error_detail(last)
+        return DeadlineReached(last.status, path, detail, attempts)
+
+    def _log_retry(
+        self, path: str, outcome: Response | _Failure, attempt: int, delay: float
+    ) -> None:
+        key = (path, outcome.status)
+        now = self._clock()
+        logged_at, repeated = self._error_logged.get(key, (float("-inf"), 0))
+        interval = ERROR_LOG_INTERVAL.get(outcome.status or 0, DEFAULT_ERROR_LOG_INTERVAL)
+        if now - logged_at < interval:
+            self._error_logged[key] = (logged_at, repeated + 1)
+            return
+        self._error_logged[key] = (now, 0)
+        detail = outcome.detail if isinstance(outcome, _Failure) else error_detail(outcome)
+        if outcome.status == 403:
+            detail = f"{detail}: account blocked or IP not allowed; pausing all requests"
+        log.error(
+            "kommo.error",
+            status=outcome.status,
+            endpoint=path,
+            detail=detail,
+            attempt=attempt,
+            retry_in=round(delay, 2),
+            repeated=repeated,
+        )
+
+
+def _retryable(status: int | None) -> bool:
+    return status is None or status in (403, 429) or status >= 500
+
+
+def _pause(outcome: Response | _Failure) -> float | None:
+    """How long Kommo asked us to wait: ``retry_after`` in a JSON body, else the header."""
+    if not isinstance(outcome, Response) or outcome.status != 429:
+        return None
+    try:
+        data = json.loads(outcome.body)
+    except ValueError:
+        data = None
+    from_body = _seconds(data.get("retry_after")) if isinstance(data, dict) else None
+    pause = from_body if from_body is not None else outcome.retry_after
+    return min(pause, MAX_PAUSE) if pause is not None else None
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return seconds if 0 <= seconds < float("inf") else None
+
+
+async def _read_capped(answer: aiohttp.ClientResponse) -> bytes | None:
+    """The body, or None when it is larger than :data:`MAX_BODY_BYTES`."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in answer.content.iter_any():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

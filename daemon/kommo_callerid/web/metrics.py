@@ -1,0 +1,179 @@
+"""``/metrics``: the daemon's counters in the Prometheus text format.
+
+A custom collector reads a fresh :class:`~.stats.StatsView` at scrape time, so nothing is
+counted twice and the hot path never touches the metrics library. Each daemon has its own
+``CollectorRegistry``: prometheus-client's global default registry is shared process state,
+which two daemons in one process (tests) must not share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+
+from kommo_callerid import __version__
+from kommo_callerid.calls.detector import SkipReason
+from kommo_callerid.core.models import LatencyHistogram
+from kommo_callerid.web.callerid import Answer
+from kommo_callerid.web.stats import DISCARD_REASONS, StatsView, status_label
+
+PREFIX = "kommo_callerid_"
+#: Label values shown at 0 before they first happen, so rate() and alerts see the series.
+SKIP_REASONS = tuple(str(reason) for reason in SkipReason)
+DROP_REASONS = ("ttl", "rejected")
+CALLERID_RESULTS = tuple(str(answer) for answer in Answer)
+
+
+class MetricsExporter:
+    """Renders one daemon's metrics; ``content_type`` goes with what ``render`` returns."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, view: Callable[[], StatsView]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(DaemonCollector(view))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class DaemonCollector:
+    def __init__(self, view: Callable[[], StatsView]) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        view = self._view()
+        yield InfoMetricFamily(PREFIX + "build", "The running version.", {"version": __version__})
+        yield GaugeMetricFamily(
+            PREFIX + "start_time_seconds", "Unix time the daemon started.", view.started_at
+        )
+        yield from _ami(view)
+        yield from _calls(view)
+        yield from _kommo(view)
+        yield from _callerid(view)
+
+
+def _ami(view: StatsView) -> Iterator[Metric]:
+    yield _gauge("ami_connected", "1 while logged in to AMI, else 0.", int(view.ami_connected))
+    yield _counter("ami_reconnects", "AMI reconnect attempts.", view.ami_reconnects)
+    yield _counter(
+        "ami_events_received",
+        "Newchannel, NewCallerid and Hangup events read from Asterisk.",
+        view.ami_events.received,
+    )
+    discarded = {reason: getattr(view.ami_events, reason) for reason in DISCARD_REASONS}
+    yield _labelled_counter(
+        "ami_events_discarded",
+        "AMI events read but not used: dropped (queue full), invalid, oversized, garbage.",
+        "reason",
+        discarded,
+        DISCARD_REASONS,
+    )
+    yield _gauge("event_queue_depth", "AMI events waiting for the call tracker.", view.queue_depth)
+
+
+def _calls(view: StatsView) -> Iterator[Metric]:
+    yield _counter("calls_detected", "Inbound calls detected.", view.calls_detected)
+    yield _labelled_counter(
+        "calls_skipped",
+        "Channels not notified, by reason.",
+        "reason",
+        view.calls_skipped,
+        SKIP_REASONS,
+    )
+    yield _gauge("calls_tracked", "Calls the call tracker holds.", view.tracked_calls)
+    yield _gauge("calls_active", "Calls the notifier is working on.", view.active_calls)
+    yield _gauge("tasks_in_flight", "Lookup and notification tasks running.", view.in_flight)
+    yield _counter(
+        "notifications_sent", "Call notifications Kommo accepted.", view.notifications_sent
+    )
+    yield _counter(
+        "notifications_failed",
+        "Call notifications Kommo did not accept.",
+        view.notifications_failed,
+    )
+    yield _labelled_counter(
+        "notifications_dropped",
+        "Call notifications given up, by reason.",
+        "reason",
+        view.notifications_dropped,
+        DROP_REASONS,
+    )
+    yield _histogram(
+        "notification_latency_seconds",
+        "From the call's first AMI event to Kommo accepting its notification.",
+        view.notify_latency,
+    )
+
+
+def _kommo(view: StatsView) -> Iterator[Metric]:
+    yield _counter("lookups", "Caller lookups, cache hits included.", view.lookups)
+    yield _counter(
+        "lookup_cache_hits", "Caller lookups answered from the cache.", view.lookup_cache_hits
+    )
+    yield _counter(
+        "lookups_failed", "Caller lookups that ended in a Kommo error.", view.lookups_failed
+    )
+    yield _histogram(
+        "lookup_duration_seconds", "Caller lookup time, cache hits included.", view.lookup_latency
+    )
+    requests = CounterMetricFamily(
+        PREFIX + "kommo_requests",
+        "Kommo API requests by endpoint and HTTP status (no_answer: transport error or timeout).",
+        labels=["endpoint", "status"],
+    )
+    for (path, status), n in sorted(view.kommo_requests.items(), key=lambda kv: str(kv[0])):
+        requests.add_metric([path, status_label(status)], n)
+    yield requests
+    yield _gauge("cache_entries", "Numbers in the lookup cache.", view.cache_entries)
+
+
+def _callerid(view: StatsView) -> Iterator[Metric]:
+    yield _labelled_counter(
+        "callerid_requests",
+        "GET /callerid answers by result: found, unknown, invalid, timeout, error, busy.",
+        "result",
+        view.callerid_answers,
+        CALLERID_RESULTS,
+    )
+    yield _gauge(
+        "callerid_background_lookups",
+        "Lookups /callerid stopped waiting for, still running to fill the cache.",
+        view.callerid_background,
+    )
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, doc, value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(PREFIX + name, doc, value)
+
+
+def _labelled_counter(
+    name: str, doc: str, label: str, values: Mapping[str, int], known: tuple[str, ...]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(PREFIX + name, doc, labels=[label])
+    for key in sorted({*known, *values}):
+        family.add_metric([key], values.get(key, 0))
+    return family
+
+
+def _histogram(name: str, doc: str, histogram: LatencyHistogram) -> HistogramMetricFamily:
+    buckets = [(_le(bound), n) for bound, n in histogram.cumulative()]
+    return HistogramMetricFamily(PREFIX + name, doc, buckets=buckets, sum_value=histogram.sum)
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as Prometheus writes it: ``0.005``, ``1.0``, ``+Inf``."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))

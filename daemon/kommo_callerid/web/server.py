@@ -1,0 +1,106 @@
+"""The local HTTP endpoint (``[http] listen``): ``/healthz``, ``/metrics``, ``/callerid``.
+
+It knows nothing of the daemon: it is handed a health callable, a metrics page and a name
+source, so it can be started and tested on its own. Answers are small and never a 500 for
+what a client sent: a dialplan ``CURL()`` or a scraper should always get something usable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from aiohttp import web
+
+from kommo_callerid.core.config import HttpConfig
+
+log = structlog.get_logger(__name__)
+
+#: A query string longer than a phone number by far is not one; answer without parsing it.
+MAX_NUMBER_CHARS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    ami_connected: bool
+    #: Small facts for a human or a probe: uptime, version, last event age.
+    facts: Mapping[str, Any]
+
+
+class MetricsPage(Protocol):
+    content_type: str
+
+    def render(self) -> bytes: ...
+
+
+class NameSource(Protocol):
+    async def name_for(self, raw: str) -> str: ...
+
+
+class HttpServer:
+    """``await start()`` binds (port 0 picks one: see ``port``), ``await stop()`` closes."""
+
+    def __init__(
+        self,
+        config: HttpConfig,
+        *,
+        health: Callable[[], Health],
+        metrics: MetricsPage,
+        callerid: NameSource,
+    ) -> None:
+        self._host, self._requested_port = config.address
+        self._health = health
+        self._metrics = metrics
+        self._callerid = callerid
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz, allow_head=False)
+        app.router.add_get("/metrics", self._metrics_page, allow_head=False)
+        app.router.add_get("/callerid", self._callerid_name, allow_head=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._host, self._requested_port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("http.listening", host=self._host, port=self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        health = self._health()
+        state = "connected" if health.ami_connected else "disconnected"
+        body = {"ami": state, **health.facts}
+        return web.Response(
+            text=json.dumps(body),
+            status=200 if health.ami_connected else 503,
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self._metrics.render(), headers={"Content-Type": self._metrics.content_type}
+        )
+
+    async def _callerid_name(self, request: web.Request) -> web.Response:
+        raw = request.query.get("number", "")
+        name = ""
+        try:
+            if len(raw) <= MAX_NUMBER_CHARS:
+                name = await self._callerid.name_for(raw)
+        except Exception:  # the dialplan gets an empty name, never a 500
+            log.exception("http.callerid_failed")
+        return web.Response(text=name, content_type="text/plain", charset="utf-8")
