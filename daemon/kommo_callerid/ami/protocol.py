@@ -34,6 +34,9 @@ plain dict. Only responses, garbage and events that may answer an action take pa
 panoramisk's objects are untyped (``Any``). Only :mod:`.ami` touches them, through
 :meth:`SessionManager.submit`, :func:`first_headers` and
 :func:`all_headers`; events leave as ``str`` mappings.
+
+Size: the whole wire framing beside panoramisk's parser, kept together: the fast path
+reads in one place.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ secrets from systemd credentials (``$CREDENTIALS_DIRECTORY``).
 Precedence, highest first: environment, credentials, TOML file, defaults. Every section
 forbids unknown keys, and a bad configuration is a :class:`ConfigError` whose message names
 the file and the key, so the CLI can exit 3 with a sentence instead of a traceback.
+
+Size: every section of the contract's configuration in one schema, so a key is found in one file.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ CREDENTIAL_FILES: Mapping[str, tuple[str, str]] = {
     "kommo_access_token": ("kommo", "access_token"),
     "kommo_client_secret": ("kommo", "client_secret"),
     "kommo_refresh_token": ("kommo", "refresh_token"),
+    "redis_password": ("cluster", "redis_password"),
 }
 
 Seconds = float
@@ -49,7 +52,8 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # inf and nan are never a sane timeout, rate or size.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class AmiConfig(_Section):
@@ -97,6 +101,9 @@ class KommoConfig(_Section):
     timeout: Seconds = Field(default=10.0, gt=0)
     rate_limit: float = Field(default=7.0, gt=0)
     lookup: LookupMode = LookupMode.AUTO
+    #: An http(s) proxy URL for every Kommo request; empty: HTTPS_PROXY / NO_PROXY from the
+    #: environment are honoured.
+    proxy: str = ""
 
     @field_validator("base_url")
     @classmethod
@@ -137,6 +144,9 @@ class CallsConfig(_Section):
     min_digits: int = Field(default=7, ge=1)
     default_region: str = ""
     notify_ttl: Seconds = Field(default=45.0, gt=0)
+    #: Where the PBX's own phones start calls; a call started here to a number of at least
+    #: ``min_digits`` digits is an outbound call (journaled).
+    outbound_contexts: tuple[str, ...] = ("from-internal",)
 
     @field_validator("default_region")
     @classmethod
@@ -229,6 +239,42 @@ class HttpConfig(_Section):
         return parse_listen(self.listen)
 
 
+class JournalConfig(_Section):
+    """Finished calls logged to Kommo (``POST /api/v4/calls``) through a durable outbox."""
+
+    enabled: bool = True
+    directions: tuple[Literal["inbound", "outbound"], ...] = ("inbound", "outbound")
+    source: str = Field(default="kommo-callerid", min_length=1, max_length=100)
+    recording_url: str = ""
+    unknown: Literal["skip", "unsorted"] = "skip"
+    pipeline_id: int = Field(default=0, ge=0)
+    missed_task: bool = False
+    missed_task_deadline: Seconds = Field(default=3600.0, gt=0, le=30 * 86400)
+    retain: Seconds = Field(default=86400.0, gt=0, le=30 * 86400)
+    database: Path = Path("/var/lib/kommo-callerid/journal.sqlite3")
+
+
+class ClusterConfig(_Section):
+    """Several daemons sharing one Kommo account through Redis; empty ``redis_url``: alone."""
+
+    redis_url: str = ""
+    redis_password: SecretStr = SecretStr("")
+    node: str = ""
+    key_prefix: str = Field(default="kommo-callerid", min_length=1)
+    expected_nodes: int = Field(default=2, ge=1, le=100)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {value!r}")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
+
+
 class DaemonConfig(_Section):
     shutdown_timeout: Seconds = Field(default=5.0, ge=0)
 
@@ -271,6 +317,8 @@ class Config(BaseSettings):
     log: LogConfig = LogConfig()
     http: HttpConfig = HttpConfig()
     daemon: DaemonConfig = DaemonConfig()
+    journal: JournalConfig = JournalConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -4,6 +4,8 @@ Life in named steps, as in uvicorn's server: ``startup`` (clients, tasks, READY=
 ``main_loop`` (wait for a stop request or a fatal start-up error), ``shutdown`` (stop intake,
 let in-flight notifications finish for up to ``shutdown_timeout``, log the counters).
 Signal handlers only set the stop event.
+
+Size: the lifecycle in named steps (startup, main loop, shutdown) and the views it feeds.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Raw Kommo JSON stays behind this module (read by :mod:`kommo_callerid.kommo_parse`); callers
 get :mod:`kommo_callerid.models` types. HTTP — rate limit, retries, authorisation — is
 :mod:`kommo_callerid.kommo_http`; this module decides what an answer means.
+
+Size: every Kommo endpoint the product uses and what its answers mean.
 """
 
 from __future__ import annotations

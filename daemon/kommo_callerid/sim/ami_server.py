@@ -6,6 +6,8 @@ daemon and ``check`` use (Login, Ping, Filter, Events, CoreShowChannels, Logoff)
 read/write classes the way Asterisk does. Faults are injectable: :meth:`FakeAmiServer.drop`
 (connection reset), :meth:`FakeAmiServer.hang` (alive but silent),
 :meth:`FakeAmiServer.emit_raw` (any bytes).
+
+Size: a test fake; one file so the tests and the demo share one server.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ daemon relies on (the telephony search by phone, the v4 contacts search, call no
 the account) plus what tests need to provoke failures: a strict rate limit that counts
 violations, injected failures and delays, and a log of every request with its arrival time
 on an injectable clock.
+
+Size: a test fake of every Kommo endpoint the product calls.
 """
 
 from __future__ import annotations
