@@ -7,7 +7,7 @@ Raw panoramisk messages stay in ``ami.py``/``ami_protocol.py`` and raw Kommo JSO
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 
 class ChannelEventKind(StrEnum):
@@ -179,3 +179,49 @@ class AmiCounters:
     oversized: int = 0  # messages longer than MAX_MESSAGE_BYTES, skipped to the next blank line
     garbage: int = 0  # messages with neither an Event nor a Response header
     ignored: int = 0  # other events, dropped unparsed (cheap: most of a read=all user's stream)
+
+
+class CallDirection(StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class CallStatus(IntEnum):
+    """Kommo's ``call_status`` codes for a finished call (``POST /api/v4/calls``)."""
+
+    ANSWERED = 4
+    INVALID_NUMBER = 5  # congestion, channel unavailable
+    NO_ANSWER = 6  # missed: nobody answered, or the caller gave up
+    BUSY = 7  # every dialled leg busy
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedCall:
+    """One ended call (every channel of its Linkedid hung up), as the call journal records it.
+
+    Made by the pure outcome tracker in ``calls/``; written to the outbox by ``journal/``.
+    """
+
+    #: ``NAME/LINKEDID`` with several PBXs, else the Linkedid; Kommo's ``uniq``.
+    call_id: str
+    #: The PBX's name; "" for the one unnamed ``[ami]``.
+    pbx: str
+    linkedid: str
+    #: The root channel's Uniqueid.
+    uniqueid: str
+    direction: CallDirection
+    #: The caller's number (inbound) or the dialled number (outbound), normalised.
+    phone: str
+    #: Unix time of the call's start (the root channel's Newchannel).
+    started_at: float
+    #: Whole seconds from the first answer to the call's end; 0 if never answered.
+    duration: int
+    status: CallStatus
+    #: The extension that answered first (not a Local half); None when unanswered.
+    answered_by: str | None
+    #: Outbound: the calling extension. Inbound: None.
+    extension: str | None
+    #: Inbound: the dialled number (the inbound channel's Exten). Outbound: None.
+    did: str | None
+    #: ``call_result``: a short human line (who answered and transfers, or why missed).
+    result: str
