@@ -16,6 +16,11 @@ class ChannelEventKind(StrEnum):
     NEWCHANNEL = "Newchannel"
     NEWCALLERID = "NewCallerid"
     HANGUP = "Hangup"
+    #: A Dial ended (``DialStatus``: ANSWER, BUSY, NOANSWER, CANCEL, CONGESTION, CHANUNAVAIL).
+    DIAL_END = "DialEnd"
+    #: A channel joined / left a bridge: who talks with whom (the call outcome tracker).
+    BRIDGE_ENTER = "BridgeEnter"
+    BRIDGE_LEAVE = "BridgeLeave"
     #: Not from Asterisk: the supervisor's marker that the AMI link was lost (a gap).
     LINK_LOST = "LinkLost"
 
@@ -35,6 +40,16 @@ class ChannelEvent:
     exten: str
     #: ``loop.time()`` when the event was parsed: the call's clock starts here.
     received_at: float
+    # Outcome fields (the call journal); empty unless the event carries them.
+    #: DialEnd: the dialled channel and its Uniqueid (the dialling side is ``channel``).
+    dest_channel: str = ""
+    dest_uniqueid: str = ""
+    #: DialEnd: ``DialStatus``.
+    dial_status: str = ""
+    #: Hangup: the Q.850 ``Cause`` (16 normal, 17 busy, ...); 0 when absent.
+    cause: int = 0
+    #: BridgeEnter / BridgeLeave: ``BridgeUniqueid``.
+    bridge_id: str = ""
 
     @classmethod
     def link_lost(cls, at: float) -> ChannelEvent:
@@ -172,7 +187,7 @@ class LatencyHistogram:
 
 @dataclass(slots=True)
 class AmiCounters:
-    received: int = 0  # Newchannel, NewCallerid and Hangup events read from Asterisk
+    received: int = 0  # events of a ChannelEventKind read from Asterisk
     delivered: int = 0  # put on the queue
     dropped: int = 0  # lost because the queue was full
     invalid: int = 0  # unusable (no Uniqueid) or failed to convert
