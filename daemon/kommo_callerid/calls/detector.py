@@ -28,6 +28,8 @@ MAX_CALL_AGE = 4 * 3600.0
 #: Hard cap on tracked calls, so memory stays bounded whatever Asterisk sends.
 MAX_TRACKED_CALLS = 20_000
 
+#: The events call detection reads; the others are the outcome tracker's.
+_DETECTION_KINDS = frozenset({ChannelEventKind.NEWCHANNEL, ChannelEventKind.NEWCALLERID})
 _SEPARATORS = re.compile(r"[\s\-.()\[\]/]")
 _CHANNEL_SUFFIX = re.compile(r"-[0-9A-Za-z]+$")
 
@@ -164,6 +166,8 @@ class CallTracker:
             return self.forget_all()
         if event.kind is ChannelEventKind.HANGUP:
             return self._hangup(event)
+        if event.kind not in _DETECTION_KINDS:
+            return []  # dial and bridge events are for the outcome tracker
         is_root = event.uniqueid == event.linkedid
         if event.kind is ChannelEventKind.NEWCALLERID:
             return self._caller_id_changed(event) if is_root else []
