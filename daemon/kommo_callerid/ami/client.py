@@ -82,7 +82,7 @@ class AmiClient:
 
     @property
     def events_received(self) -> int:
-        """Newchannel, NewCallerid and Hangup events read in this session."""
+        """Channel events (every ChannelEventKind) read in this session."""
         return self._counters.received
 
     @property
@@ -298,21 +298,35 @@ def _loop_time() -> float:
 def _channel_event(
     kind: ChannelEventKind, fields: Mapping[str, str], received_at: float
 ) -> ChannelEvent | None:
-    """The event, or None without a Uniqueid (it could not be tied to any call)."""
+    """The event, or None without a Uniqueid (it could not be tied to any call).
+
+    A Dial started by an Originate has no dialling channel: its DestUniqueid ties it to a call.
+    """
     uniqueid = fields.get("uniqueid", "")
-    if not uniqueid:
+    dest_uniqueid = fields.get("destuniqueid", "")
+    if not (uniqueid or dest_uniqueid):
         return None
     return ChannelEvent(
         kind=kind,
         channel=fields.get("channel", ""),
         uniqueid=uniqueid,
-        linkedid=fields.get("linkedid") or uniqueid,  # Asterisk < 13.5 sends no Linkedid
+        # Asterisk < 13.5 sends no Linkedid
+        linkedid=fields.get("linkedid") or fields.get("destlinkedid") or uniqueid or dest_uniqueid,
         caller_num=fields.get("calleridnum", ""),
         caller_name=fields.get("calleridname", ""),
         context=fields.get("context", ""),
         exten=fields.get("exten", ""),
         received_at=received_at,
+        dest_channel=fields.get("destchannel", ""),
+        dest_uniqueid=dest_uniqueid,
+        dial_status=fields.get("dialstatus", ""),
+        cause=_int(fields.get("cause", "")),
+        bridge_id=fields.get("bridgeuniqueid", ""),
     )
+
+
+def _int(text: str) -> int:
+    return int(text) if text.isdigit() else 0
 
 
 def _raise_if_refused(answer: Mapping[str, str]) -> None:

@@ -25,7 +25,7 @@ wrong for a daemon is switched off or replaced here:
 It also checks the banner (a peer that is not AMI is refused) and never logs an action (a Login
 carries the secret).
 
-Speed: a busy PBX sends tens of thousands of events a second and the daemon uses three kinds.
+Speed: a busy PBX sends tens of thousands of events a second and the daemon uses six kinds.
 Building panoramisk's ``Message`` (a case-insensitive dict) costs far more than reading the
 ``Event:`` line, so each message's event name is read from its raw bytes first: an event the
 handler does not want is counted and dropped undecoded; a wanted one is parsed straight into a

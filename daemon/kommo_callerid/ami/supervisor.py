@@ -25,8 +25,16 @@ log = structlog.get_logger(__name__)
 STABLE_SESSION = 30.0
 #: A session this old that has seen no call event suggests an AMI user without ``read = call``.
 SILENCE_WARNING_AFTER = 600.0
-#: Asterisk sends only what the daemon uses; it pays for filtering, not us.
-EVENT_FILTERS = ("Event: Newchannel", "Event: NewCallerid", "Event: Hangup")
+#: Asterisk sends only what the daemon uses; it pays for filtering, not us. DialEnd and the
+#: Bridge events are for the call journal's outcome tracker (``calls/outcome.py``).
+EVENT_FILTERS = (
+    "Event: Newchannel",
+    "Event: NewCallerid",
+    "Event: Hangup",
+    "Event: DialEnd",
+    "Event: BridgeEnter",
+    "Event: BridgeLeave",
+)
 
 
 class AmiLink(Protocol):
