@@ -1,0 +1,309 @@
+"""Call outcome tracking: follow each call (Linkedid) to its end and say what it was.
+
+Pure: no I/O, no asyncio; time comes in on the events (``received_at``, loop time) and a
+wall-clock offset passed in. A call ends when every channel born with its Linkedid has hung up;
+then :func:`~.outcome_verdict.verdict` turns what was seen into one
+:class:`~kommo_callerid.core.models.FinishedCall` (or nothing, for an internal or
+withheld-caller call), and the call's state is freed.
+
+Which events, and why:
+
+- ``Newchannel`` / ``NewCallerid`` / ``Hangup`` (with ``Cause``): the call's channels, its
+  caller, its end; cause 17 on the root with nothing dialled is a busy call.
+- ``DialEnd``: each dialled leg's fate (ANSWER, BUSY, NOANSWER, CANCEL = the caller gave up,
+  CONGESTION/CHANUNAVAIL = unreachable). It names both ends, so ``DialBegin`` adds nothing the
+  outcome needs and is not subscribed to (one event less per leg).
+- ``BridgeEnter`` / ``BridgeLeave``, not ``Newstate`` Up, for "answered": Up only says that a
+  channel was answered by anyone, the dialplan included: the trunk goes Up when an IVR or a
+  queue picks it up to play music, a Local ``;2`` half when its own dialplan answers. A
+  bridge puts two parties in one conversation, so "the caller's channel shares a bridge with
+  X" means "X talked with the caller". Bridges also carry a call across Linkedids: in an
+  attended transfer or a pickup the new party belongs to another call (the consult call, the
+  picker's own) and only the shared bridge ties it to ours.
+
+Who answered: the caller's side of a call is its root channel (Uniqueid == Linkedid) and, when
+that is a Local ``;1``, its ``;2`` half. Whoever joins it (a DialEnd ANSWER from it, or a
+bridge with it) is a party; a Local ``;1`` party stands for what its ``;2`` half answered
+(``Local/100@agents-...;1`` -> ``PJSIP/100-...`` -> ``100``), or its own exten when that is all.
+The first party answered; later ones are transfers.
+
+Memory: a call's state lives from its root's Newchannel to its last Hangup; at most
+``max_calls`` calls (the oldest go first) for at most ``max_age`` seconds; a lost AMI link
+(``LINK_LOST``) forgets everything, since the Hangups in the gap are gone. Channel and bridge
+maps are freed on Hangup and capped too. Every call dropped without a verdict is counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+from kommo_callerid.calls.detector import channel_extension, is_withheld
+from kommo_callerid.calls.outcome_verdict import (
+    ANSWER,
+    CallFacts,
+    Dial,
+    VerdictRules,
+    context_matcher,
+    verdict,
+)
+from kommo_callerid.core.models import ChannelEvent, ChannelEventKind, FinishedCall
+
+#: Calls older than this are dropped even if their last Hangup never came.
+MAX_CALL_AGE = 4 * 3600.0
+MAX_TRACKED_CALLS = 20_000
+#: Cap on each per-channel map (Local halves, answered dials, bridge members).
+MAX_CHANNELS = 200_000
+_MAX_LOCAL_HOPS = 4  # Local ;1 -> ;2 -> ... chains followed when naming who answered
+
+_K = ChannelEventKind
+
+
+@dataclass(slots=True)
+class OutcomeStats:
+    finished: int = 0  # calls that ended
+    recorded: int = 0  # of them, journaled (a FinishedCall)
+    not_journaled: int = 0  # internal, withheld caller, or a context that is neither
+    dropped_link_lost: int = 0  # forgotten after a lost AMI link
+    dropped_stale: int = 0  # older than max_age
+    dropped_overflow: int = 0  # pushed out by max_calls
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class OutcomeTracker:
+    """Feed it every channel event; it answers with the calls that just ended."""
+
+    def __init__(
+        self,
+        inbound_contexts: Iterable[str],
+        outbound_contexts: Iterable[str],
+        min_digits: int,
+        default_region: str = "",
+        *,
+        pbx: str = "",
+        wall_offset: float = 0.0,
+        max_calls: int = MAX_TRACKED_CALLS,
+        max_age: float = MAX_CALL_AGE,
+        max_channels: int = MAX_CHANNELS,
+    ) -> None:
+        self.rules = VerdictRules(
+            context_matcher(inbound_contexts),
+            context_matcher(outbound_contexts),
+            min_digits,
+            default_region,
+            pbx,
+            wall_offset,
+        )
+        self.stats = OutcomeStats()
+        self._max_calls = max_calls
+        self._max_age = max_age
+        self._max_channels = max_channels
+        self._calls: dict[str, CallFacts] = {}  # by Linkedid, oldest first
+        self._call_of: dict[str, str] = {}  # Uniqueid -> Linkedid of a tracked call
+        self._caller_side: dict[str, str] = {}  # Uniqueid -> Linkedid whose caller it carries
+        self._locals: dict[str, str] = {}  # Local channel name -> Uniqueid (any call)
+        self._answered: dict[str, str] = {}  # dialling Uniqueid -> channel it got answered by
+        self._bridges: dict[str, dict[str, str]] = {}  # bridge -> {Uniqueid: channel}
+        self._bridge_of: dict[str, str] = {}  # Uniqueid -> bridge
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def table_sizes(self) -> dict[str, int]:
+        """Every internal table's size: all 0 when no call is in progress."""
+        return {
+            "calls": len(self._calls),
+            "channels": len(self._call_of),
+            "caller_side": len(self._caller_side),
+            "locals": len(self._locals),
+            "answered": len(self._answered),
+            "bridges": len(self._bridges),
+            "bridge_members": len(self._bridge_of),
+        }
+
+    def feed(self, event: ChannelEvent) -> list[FinishedCall]:
+        kind = event.kind
+        if kind is _K.NEWCHANNEL:
+            return self._new_channel(event)
+        if kind is _K.NEWCALLERID:
+            self._caller_id(event)
+        elif kind is _K.DIAL_END:
+            self._dial_end(event)
+        elif kind is _K.BRIDGE_ENTER:
+            self._bridge_enter(event)
+        elif kind is _K.BRIDGE_LEAVE:
+            self._leave_bridge(event.uniqueid)
+        elif kind is _K.HANGUP:
+            return self._hangup(event)
+        elif kind is _K.LINK_LOST:
+            self.stats.dropped_link_lost += len(self._calls)
+            self._clear()
+        return []
+
+    def expire(self, now: float) -> int:
+        """Drop calls older than ``max_age`` (a Hangup was lost); how many."""
+        stale = [c for c in self._calls.values() if now - c.started >= self._max_age]
+        for call in stale:
+            self._drop(call)
+        self.stats.dropped_stale += len(stale)
+        return len(stale)
+
+    # -- event handlers -------------------------------------------------------------------
+
+    def _new_channel(self, event: ChannelEvent) -> list[FinishedCall]:
+        uniqueid, linkedid, name = event.uniqueid, event.linkedid, event.channel
+        if name.startswith("Local/"):
+            _put(self._locals, name, uniqueid, self._max_channels)
+        if uniqueid == linkedid:
+            self._new_root(event)
+            return []
+        call = self._calls.get(linkedid)
+        if call is not None:
+            call.alive.add(uniqueid)
+            _put(self._call_of, uniqueid, linkedid, self._max_channels)
+            if name.endswith(";2") and call.root_channel == name[:-1] + "1":
+                self._caller_side[uniqueid] = linkedid  # the root's other Local half
+        return []
+
+    def _new_root(self, event: ChannelEvent) -> None:
+        rules = self.rules
+        if event.linkedid in self._calls:
+            return  # a repeated Newchannel
+        if not (rules.is_inbound(event.context) or rules.is_outbound(event.context)):
+            return  # neither inbound nor outbound: never journaled, not tracked
+        self._make_room()
+        call = CallFacts(
+            event.linkedid,
+            event.channel,
+            event.context,
+            event.exten,
+            event.caller_num,
+            event.received_at,
+        )
+        call.alive.add(event.uniqueid)
+        self._calls[event.linkedid] = call
+        self._call_of[event.uniqueid] = event.linkedid
+        self._caller_side[event.uniqueid] = event.linkedid
+
+    def _caller_id(self, event: ChannelEvent) -> None:
+        call = self._calls.get(event.linkedid)
+        if call is not None and event.uniqueid == event.linkedid and is_withheld(call.caller_num):
+            call.caller_num = event.caller_num  # a Local root learns its caller late
+
+    def _dial_end(self, event: ChannelEvent) -> None:
+        dialler = event.uniqueid
+        call = self._calls.get(self._call_of.get(dialler, event.linkedid))
+        if call is not None:
+            call.dials.append(Dial(event.channel, event.dest_channel, event.dial_status))
+        if event.dial_status != ANSWER or not dialler:
+            return
+        _put(self._answered, dialler, event.dest_channel, self._max_channels)
+        side = self._calls.get(self._caller_side.get(dialler, ""))
+        if side is not None:
+            side.add_party(self._who(event.dest_channel, side), event.received_at)
+
+    def _bridge_enter(self, event: ChannelEvent) -> None:
+        uniqueid, name = event.uniqueid, event.channel
+        self._leave_bridge(uniqueid)
+        if len(self._bridge_of) >= self._max_channels:
+            return  # over the cap: this channel's bridge is not followed
+        members = self._bridges.setdefault(event.bridge_id, {})
+        own = self._calls.get(self._caller_side.get(uniqueid, ""))
+        for other, other_name in members.items():
+            if own is not None and self._caller_side.get(other) != own.linkedid:
+                own.add_party(self._who(other_name, own), event.received_at)
+            joined = self._calls.get(self._caller_side.get(other, ""))
+            if joined is not None and joined is not own:
+                joined.add_party(self._who(name, joined), event.received_at)
+        members[uniqueid] = name
+        self._bridge_of[uniqueid] = event.bridge_id
+
+    def _hangup(self, event: ChannelEvent) -> list[FinishedCall]:
+        uniqueid = event.uniqueid
+        self._leave_bridge(uniqueid)
+        self._answered.pop(uniqueid, None)
+        self._caller_side.pop(uniqueid, None)
+        if self._locals.get(event.channel) == uniqueid:
+            del self._locals[event.channel]
+        call = self._calls.get(self._call_of.pop(uniqueid, ""))
+        if call is None:
+            return []
+        call.alive.discard(uniqueid)
+        if uniqueid == call.linkedid:
+            call.root_hangup_at, call.root_cause = event.received_at, event.cause
+        if call.alive:
+            return []
+        call.ended_at = event.received_at
+        del self._calls[call.linkedid]
+        self.stats.finished += 1
+        finished = verdict(call, self.rules)
+        if finished is None:
+            self.stats.not_journaled += 1
+            return []
+        self.stats.recorded += 1
+        return [finished]
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _who(self, channel: str, call: CallFacts, hops: int = 0) -> str:
+        """The extension a channel stands for: through Local halves to the real device.
+
+        A Local that ends on the caller's own trunk (a forward to a mobile) stands for the
+        number it dialled, not for the trunk.
+        """
+        if channel.startswith("Local/") and channel.endswith(";1") and hops < _MAX_LOCAL_HOPS:
+            half = self._locals.get(channel[:-1] + "2", "")
+            beyond = self._answered.get(half) or self._bridge_mate(half)
+            if beyond:
+                device = self._who(beyond, call, hops + 1)
+                if device != channel_extension(call.root_channel):
+                    return device
+        return channel_extension(channel)
+
+    def _bridge_mate(self, uniqueid: str) -> str:
+        """A channel sharing a bridge with this one (a device before a Local), or ""."""
+        members = self._bridges.get(self._bridge_of.get(uniqueid, ""), {})
+        mates = [name for other, name in members.items() if other != uniqueid]
+        return next((m for m in mates if not m.startswith("Local/")), mates[0] if mates else "")
+
+    def _leave_bridge(self, uniqueid: str) -> None:
+        bridge = self._bridge_of.pop(uniqueid, None)
+        if bridge is None:
+            return
+        members = self._bridges.get(bridge, {})
+        members.pop(uniqueid, None)
+        if not members:
+            self._bridges.pop(bridge, None)
+
+    def _make_room(self) -> None:
+        while len(self._calls) >= self._max_calls:
+            self._drop(next(iter(self._calls.values())))
+            self.stats.dropped_overflow += 1
+
+    def _drop(self, call: CallFacts) -> None:
+        """Forget a call without a verdict; its channels' bridge entries go at their Hangup."""
+        del self._calls[call.linkedid]
+        for uniqueid in call.alive:
+            self._call_of.pop(uniqueid, None)
+            self._caller_side.pop(uniqueid, None)
+
+    def _clear(self) -> None:
+        for table in (
+            self._calls,
+            self._call_of,
+            self._caller_side,
+            self._locals,
+            self._answered,
+            self._bridges,
+            self._bridge_of,
+        ):
+            table.clear()
+
+
+def _put(table: dict[str, str], key: str, value: str, cap: int) -> None:
+    """Insert, dropping the oldest entry over ``cap`` (a Hangup that never came)."""
+    table[key] = value
+    if len(table) > cap:
+        del table[next(iter(table))]
