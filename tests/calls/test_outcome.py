@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from outcome_shapes import CALLER, DID, FakePbx
 
 from kommo_callerid.calls.detector import CallTracker
 from kommo_callerid.calls.outcome import OutcomeTracker
 from kommo_callerid.core.models import CallDirection, CallStatus, ChannelEvent, FinishedCall
-from outcome_shapes import CALLER, DID, FakePbx
 
 
 def only(pbx: FakePbx) -> FinishedCall:

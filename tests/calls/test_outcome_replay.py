@@ -21,12 +21,16 @@ from kommo_callerid.core.config import AmiConfig
 from kommo_callerid.core.models import ChannelEvent, FinishedCall
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
 from kommo_callerid.sim.recording import events_only, read_recording
+
 from support import RECORDINGS
 
 RECORDED = sorted(p for p in RECORDINGS.glob("*/*.txt") if not p.name.endswith(".actions.txt"))
 #: The contexts of each recording set's PBX (the cacofonisk one is VoIPGRID's).
 CONTEXTS = {
-    "asterisk-22": (["from-trunk", "from-pstn", "from-external", "from-did-direct"], ["from-internal"]),
+    "asterisk-22": (
+        ["from-trunk", "from-pstn", "from-external", "from-did-direct"],
+        ["from-internal"],
+    ),
     "cacofonisk-ast13": (["voipgrid_in"], ["osvpi_account"]),
 }
 

@@ -96,8 +96,8 @@ def verdict(facts: CallFacts, rules: VerdictRules) -> FinishedCall | None:
         return None
     direction, phone = side
     status = _status(facts, direction)
-    answered = facts.answered_at is not None
-    duration = whole_seconds(facts.ended_at - facts.answered_at) if answered else 0
+    answered_at = facts.answered_at
+    duration = 0 if answered_at is None else whole_seconds(facts.ended_at - answered_at)
     inbound = direction is CallDirection.INBOUND
     return FinishedCall(
         call_id=f"{rules.pbx}/{facts.linkedid}" if rules.pbx else facts.linkedid,
