@@ -24,15 +24,18 @@ from kommo_callerid import __version__
 from kommo_callerid.ami.sessions import AmiSessions
 from kommo_callerid.ami.supervisor import AmiSupervisor
 from kommo_callerid.calls.detector import CallTracker
+from kommo_callerid.calls.outcome import OutcomeTracker
 from kommo_callerid.core.config import Config
 from kommo_callerid.core.models import (
     AmiLoginError,
     ChannelEvent,
     ChannelEventKind,
+    FinishedCall,
     KommoAuthError,
     KommoError,
 )
 from kommo_callerid.daemon.notifier import CallNotifier, TaskOwner
+from kommo_callerid.daemon.outcomes import DebugJournalSink, JournalSink
 from kommo_callerid.daemon.systemd import SystemdNotifier
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.web.callerid import CallerIdService
@@ -63,6 +66,8 @@ class _Running:
     call_tasks: TaskOwner
     kommo: KommoClient
     ami_sessions: AmiSessions
+    #: What each call was, when it ends (for the call journal).
+    outcomes: OutcomeTracker
     background: list[asyncio.Task[None]] = field(default_factory=list)
     events: int = 0
     #: ``loop.time()`` of the last AMI event taken off the queue (for /healthz).
@@ -80,10 +85,12 @@ class Daemon:
         *,
         stop: asyncio.Event | None = None,
         systemd: SystemdNotifier | None = None,
+        journal_sink: JournalSink | None = None,
     ) -> None:
         self.config = config
         self.stop = stop or asyncio.Event()
         self.systemd = systemd or SystemdNotifier()
+        self.journal_sink = journal_sink or DebugJournalSink()
         self._running: _Running | None = None
 
     @property
@@ -104,6 +111,7 @@ class Daemon:
         return {
             "queue": running.queue.qsize(),
             "tracker": len(running.tracker),
+            "outcomes": len(running.outcomes),
             "active": running.notifier.active_calls,
             "seen": running.notifier.seen_calls,
             "tasks": len(running.call_tasks),
@@ -161,6 +169,13 @@ class Daemon:
             call_tasks=call_tasks,
             kommo=kommo,
             ami_sessions=ami_sessions,
+            outcomes=OutcomeTracker(
+                cfg.calls.inbound_contexts,
+                cfg.calls.outbound_contexts,
+                cfg.calls.min_digits,
+                cfg.calls.default_region,
+                wall_offset=time.time() - loop.time(),
+            ),
         )
         self._running = running
         if cfg.http.listen and not await self._start_http(running):
@@ -226,6 +241,14 @@ class Daemon:
                 running.last_event_at = event.received_at
             for decision in tracker.feed(event):
                 notifier.handle(decision)
+            for call in running.outcomes.feed(event):
+                self._journal(call)
+
+    def _journal(self, call: FinishedCall) -> None:
+        try:
+            self.journal_sink.record(call)
+        except Exception:  # a sink's bug must not stop call intake
+            log.exception("journal.record_failed", call_id=call.call_id)
 
     async def _housekeeping(self, running: _Running) -> None:
         loop = asyncio.get_running_loop()
@@ -238,6 +261,7 @@ class Daemon:
                 next_stats += STATS_INTERVAL
                 for decision in running.tracker.expire(loop.time()):
                     running.notifier.handle(decision)
+                running.outcomes.expire(loop.time())
                 await self._refresh_credentials(running)
                 counters = self._counters(running)
                 log.info("stats", **counters)
