@@ -31,6 +31,9 @@ Memory: a call's state lives from its root's Newchannel to its last Hangup; at m
 ``max_calls`` calls (the oldest go first) for at most ``max_age`` seconds; a lost AMI link
 (``LINK_LOST``) forgets everything, since the Hangups in the gap are gone. Channel and bridge
 maps are freed on Hangup and capped too. Every call dropped without a verdict is counted.
+
+Size: the state and the handlers that keep it consistent stay together; the rules that judge
+a finished call are apart, in :mod:`.outcome_verdict`.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ MAX_CALL_AGE = 4 * 3600.0
 MAX_TRACKED_CALLS = 20_000
 #: Cap on each per-channel map (Local halves, answered dials, bridge members).
 MAX_CHANNELS = 200_000
+#: Dials remembered per call (a queue ringing for an hour retries its agents again and again).
+MAX_DIALS_PER_CALL = 500
 _MAX_LOCAL_HOPS = 4  # Local ;1 -> ;2 -> ... chains followed when naming who answered
 
 _K = ChannelEventKind
@@ -195,7 +200,7 @@ class OutcomeTracker:
     def _dial_end(self, event: ChannelEvent) -> None:
         dialler = event.uniqueid
         call = self._calls.get(self._call_of.get(dialler, event.linkedid))
-        if call is not None:
+        if call is not None and len(call.dials) < MAX_DIALS_PER_CALL:
             call.dials.append(Dial(event.channel, event.dest_channel, event.dial_status))
         if event.dial_status != ANSWER or not dialler:
             return

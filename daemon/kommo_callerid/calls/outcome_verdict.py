@@ -28,6 +28,8 @@ CAUSE_BUSY = 17
 #: destination out of order, invalid number format, no circuit, network out of order,
 #: switching equipment congestion.
 UNREACHABLE_CAUSES = frozenset({1, 3, 27, 28, 34, 38, 42})
+#: Parties named per call (the first answered, the rest are transfers).
+MAX_PARTIES = 20
 
 
 @dataclass(slots=True)
@@ -63,7 +65,7 @@ class CallFacts:
     def add_party(self, extension: str, at: float) -> None:
         if extension == channel_extension(self.root_channel) and self.parties:
             return  # the caller's own trunk again: a forward already named by its number
-        if extension and extension not in self.parties:
+        if extension and extension not in self.parties and len(self.parties) < MAX_PARTIES:
             self.parties.append(extension)
             if self.answered_at is None:
                 self.answered_at = at
