@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from kommo_callerid.core.models import ChannelEventKind
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, AmiUser, FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo
 from kommo_callerid.sim.recording import events_only, format_message, read_recording
@@ -27,7 +28,8 @@ from kommo_callerid.sim.scenarios import CallScenarios, SyntheticCall
 HERE = Path(__file__).resolve().parent
 RECORDINGS = HERE.parent / "data" / "ami-recordings" / "asterisk-22"
 NOISE_RECORDINGS = ("13-inbound-answered-admin-read-all.txt", "14-inbound-queue-admin-read-all.txt")
-CHANNEL_EVENTS = frozenset({"Newchannel", "NewCallerid", "Hangup"})
+#: Every event the daemon reads (call detection and the outcome tracker).
+CHANNEL_EVENTS = frozenset(k.value for k in ChannelEventKind if k is not ChannelEventKind.LINK_LOST)
 #: An admin-like AMI user: sees everything unless the daemon narrows it (it may: write=system).
 BENCH_USERS = {DEMO_USERNAME: AmiUser(DEMO_SECRET, read=frozenset({"all"}))}
 #: Per cycle: one inbound call ringing two agents through Local channels and 19 internal

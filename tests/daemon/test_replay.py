@@ -11,6 +11,7 @@ import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
+from kommo_callerid.core.models import ChannelEventKind
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
 from kommo_callerid.sim.recording import events_only, read_recording
@@ -21,7 +22,8 @@ DATA = RECORDINGS
 ASTERISK_22 = DATA / "asterisk-22"
 CACOFONISK = DATA / "cacofonisk-ast13"
 JOHN = "18305803077"
-USED_EVENTS = {"Newchannel", "NewCallerid", "Hangup"}
+#: Every event the daemon reads (the outcome tracker reads dial and bridge events too).
+USED_EVENTS = {kind.value for kind in ChannelEventKind if kind is not ChannelEventKind.LINK_LOST}
 
 #: Recording -> the caller numbers of its inbound calls, one entry per call.
 ASTERISK_22_EXPECTED: dict[str, list[str]] = {
