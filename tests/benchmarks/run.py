@@ -21,6 +21,7 @@ import bench_cpu  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_memory  # noqa: E402
+import bench_outcome  # noqa: E402
 from common import Report  # noqa: E402
 
 BENCHMARKS = {
@@ -29,6 +30,7 @@ BENCHMARKS = {
     "burst": bench_burst,
     "memory": bench_memory,
     "cpu": bench_cpu,
+    "outcome": bench_outcome,
 }
 
 
