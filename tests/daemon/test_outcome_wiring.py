@@ -15,6 +15,7 @@ from kommo_callerid.daemon.app import EXIT_OK, Daemon
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
 from kommo_callerid.sim.recording import events_only, read_recording
+from kommo_callerid.sim.scenarios import CallScenarios
 
 from support import RECORDINGS, make_config, wait_for
 
@@ -75,3 +76,22 @@ async def test_a_failing_sink_is_logged_and_intake_goes_on() -> None:
             await wait_for(lambda: len(sink.calls) == 2)
     failed = [line for line in logs if line["event"] == "journal.record_failed"]
     assert [line["call_id"] for line in failed] == [c.call_id for c in sink.calls]
+
+
+async def test_synthetic_calls_say_who_answered() -> None:
+    scenarios = CallScenarios()
+    calls = [
+        scenarios.inbound(agents=("100", "101"), answered_by="101"),
+        scenarios.inbound("18305550000", agents=("102",), via_local=False),
+        scenarios.inbound("18305550001", agents=("100", "101"), answered_by=None),
+    ]
+    sink = CollectingSink()
+    async with daemon_with(sink) as (_, ami):
+        for call in calls:
+            await ami.play(call.all_events)
+        await wait_for(lambda: len(sink.calls) == 3)
+    assert [(c.call_id, c.answered_by, c.status) for c in sink.calls] == [
+        (calls[0].linkedid, "101", CallStatus.ANSWERED),
+        (calls[1].linkedid, "102", CallStatus.ANSWERED),
+        (calls[2].linkedid, None, CallStatus.NO_ANSWER),
+    ]

@@ -6,7 +6,9 @@ in ``CallerIDNum``). Each ringing agent adds, when the PBX dials through a queue
 ``Local/<ext>@from-queue-...;1``/``;2`` pair born with ``<unknown>`` caller ID that a
 ``NewCallerid`` fills in, and then the agent's phone leg ``PJSIP/<ext>-...``. On every dialled
 (outgoing) leg ``CallerIDNum`` is the dialled number and the real caller is in
-``ConnectedLineNum``, as in the recordings. Hangups are kept apart so a test can place them
+``ConnectedLineNum``, as in the recordings. When an agent answers, the events end with its
+``DialEnd`` ANSWER and the ``BridgeEnter`` of both sides (what the outcome tracker reads; the
+other agents' Dials get no DialEnd). Hangups are kept apart so a test can place them
 whenever it likes.
 """
 
@@ -89,6 +91,30 @@ class _Channel:
         return self.event("Hangup") | {"Cause": str(cause), "Cause-txt": _CAUSES[cause]}
 
 
+def _dial_end(dialler: _Channel, dest: _Channel, status: str) -> AmiEvent:
+    return dialler.event("DialEnd") | {
+        "DestChannel": dest.name,
+        "DestUniqueid": dest.uniqueid,
+        "DestLinkedid": dest.linkedid,
+        "DialStatus": status,
+    }
+
+
+def _answer_events(root: _Channel, legs: list[_Channel]) -> list[AmiEvent]:
+    """The agent's phone answers: DialEnd ANSWER up the chain, then both sides bridged.
+
+    ``legs``: ``[Local ;1, Local ;2, phone]`` or ``[phone]``.
+    """
+    *local, phone = legs
+    root.state = 6
+    pairs = [(local[1], phone), (root, local[0])] if local else [(root, phone)]
+    events = [_dial_end(dialler, dest, "ANSWER") for dialler, dest in pairs]
+    for dialler, dest in pairs:
+        bridge = {"BridgeUniqueid": f"bridge-{dest.uniqueid}", "BridgeType": "basic"}
+        events += [dest.event("BridgeEnter") | bridge, dialler.event("BridgeEnter") | bridge]
+    return events
+
+
 class CallScenarios:
     """Builds calls with unique, increasing Uniqueids (``<epoch>.<seq>``) and channel names."""
 
@@ -132,13 +158,16 @@ class CallScenarios:
         events = [root.event("Newchannel")]
         hangups: list[AmiEvent] = []
         answerer = agents[0] if answered_by == "" and agents else answered_by
+        answer: list[AmiEvent] = []
         for agent in agents:
             legs = self._agent_legs(root, agent, via_local, presentation, events)
             cause = self._leg_cause(agent, answerer)
             if cause == _NORMAL_CLEARING:
                 for leg in legs:
                     leg.state = 6
+                answer = _answer_events(root, legs)
             hangups.extend(leg.hangup(cause) for leg in reversed(legs))
+        events += answer
         root.state = 6 if answerer else 4
         hangups.append(root.hangup(_NORMAL_CLEARING if answerer else _NO_ANSWER))
         return SyntheticCall(
