@@ -268,3 +268,12 @@ def test_the_detector_ignores_the_outcome_events() -> None:
     detector = CallTracker(["from-trunk"], 7)
     assert len(captured) == 4
     assert all(detector.feed(event) == [] for event in captured)
+
+
+def test_reconfigured_rules_apply_to_the_next_calls() -> None:
+    pbx = FakePbx()
+    before = pbx.channel("PJSIP/carrier-1", context="from-pstn-eu", exten=DID, num=CALLER)
+    pbx.tracker.reconfigure(["from-pstn-*"], ["from-internal"], 7)
+    after = pbx.channel("PJSIP/carrier-2", context="from-pstn-eu", exten=DID, num=CALLER)
+    pbx.at(5).hangup(before, after)
+    assert (only(pbx).call_id, only(pbx).direction) == (after, CallDirection.INBOUND)

@@ -39,7 +39,7 @@ a finished call are apart, in :mod:`.outcome_verdict`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from kommo_callerid.calls.detector import channel_extension, is_withheld
 from kommo_callerid.calls.outcome_verdict import (
@@ -115,6 +115,23 @@ class OutcomeTracker:
 
     def __len__(self) -> int:
         return len(self._calls)
+
+    def reconfigure(
+        self,
+        inbound_contexts: Iterable[str],
+        outbound_contexts: Iterable[str],
+        min_digits: int,
+        default_region: str = "",
+    ) -> None:
+        """New ``[calls]`` rules (SIGHUP): they pick the calls started from now on, and judge
+        every call that ends from now on."""
+        self.rules = replace(
+            self.rules,
+            is_inbound=context_matcher(inbound_contexts),
+            is_outbound=context_matcher(outbound_contexts),
+            min_digits=min_digits,
+            default_region=default_region,
+        )
 
     def table_sizes(self) -> dict[str, int]:
         """Every internal table's size: all 0 when no call is in progress."""
