@@ -32,8 +32,8 @@ Memory: a call's state lives from its root's Newchannel to its last Hangup; at m
 (``LINK_LOST``) forgets everything, since the Hangups in the gap are gone. Channel and bridge
 maps are freed on Hangup and capped too. Every call dropped without a verdict is counted.
 
-Size: the state and the handlers that keep it consistent stay together; the rules that judge
-a finished call are apart, in :mod:`.outcome_verdict`.
+Who is connected to whom (Local halves, Dials, bridges) is kept in :mod:`.outcome_links`; the
+rules that judge a finished call are in :mod:`.outcome_verdict`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 
 from kommo_callerid.calls.detector import channel_extension, is_withheld
+from kommo_callerid.calls.outcome_links import ChannelLinks, put
 from kommo_callerid.calls.outcome_verdict import (
     ANSWER,
     CallFacts,
@@ -59,7 +60,6 @@ MAX_TRACKED_CALLS = 20_000
 MAX_CHANNELS = 200_000
 #: Dials remembered per call (a queue ringing for an hour retries its agents again and again).
 MAX_DIALS_PER_CALL = 500
-_MAX_LOCAL_HOPS = 4  # Local ;1 -> ;2 -> ... chains followed when naming who answered
 
 _K = ChannelEventKind
 
@@ -108,10 +108,7 @@ class OutcomeTracker:
         self._calls: dict[str, CallFacts] = {}  # by Linkedid, oldest first
         self._call_of: dict[str, str] = {}  # Uniqueid -> Linkedid of a tracked call
         self._caller_side: dict[str, str] = {}  # Uniqueid -> Linkedid whose caller it carries
-        self._locals: dict[str, str] = {}  # Local channel name -> Uniqueid (any call)
-        self._answered: dict[str, str] = {}  # dialling Uniqueid -> channel it got answered by
-        self._bridges: dict[str, dict[str, str]] = {}  # bridge -> {Uniqueid: channel}
-        self._bridge_of: dict[str, str] = {}  # Uniqueid -> bridge
+        self._links = ChannelLinks(max_channels)
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -139,10 +136,7 @@ class OutcomeTracker:
             "calls": len(self._calls),
             "channels": len(self._call_of),
             "caller_side": len(self._caller_side),
-            "locals": len(self._locals),
-            "answered": len(self._answered),
-            "bridges": len(self._bridges),
-            "bridge_members": len(self._bridge_of),
+            **self._links.sizes(),
         }
 
     def feed(self, event: ChannelEvent) -> list[FinishedCall]:
@@ -156,7 +150,7 @@ class OutcomeTracker:
         elif kind is _K.BRIDGE_ENTER:
             self._bridge_enter(event)
         elif kind is _K.BRIDGE_LEAVE:
-            self._leave_bridge(event.uniqueid)
+            self._links.leave(event.uniqueid)
         elif kind is _K.HANGUP:
             return self._hangup(event)
         elif kind is _K.LINK_LOST:
@@ -176,15 +170,14 @@ class OutcomeTracker:
 
     def _new_channel(self, event: ChannelEvent) -> list[FinishedCall]:
         uniqueid, linkedid, name = event.uniqueid, event.linkedid, event.channel
-        if name.startswith("Local/"):
-            _put(self._locals, name, uniqueid, self._max_channels)
+        self._links.new_channel(uniqueid, name)
         if uniqueid == linkedid:
             self._new_root(event)
             return []
         call = self._calls.get(linkedid)
         if call is not None:
             call.alive.add(uniqueid)
-            _put(self._call_of, uniqueid, linkedid, self._max_channels)
+            put(self._call_of, uniqueid, linkedid, self._max_channels)
             if name.endswith(";2") and call.root_channel == name[:-1] + "1":
                 self._caller_side[uniqueid] = linkedid  # the root's other Local half
         return []
@@ -221,34 +214,26 @@ class OutcomeTracker:
             call.dials.append(Dial(event.channel, event.dest_channel, event.dial_status))
         if event.dial_status != ANSWER or not dialler:
             return
-        _put(self._answered, dialler, event.dest_channel, self._max_channels)
+        self._links.dial_answered(dialler, event.dest_channel)
         side = self._calls.get(self._caller_side.get(dialler, ""))
         if side is not None:
             side.add_party(self._who(event.dest_channel, side), event.received_at)
 
     def _bridge_enter(self, event: ChannelEvent) -> None:
         uniqueid, name = event.uniqueid, event.channel
-        self._leave_bridge(uniqueid)
-        if len(self._bridge_of) >= self._max_channels:
-            return  # over the cap: this channel's bridge is not followed
-        members = self._bridges.setdefault(event.bridge_id, {})
+        members = self._links.enter(uniqueid, name, event.bridge_id)
         own = self._calls.get(self._caller_side.get(uniqueid, ""))
-        for other, other_name in members.items():
+        for other, other_name in (members or {}).items():
             if own is not None and self._caller_side.get(other) != own.linkedid:
                 own.add_party(self._who(other_name, own), event.received_at)
             joined = self._calls.get(self._caller_side.get(other, ""))
             if joined is not None and joined is not own:
                 joined.add_party(self._who(name, joined), event.received_at)
-        members[uniqueid] = name
-        self._bridge_of[uniqueid] = event.bridge_id
 
     def _hangup(self, event: ChannelEvent) -> list[FinishedCall]:
         uniqueid = event.uniqueid
-        self._leave_bridge(uniqueid)
-        self._answered.pop(uniqueid, None)
+        self._links.hangup(uniqueid, event.channel)
         self._caller_side.pop(uniqueid, None)
-        if self._locals.get(event.channel) == uniqueid:
-            del self._locals[event.channel]
         call = self._calls.get(self._call_of.pop(uniqueid, ""))
         if call is None:
             return []
@@ -269,35 +254,8 @@ class OutcomeTracker:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _who(self, channel: str, call: CallFacts, hops: int = 0) -> str:
-        """The extension a channel stands for: through Local halves to the real device.
-
-        A Local that ends on the caller's own trunk (a forward to a mobile) stands for the
-        number it dialled, not for the trunk.
-        """
-        if channel.startswith("Local/") and channel.endswith(";1") and hops < _MAX_LOCAL_HOPS:
-            half = self._locals.get(channel[:-1] + "2", "")
-            beyond = self._answered.get(half) or self._bridge_mate(half)
-            if beyond:
-                device = self._who(beyond, call, hops + 1)
-                if device != channel_extension(call.root_channel):
-                    return device
-        return channel_extension(channel)
-
-    def _bridge_mate(self, uniqueid: str) -> str:
-        """A channel sharing a bridge with this one (a device before a Local), or ""."""
-        members = self._bridges.get(self._bridge_of.get(uniqueid, ""), {})
-        mates = [name for other, name in members.items() if other != uniqueid]
-        return next((m for m in mates if not m.startswith("Local/")), mates[0] if mates else "")
-
-    def _leave_bridge(self, uniqueid: str) -> None:
-        bridge = self._bridge_of.pop(uniqueid, None)
-        if bridge is None:
-            return
-        members = self._bridges.get(bridge, {})
-        members.pop(uniqueid, None)
-        if not members:
-            self._bridges.pop(bridge, None)
+    def _who(self, channel: str, call: CallFacts) -> str:
+        return self._links.who(channel, channel_extension(call.root_channel))
 
     def _make_room(self) -> None:
         while len(self._calls) >= self._max_calls:
@@ -312,20 +270,6 @@ class OutcomeTracker:
             self._caller_side.pop(uniqueid, None)
 
     def _clear(self) -> None:
-        for table in (
-            self._calls,
-            self._call_of,
-            self._caller_side,
-            self._locals,
-            self._answered,
-            self._bridges,
-            self._bridge_of,
-        ):
+        for table in (self._calls, self._call_of, self._caller_side):
             table.clear()
-
-
-def _put(table: dict[str, str], key: str, value: str, cap: int) -> None:
-    """Insert, dropping the oldest entry over ``cap`` (a Hangup that never came)."""
-    table[key] = value
-    if len(table) > cap:
-        del table[next(iter(table))]
+        self._links.clear()
