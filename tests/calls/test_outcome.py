@@ -277,3 +277,15 @@ def test_reconfigured_rules_apply_to_the_next_calls() -> None:
     after = pbx.channel("PJSIP/carrier-2", context="from-pstn-eu", exten=DID, num=CALLER)
     pbx.at(5).hangup(before, after)
     assert (only(pbx).call_id, only(pbx).direction) == (after, CallDirection.INBOUND)
+
+
+def test_channel_maps_stay_capped_when_hangups_never_come() -> None:
+    tracker = OutcomeTracker(["from-trunk"], [], 7, max_channels=10)
+    pbx = FakePbx(tracker)
+    for n in range(50):  # calls in a context nobody tracks: only the shared maps fill up
+        root = pbx.channel(f"SIP/other-{n}", context="elsewhere", exten="1")
+        half1, half2 = pbx.local(str(n), root)
+        pbx.dial_end(root, half1, "ANSWER")
+        pbx.bridge(f"b{n}", half1, root)
+    assert len(tracker) == 0
+    assert all(size <= 10 for size in tracker.table_sizes().values()), tracker.table_sizes()
