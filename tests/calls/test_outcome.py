@@ -284,7 +284,7 @@ def test_channel_maps_stay_capped_when_hangups_never_come() -> None:
     pbx = FakePbx(tracker)
     for n in range(50):  # calls in a context nobody tracks: only the shared maps fill up
         root = pbx.channel(f"SIP/other-{n}", context="elsewhere", exten="1")
-        half1, half2 = pbx.local(str(n), root)
+        half1, _ = pbx.local(str(n), root)
         pbx.dial_end(root, half1, "ANSWER")
         pbx.bridge(f"b{n}", half1, root)
     assert len(tracker) == 0

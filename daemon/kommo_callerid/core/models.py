@@ -27,7 +27,8 @@ class ChannelEventKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ChannelEvent:
-    """One channel event from Asterisk, reduced to the fields call detection needs."""
+    """One channel event from Asterisk, reduced to the fields call detection and the outcome
+    tracker need."""
 
     kind: ChannelEventKind
     channel: str
