@@ -35,14 +35,13 @@ mkdir -p "$out"
 # pip's chatter only when it fails.
 quietly() { "$@" >"$work/pip.log" 2>&1 || { cat "$work/pip.log" >&2; return 1; }; }
 
+"$python" -m venv "$venv"
 wheel=${1:-}
 if [ -z "$wheel" ]; then
-  quietly "$python" -m pip wheel --no-deps --wheel-dir "$work/wheel" "$repo"
+  quietly "$venv/bin/python" -m pip wheel --no-deps --wheel-dir "$work/wheel" "$repo"
   wheel=$(ls "$work"/wheel/*.whl)
 fi
-
 echo "deb: venv at $prefix with $python ($pyminor), $(basename "$wheel")"
-"$python" -m venv "$venv"
 quietly "$venv/bin/python" -m pip install --no-compile --disable-pip-version-check "$wheel"
 # pip and setuptools are build tools, not runtime: the package does not carry them.
 "$venv/bin/python" -m pip uninstall --quiet --yes pip setuptools >/dev/null 2>&1 || true
