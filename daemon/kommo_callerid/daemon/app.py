@@ -308,6 +308,7 @@ class Daemon:
             callerid_answers={str(k): n for k, n in callerid.answers.items()} if callerid else {},
             callerid_background=callerid.background_lookups if callerid else 0,
             started_at=running.started_at,
+            kommo_waiting=running.kommo.table_sizes().get("limiter_waiting", 0),
         )
 
     async def _start_http(self, running: _Running) -> bool:

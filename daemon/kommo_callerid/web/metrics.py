@@ -135,6 +135,9 @@ def _kommo(view: StatsView) -> Iterator[Metric]:
         requests.add_metric([path, status_label(status)], n)
     yield requests
     yield _gauge("cache_entries", "Numbers in the lookup cache.", view.cache_entries)
+    yield _gauge(
+        "kommo_queue_depth", "Kommo requests waiting for the rate limit.", view.kommo_waiting
+    )
 
 
 def _callerid(view: StatsView) -> Iterator[Metric]:

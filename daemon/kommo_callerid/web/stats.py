@@ -45,6 +45,8 @@ class StatsView:
     callerid_answers: Mapping[str, int]
     callerid_background: int
     started_at: float
+    #: Kommo requests waiting for the rate limit.
+    kommo_waiting: int = 0
 
 
 def log_fields(view: StatsView) -> dict[str, Any]:
