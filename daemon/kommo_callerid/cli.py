@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from kommo_callerid import __version__
 from kommo_callerid.calls.detector import normalize_number
@@ -110,6 +111,7 @@ def secrets_of(config: Config) -> list[str]:
         config.kommo.access_token.get_secret_value(),
         config.kommo.client_secret.get_secret_value(),
         config.kommo.refresh_token.get_secret_value(),
+        urlsplit(config.kommo.proxy).password or "",
     ]
 
 

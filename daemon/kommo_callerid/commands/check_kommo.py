@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+from kommo_callerid.commands.check_proxy import report_proxy_failure, report_proxy_used
 from kommo_callerid.commands.report import Report
 from kommo_callerid.core.config import Config, KommoConfig
 from kommo_callerid.core.models import AccountInfo, KommoAuthError, KommoError
 from kommo_callerid.kommo.client import KommoClient
+from kommo_callerid.kommo.proxy import proxy_for
 
 #: A long-lived token this close to its expiry date gets a warning.
 EXPIRY_WARNING_DAYS = 14
@@ -52,13 +54,19 @@ def kommo_client(config: Config) -> KommoClient:
 
 async def check_kommo(config: Config, report: Report) -> None:
     warn_if_token_expires_soon(config.kommo, report)
+    proxy = proxy_for(config.kommo)
     async with kommo_client(config) as kommo:
         try:
             account = await kommo.account()
         except KommoError as exc:
+            if proxy is not None and (exc.status is None or exc.status == 407):
+                await report_proxy_failure(proxy, exc, report)
+                return
             finding = await explain_failure(exc, config.kommo)
             report.fail(finding.text, finding.fix)
             return
+    if proxy is not None:
+        report_proxy_used(proxy, report)
     report.ok(f"Kommo: the token opens account {_describe(account)}")
     host = urlsplit(config.kommo.base_url).hostname or ""
     if account.subdomain and not _is_loopback(host) and not host.startswith(account.subdomain):

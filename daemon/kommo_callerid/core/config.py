@@ -41,6 +41,7 @@ CREDENTIAL_FILES: Mapping[str, tuple[str, str]] = {
     "kommo_access_token": ("kommo", "access_token"),
     "kommo_client_secret": ("kommo", "client_secret"),
     "kommo_refresh_token": ("kommo", "refresh_token"),
+    "kommo_proxy": ("kommo", "proxy"),  # a proxy URL with its user:password
     "redis_password": ("cluster", "redis_password"),
 }
 
@@ -116,6 +117,15 @@ class KommoConfig(_Section):
                 f"must use https:// (plain http is allowed only for loopback hosts), got {value!r}"
             )
         return value.rstrip("/")
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+            # The value may hold a password: not repeated here.
+            raise ValueError("must be empty or a URL like http://proxy.example.com:3128")
+        return value
 
     @model_validator(mode="after")
     def _one_auth_mode(self) -> KommoConfig:

@@ -32,6 +32,7 @@ from kommo_callerid.kommo.limits import (
     retry_delay,
 )
 from kommo_callerid.kommo.parse import DETAIL_CHARS, Response, error_detail
+from kommo_callerid.kommo.proxy import request_proxy, trust_environment
 
 log = structlog.get_logger(__name__)
 
@@ -204,6 +205,7 @@ class KommoTransport:
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=budget),
                     allow_redirects=False,  # never carry the token to wherever a redirect points
+                    proxy=request_proxy(self._config),
                 ) as answer:
                     status, content_type = answer.status, answer.content_type
                     header_pause = _seconds(answer.headers.get("Retry-After"))
@@ -224,6 +226,7 @@ class KommoTransport:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 headers={"User-Agent": f"kommo-callerid/{__version__}"},
+                trust_env=trust_environment(self._config),
             )
         return self._session
 
