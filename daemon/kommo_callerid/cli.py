@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     authorize.add_argument("code", metavar="CODE", help="the code from Kommo (valid 20 minutes)")
     demo = commands.add_parser("demo", help="run against embedded AMI and Kommo simulators")
     demo.add_argument("--calls", type=int, default=5, metavar="N", help="inbound calls to place")
+    demo.add_argument("--json", action="store_true", help="print the raw log, not the story")
     return parser
 
 
@@ -82,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from kommo_callerid.commands.demo import run_demo  # noqa: PLC0415  (simulators load only for the demo)
 
-            return run_demo(calls=args.calls)
+            return run_demo(calls=args.calls, raw=args.json)
         config = _load(args.config)
         if args.command == "run":
             return _run(config)

@@ -141,7 +141,7 @@ async def test_lookup_prints_one_json_object(tmp_path: Path) -> None:
 
 
 def test_demo_runs_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--calls", "3"]) == 0
+    assert main(["demo", "--calls", "3", "--json"]) == 0
     out = capsys.readouterr().out
     assert "daemon.started" in out and "kommo.notified" in out
     assert "3 inbound calls placed" in out

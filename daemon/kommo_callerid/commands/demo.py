@@ -1,9 +1,9 @@
 """``kommo-callerid demo``: the real daemon between an embedded AMI simulator and an embedded
 Kommo simulator, both on loopback with real sockets and the real protocols.
 
-It places N inbound calls (plus one anonymous and one internal call, which are skipped),
-prints the daemon's log as it runs, then a short summary, and exits 0 when every inbound call
-was notified.
+It places N inbound calls (plus one anonymous and one internal call, which are skipped) and
+exits 0 when every inbound call was notified. By default it tells the story one line per call
+(:mod:`.demo_view`) and ends with a summary table; ``--json`` prints the daemon's raw log.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import itertools
 import sys
 from typing import Any
 
+import structlog
+
+from kommo_callerid.commands.demo_view import DemoView
 from kommo_callerid.core.config import from_mapping
 from kommo_callerid.core.logging import configure_logging
 from kommo_callerid.daemon.app import EXIT_FAILURE, EXIT_OK, Daemon
@@ -35,7 +38,9 @@ CALL_SPACING = 0.3
 SETTLE_TIMEOUT = 10.0
 
 
-def demo_config(ami_port: int, kommo_url: str, kommo_token: str) -> dict[str, Any]:
+def demo_config(
+    ami_port: int, kommo_url: str, kommo_token: str, *, raw: bool = False
+) -> dict[str, Any]:
     return {
         "ami": {
             "port": ami_port,
@@ -46,7 +51,7 @@ def demo_config(ami_port: int, kommo_url: str, kommo_token: str) -> dict[str, An
         },
         "kommo": {"base_url": kommo_url, "access_token": kommo_token},
         "notify": {"extensions": AGENT_USERS, "fallback_after": 1.0},
-        "log": {"format": "auto"},
+        "log": {"format": "json" if raw else "auto"},
         "daemon": {"shutdown_timeout": 2.0},
     }
 
@@ -79,10 +84,24 @@ async def _wait_for(condition: Any, timeout: float) -> bool:
     return True
 
 
-async def _demo(count: int) -> int:
+def _install_view(view: DemoView) -> None:
+    """The view reads every event just before the renderer, and drops it."""
+    processors = list(structlog.get_config()["processors"])
+    structlog.configure(processors=[*processors[:-1], view, processors[-1]])
+
+
+async def _demo(count: int, raw: bool) -> int:
     async with FakeAmiServer() as ami, FakeKommo(demo_dataset()) as kommo:
-        config = from_mapping(demo_config(ami.port, kommo.base_url, kommo.token))
+        config = from_mapping(demo_config(ami.port, kommo.base_url, kommo.token, raw=raw))
         configure_logging(config.log, secrets=[DEMO_SECRET, kommo.token])
+        view = None if raw else DemoView(sys.stdout)
+        if view is not None:
+            _install_view(view)
+            view.say(
+                f"kommo-callerid demo: the real daemon between an Asterisk AMI simulator "
+                f"and a Kommo simulator on loopback; {count} inbound calls, one withheld, "
+                "one internal. One line per call: caller → what Kommo knows → who was notified."
+            )
         daemon = Daemon(config)
         serving = asyncio.create_task(daemon.serve(), name="demo-daemon")
         await _wait_for(lambda: daemon.ami_connected, SETTLE_TIMEOUT)
@@ -98,16 +117,20 @@ async def _demo(count: int) -> int:
         daemon.stop.set()
         exit_code = await serving
         inbound = sum(_is_caller(call) for call in calls)
-        print(
-            f"\ndemo: {inbound} inbound calls placed ({len(calls) - inbound} more to skip); "
-            f"the Kommo simulator received {len(kommo.events)} notifications for "
-            f"{len({e.phone_number for e in kommo.events})} callers",
-            file=sys.stdout,
-        )
+        if view is not None:
+            view.finish()
+        else:
+            print(
+                f"\ndemo: {inbound} inbound calls placed ({len(calls) - inbound} more to skip); "
+                f"the Kommo simulator received {len(kommo.events)} notifications for "
+                f"{len({e.phone_number for e in kommo.events})} callers",
+                file=sys.stdout,
+            )
     if exit_code == EXIT_OK and not all_notified:
         return EXIT_FAILURE
     return exit_code
 
 
-def run_demo(calls: int = 5) -> int:
-    return asyncio.run(_demo(max(0, calls)))
+def run_demo(calls: int = 5, *, raw: bool = False) -> int:
+    """``raw``: the daemon's JSON log lines instead of the story."""
+    return asyncio.run(_demo(max(0, calls), raw))
