@@ -2,8 +2,10 @@
 
 ``[kommo] proxy`` (or the credential file ``kommo_proxy``, which wins: a URL with its
 ``user:password``) names an http(s) proxy for every request. Left empty, the standard
-``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` environment applies, exactly as aiohttp reads
-it with ``trust_env=True``; :func:`proxy_for` says the same thing for ``check``.
+``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` environment applies, read the way aiohttp's
+``trust_env=True`` reads it, but once: every request goes to the one ``base_url``, and
+``trust_env`` would cost a thread hop per request (and read ``~/.netrc``). The transport and
+``check`` both ask :func:`proxy_for`, so what check reports is what the daemon does.
 """
 
 from __future__ import annotations
@@ -31,16 +33,6 @@ class ProxyChoice:
     def host_port(self) -> tuple[str, int]:
         parts = urlsplit(self.url)
         return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-
-
-def trust_environment(config: KommoConfig) -> bool:
-    """aiohttp's ``trust_env``: the environment's proxy counts only without ``proxy``."""
-    return not config.proxy
-
-
-def request_proxy(config: KommoConfig) -> str | None:
-    """aiohttp's per-request ``proxy=``: the configured one, else None (the environment's)."""
-    return config.proxy or None
 
 
 def proxy_for(config: KommoConfig) -> ProxyChoice | None:

@@ -32,7 +32,7 @@ from kommo_callerid.kommo.limits import (
     retry_delay,
 )
 from kommo_callerid.kommo.parse import DETAIL_CHARS, Response, error_detail
-from kommo_callerid.kommo.proxy import request_proxy, trust_environment
+from kommo_callerid.kommo.proxy import proxy_for
 
 log = structlog.get_logger(__name__)
 
@@ -102,6 +102,8 @@ class KommoTransport:
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self._error_logged: dict[tuple[str, int | None], tuple[float, int]] = {}
+        choice = proxy_for(config)
+        self._proxy = choice.url if choice is not None else None
 
     def table_sizes(self) -> dict[str, int]:
         return {"limiter_waiting": self._limiter.waiting, "error_log_keys": len(self._error_logged)}
@@ -205,7 +207,7 @@ class KommoTransport:
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=budget),
                     allow_redirects=False,  # never carry the token to wherever a redirect points
-                    proxy=request_proxy(self._config),
+                    proxy=self._proxy,
                 ) as answer:
                     status, content_type = answer.status, answer.content_type
                     header_pause = _seconds(answer.headers.get("Retry-After"))
@@ -226,7 +228,6 @@ class KommoTransport:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 headers={"User-Agent": f"kommo-callerid/{__version__}"},
-                trust_env=trust_environment(self._config),
             )
         return self._session
 
