@@ -64,6 +64,7 @@ find "$site" -name '*.so' -exec strip --strip-unneeded --remove-section=.comment
 # in tracebacks stay right).
 find "$site" -type f -exec chmod 0644 {} +
 find "$site" -name '*.py' -exec sed -i '1s/^#!.*$//' {} +
+find "$site" -type d -empty -delete
 
 # Files around the venv.
 install -d "$root/usr/bin" "$root/lib/systemd/system" "$root/etc/$name" \
