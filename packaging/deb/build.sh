@@ -9,7 +9,8 @@
 # its own build anyway; what it adds (shebang rewriting, a venv at its final path) is three
 # lines here. The venv is made in a staging tree with the system python3, so it binds to
 # Debian's interpreter (hence Depends: python3 (>= 3.11), python3 (<< 3.12)); its absolute
-# paths (shebangs, activate scripts) are rewritten from the staging path to /opt/kommo-callerid.
+# paths (the console script's shebang) are rewritten from the staging path to /opt/kommo-callerid.
+# The libraries come from the package index at build time (pyproject's ranges, not pinned).
 # Nothing is installed on the build host and no root is needed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
