@@ -71,15 +71,15 @@ def test_journal_endings_follow_the_calls() -> None:
     feed("call.incoming", **MARIA)
     feed("kommo.lookup", entity_type=None, name=None, cached=True, **MARIA)
     feed("kommo.notified", users=None, **MARIA)
-    feed("journal.recorded", status="answered", duration=4, answered_by="101", **JOHN)
-    feed("journal.recorded", status="missed", duration=0, answered_by=None, **MARIA)
+    feed("journal.recorded", status=4, duration=4.0, answered_by="101", **JOHN)
+    feed("journal.recorded", status=6, duration=0, result="caller hung up after 25 s", **MARIA)
     feed("journal.sent", count=1, ms=3.0)
     feed.view.finish()
     lines = feed.lines()
     assert lines[1] == "+1 415-555-0199 → not in Kommo (cached) → notified everyone in 0.0 ms"
     assert lines[2:4] == [
         "+1 830-580-3077 ended: answered by 101 after 4 s → logged",
-        "+1 415-555-0199 ended: missed → pending",
+        "+1 415-555-0199 ended: caller hung up after 25 s → pending",
     ]
     assert "calls journaled          1 of 2 logged" in lines
 

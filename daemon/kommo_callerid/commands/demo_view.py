@@ -26,6 +26,15 @@ SKIPPED = {
     "not_inbound": "skipped: not an inbound call",
 }
 ARROW = "→"
+#: Kommo's call_status codes (core.models.CallStatus) and names, in words.
+STATUS_WORDS = {
+    "4": "answered",
+    "answered": "answered",
+    "5": "invalid number",
+    "6": "missed",
+    "no_answer": "missed",
+    "7": "busy",
+}
 
 
 @dataclass(slots=True)
@@ -226,13 +235,18 @@ def recipients_text(users: list[int | None]) -> str:
 
 
 def ended_text(event: EventDict) -> str:
-    status = str(event.get("status", "ended"))
-    duration = event.get("duration")
-    if status == "answered":
-        who = event.get("answered_by")
-        by = f" by {who}" if who else ""
-        return f"answered{by} after {duration} s" if duration is not None else f"answered{by}"
-    return status
+    """The journal's own human line (``result``) when it has one, else built from the status
+    (Kommo's ``call_status`` code, or its name)."""
+    result = event.get("result") or event.get("call_result")
+    if result:
+        return str(result)
+    status = event.get("status")
+    word = STATUS_WORDS.get(str(status).lower(), str(status).lower().replace("_", " "))
+    if word != "answered":
+        return word
+    who, duration = event.get("answered_by"), event.get("duration")
+    by = f" by {who}" if who else ""
+    return f"answered{by} after {duration:g} s" if duration is not None else f"answered{by}"
 
 
 def summary_rows(tally: Tally) -> list[tuple[str, str]]:
