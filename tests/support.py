@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from kommo_callerid.core.config import Config, from_mapping
+from kommo_callerid.core.config import Config
+from kommo_callerid.core.config_load import from_mapping
 from kommo_callerid.daemon.app import EXIT_OK, Daemon
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo

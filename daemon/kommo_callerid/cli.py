@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 from kommo_callerid import __version__
 from kommo_callerid.calls.detector import normalize_number
 from kommo_callerid.commands.oneshot import authorize_once, lookup_once
-from kommo_callerid.core.config import Config, ConfigError, load_config, resolve_config_path
+from kommo_callerid.core.config import Config
+from kommo_callerid.core.config_load import ConfigError, load_config, resolve_config_path
 from kommo_callerid.core.logging import configure_logging
 from kommo_callerid.core.models import KommoError
 from kommo_callerid.daemon.app import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, Daemon

@@ -23,7 +23,8 @@ from typing import Any
 
 from panoramisk import Manager
 
-from kommo_callerid.core.config import LogConfig, from_mapping
+from kommo_callerid.core.config import LogConfig
+from kommo_callerid.core.config_load import from_mapping
 from kommo_callerid.core.logging import configure_logging
 from kommo_callerid.daemon.app import Daemon
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kommo_callerid.core.config import ConfigError, load_config
+from kommo_callerid.core.config_load import ConfigError, load_config
 
 from support import ROOT
 

@@ -14,7 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from kommo_callerid.core.config import Config, ConfigError, from_mapping
+from kommo_callerid.core.config import Config
+from kommo_callerid.core.config_load import ConfigError, from_mapping
 from kommo_callerid.daemon.app import EXIT_CONFIG, Daemon
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import BY_PHONE_PATH, EVENTS_PATH, FakeKommo, demo_dataset

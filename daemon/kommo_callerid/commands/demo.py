@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from kommo_callerid.commands.demo_view import DemoView
-from kommo_callerid.core.config import from_mapping
+from kommo_callerid.core.config_load import from_mapping
 from kommo_callerid.core.logging import configure_logging
 from kommo_callerid.daemon.app import EXIT_FAILURE, EXIT_OK, Daemon
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer

@@ -1,55 +1,24 @@
-"""Configuration: one TOML file, ``KOMMO_CALLERID_<SECTION>__<KEY>`` env overrides, and
-secrets from systemd credentials (``$CREDENTIALS_DIRECTORY``).
+"""Configuration schema: the sections of the contract's configuration and :class:`Config`.
 
-Precedence, highest first: environment, credentials, TOML file, defaults. Every section
-forbids unknown keys, and a bad configuration is a :class:`ConfigError` whose message names
-the file and the key, so the CLI can exit 3 with a sentence instead of a traceback.
-
-Size: every section of the contract's configuration in one schema, so a key is found in one file.
+Reading it (TOML file, ``KOMMO_CALLERID_<SECTION>__<KEY>`` env overrides, systemd credentials)
+and turning mistakes into sentences lives in :mod:`kommo_callerid.core.config_load`; the extra
+settings sources in :mod:`kommo_callerid.core.config_sources`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
-import tomllib
-from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic.fields import FieldInfo
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-DEFAULT_CONFIG_PATH = Path("/etc/kommo-callerid/config.toml")
-CONFIG_PATH_ENV = "KOMMO_CALLERID_CONFIG"
-ENV_PREFIX = "KOMMO_CALLERID_"
-
-#: systemd credential file name -> (section, key)
-CREDENTIAL_FILES: Mapping[str, tuple[str, str]] = {
-    "ami_secret": ("ami", "secret"),
-    "kommo_access_token": ("kommo", "access_token"),
-    "kommo_client_secret": ("kommo", "client_secret"),
-    "kommo_refresh_token": ("kommo", "refresh_token"),
-    "kommo_proxy": ("kommo", "proxy"),  # a proxy URL with its user:password
-    "redis_password": ("cluster", "redis_password"),
-}
+from kommo_callerid.core.config_sources import ENV_PREFIX, CredentialsSource
 
 Seconds = float
-
-
-class ConfigError(Exception):
-    """A configuration a human has to fix; the message says what and where."""
 
 
 class _Section(BaseModel):
@@ -289,25 +258,6 @@ class DaemonConfig(_Section):
     shutdown_timeout: Seconds = Field(default=5.0, ge=0)
 
 
-class _CredentialsSource(PydanticBaseSettingsSource):
-    """Secrets from files in ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``)."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # everything is done in __call__
-
-    def __call__(self) -> dict[str, Any]:
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        found: dict[str, Any] = {}
-        if not directory:
-            return found
-        for name, (section, key) in CREDENTIAL_FILES.items():
-            path = Path(directory) / name
-            if path.is_file():
-                value = path.read_text(encoding="utf-8").strip()
-                found.setdefault(section, {})[key] = value
-        return found
-
-
 class Config(BaseSettings):
     """The whole configuration. Build it with :func:`load_config`."""
 
@@ -340,64 +290,4 @@ class Config(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file arrives as init kwargs and ranks lowest: env and credentials override it.
-        return env_settings, _CredentialsSource(settings_cls), init_settings
-
-
-def resolve_config_path(cli_path: str | None) -> Path:
-    if cli_path:
-        return Path(cli_path)
-    return Path(os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
-
-
-def load_config(path: Path) -> Config:
-    """Read, merge and validate; raise :class:`ConfigError` with a human message."""
-    data = _read_toml(path)
-    try:
-        return Config(**data)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
-
-
-def from_mapping(data: Mapping[str, Any]) -> Config:
-    """A config built from a dict (demo, tests); env and credentials still apply."""
-    try:
-        return Config(**data)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, Path("<built-in>"))) from None
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(
-            f"The configuration file {path} does not exist. Pass another one with -c PATH or "
-            f"${CONFIG_PATH_ENV}; config.example.toml lists every key."
-        ) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"The configuration file {path} cannot be read: {exc.strerror}."
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"The configuration file {path} is not valid TOML: {exc}.") from None
-
-
-def _describe(exc: ValidationError, path: Path) -> str:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        section, _, key = where.partition(".")
-        name = f"[{section}] {key}" if key else f"[{section}]"
-        if error["type"] == "extra_forbidden":
-            message = "is not a known key (check the spelling against config.example.toml)"
-        elif error["type"] == "missing":
-            message = "is required"
-        else:
-            message = error["msg"].removeprefix("Value error, ")
-        problems.append(f"{name} {message}")
-    return (
-        f"The configuration in {path} is not valid: "
-        + "; ".join(problems)
-        + f". Values may also come from {ENV_PREFIX}<SECTION>__<KEY> environment variables."
-    )
+        return env_settings, CredentialsSource(settings_cls), init_settings
