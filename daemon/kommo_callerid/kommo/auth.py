@@ -16,7 +16,6 @@ OAuth rules that matter (Kommo's refresh tokens are single-use):
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -26,7 +25,7 @@ from pydantic import SecretStr
 
 from kommo_callerid.core.config import KommoConfig
 from kommo_callerid.core.models import KommoAuthError, KommoError
-from kommo_callerid.kommo.parse import Response, error_detail
+from kommo_callerid.kommo.parse import Response, error_detail, loads_json
 from kommo_callerid.kommo.tokens import TokenFile, TokenFileError, TokenPair
 
 log = structlog.get_logger(__name__)
@@ -237,8 +236,10 @@ def _bearer(pair: TokenPair) -> str:
 
 
 def _json_object(response: Response) -> dict[str, Any]:
+    if response.oversized:
+        raise ValueError("larger than any token answer")
     try:
-        data = json.loads(response.body)
+        data = loads_json(response.body)
     except ValueError:
         raise ValueError("not JSON") from None
     if not isinstance(data, dict):

@@ -10,7 +10,6 @@ Size: every Kommo endpoint the product uses and what its answers mean.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -35,11 +34,12 @@ from kommo_callerid.kommo.parse import (
     BadShape,
     Response,
     error_detail,
+    loads_json,
     parse_account,
     parse_by_phone,
     parse_contacts,
 )
-from kommo_callerid.kommo.transport import KommoStats, KommoTransport
+from kommo_callerid.kommo.transport import MAX_BODY_BYTES, KommoStats, KommoTransport
 
 __all__ = ["KommoClient", "KommoStats", "TokenProvider"]
 
@@ -294,18 +294,24 @@ class KommoClient:
             raise self._failure(
                 response.status, response.path, f"unexpected answer: {exc}"
             ) from None
+        except Exception as exc:  # never crash on input: the parsers' tests say this is dead code
+            detail = f"unexpected answer: {type(exc).__name__}"
+            raise self._failure(response.status, response.path, detail) from None
 
     def _decode(self, response: Response) -> Any:
         """The JSON of a 2xx answer; None when it has no body (nothing found)."""
         if not 200 <= response.status < 300:
             raise self._failure(response.status, response.path, error_detail(response))
+        if response.oversized:
+            detail = f"answer larger than {MAX_BODY_BYTES} bytes"
+            raise self._failure(response.status, response.path, detail)
         if response.status == 204 or not response.body.strip():
             return None
         if "json" not in response.content_type:
             detail = f"unexpected content type {response.content_type or 'none'}"
             raise self._failure(response.status, response.path, detail)
         try:
-            return json.loads(response.body)
+            return loads_json(response.body)
         except ValueError:
             raise self._failure(response.status, response.path, "invalid JSON") from None
 

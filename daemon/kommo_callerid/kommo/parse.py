@@ -1,7 +1,9 @@
 """Reading Kommo's answers: raw JSON in, :mod:`kommo_callerid.models` types out.
 
 Pure functions, no I/O. A parser raises :class:`BadShape` when the JSON is not what Kommo
-documents; the client turns that into a logged :class:`~kommo_callerid.models.KommoError`.
+documents, and only that, whatever the JSON (property-tested); the client turns it into a
+logged :class:`~kommo_callerid.models.KommoError`. JSON is read with :func:`loads_json`, which
+also turns nesting deep enough to exhaust the stack into a plain ``ValueError``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from kommo_callerid.core.models import AccountInfo, Entity, EntityType
 
 #: The longest error detail taken from an answer or an exception.
 DETAIL_CHARS = 200
+#: Kommo's ids are 64-bit; a longer digit string is not an id (and int() of thousands of
+#: digits is refused by Python anyway).
+MAX_ID = 2**63 - 1
+_MAX_ID_DIGITS = len(str(MAX_ID))
 
 _TYPE_CODES = {
     1: EntityType.CONTACT,
@@ -43,16 +49,26 @@ class Response:
     retry_after: float | None = None
     #: How many attempts it took to get this answer.
     attempts: int = 1
+    #: The body was larger than the transport reads; ``body`` is empty then.
+    oversized: bool = False
 
 
 class BadShape(ValueError):
     """The JSON parsed but is not what Kommo documents."""
 
 
+def loads_json(body: bytes | str) -> Any:
+    """``json.loads``, with any way of failing (deep nesting included) a ``ValueError``."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def error_detail(response: Response) -> str:
     """problem+json's detail or title when present, else a word on what came back."""
     try:
-        data = json.loads(response.body)
+        data = loads_json(response.body)
     except ValueError:
         data = None
     if isinstance(data, dict):
@@ -111,7 +127,8 @@ def _embedded_list(data: Any, key: str) -> list[Any]:
 
 def _parse_type(raw: Any) -> EntityType:
     if isinstance(raw, str):
-        raw = int(raw) if raw.strip().isdigit() else raw.strip().lower()
+        digits = _ascii_int(raw)
+        raw = digits if digits is not None else raw.strip().lower()
     found = _TYPE_NAMES.get(raw) if isinstance(raw, str) else None
     if isinstance(raw, int) and not isinstance(raw, bool):
         found = _TYPE_CODES.get(raw)
@@ -135,10 +152,18 @@ def _parse_entity(item: dict[str, Any], kind: EntityType) -> Entity:
 
 
 def _positive_int(raw: Any) -> int | None:
-    if isinstance(raw, str) and raw.strip().isdigit():
-        raw = int(raw)
-    if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
+    if isinstance(raw, str):
+        raw = _ascii_int(raw)
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 < raw <= MAX_ID:
         return raw
+    return None
+
+
+def _ascii_int(text: str) -> int | None:
+    """``"42"`` -> 42; None for anything else (``"²"`` and ``"٣"`` are digits to str.isdigit)."""
+    text = text.strip()
+    if 0 < len(text) <= _MAX_ID_DIGITS and text.isascii() and text.isdigit():
+        return int(text)
     return None
 
 
@@ -147,7 +172,7 @@ def parse_account(data: Any) -> AccountInfo:
     if not isinstance(data, dict):
         raise BadShape("the account is not an object")
     account_id = data.get("id")
-    if not isinstance(account_id, int) or isinstance(account_id, bool):
+    if not isinstance(account_id, int) or isinstance(account_id, bool) or account_id > MAX_ID:
         raise BadShape("the account has no numeric id")
     name, subdomain = data.get("name"), data.get("subdomain")
     return AccountInfo(

@@ -15,15 +15,20 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import math
 import os
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydantic import SecretStr
+
+#: Kommo's access tokens live a day; a year is beyond any grant we could trust.
+MAX_EXPIRES_IN = 366 * 86400
+MAX_TOKEN_CHARS = 8192
 
 
 class TokenFileError(Exception):
@@ -42,11 +47,24 @@ class TokenPair:
         """A pair from Kommo's /oauth2/access_token answer; ValueError when it is not one."""
         access, refresh = grant.get("access_token"), grant.get("refresh_token")
         expires_in = grant.get("expires_in")
-        if not (isinstance(access, str) and access and isinstance(refresh, str) and refresh):
-            raise ValueError("the answer has no access_token/refresh_token")
+        if not (_usable_token(access) and _usable_token(refresh)):
+            raise ValueError("the answer has no usable access_token/refresh_token")
         if not isinstance(expires_in, int | float) or isinstance(expires_in, bool):
             raise ValueError("the answer has no numeric expires_in")
+        if not 0 <= expires_in <= MAX_EXPIRES_IN:  # also refuses nan
+            raise ValueError("the answer's expires_in is out of range")
         return cls(SecretStr(access), SecretStr(refresh), now + float(expires_in))
+
+
+def _usable_token(value: object) -> TypeGuard[str]:
+    """A token goes into an HTTP header: printable ASCII without spaces, of a sane length."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_TOKEN_CHARS
+        and value.isascii()
+        and value.isprintable()
+        and " " not in value
+    )
 
 
 class TokenFile:
@@ -56,19 +74,22 @@ class TokenFile:
     def load(self) -> TokenPair | None:
         """The saved pair, or None when there is no file yet."""
         try:
-            raw = self.path.read_text(encoding="utf-8")
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise TokenFileError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         try:
             data = json.loads(raw)
+            expires_at = float(data.get("expires_at", 0))
+            if not math.isfinite(expires_at):
+                raise ValueError("expires_at")
             return TokenPair(
                 SecretStr(str(data["access_token"])),
                 SecretStr(str(data["refresh_token"])),
-                float(data.get("expires_at", 0)),
+                expires_at,
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise TokenFileError(
                 f"{self.path} is not a token file written by kommo-callerid; move it away and "
                 "authorise again (see README, Kommo tokens)"

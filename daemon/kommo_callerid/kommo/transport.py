@@ -9,7 +9,6 @@ after the call arrived); other answers go back to the caller to judge.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -31,7 +30,7 @@ from kommo_callerid.kommo.limits import (
     Sleep,
     retry_delay,
 )
-from kommo_callerid.kommo.parse import DETAIL_CHARS, Response, error_detail
+from kommo_callerid.kommo.parse import DETAIL_CHARS, Response, error_detail, loads_json
 from kommo_callerid.kommo.proxy import proxy_for
 
 log = structlog.get_logger(__name__)
@@ -126,8 +125,9 @@ class KommoTransport:
         max_attempts: int | None = None,
     ) -> Response:
         """The first answer that is not worth retrying (or the last of ``max_attempts``);
-        raises :class:`DeadlineReached` (also when the attempts ran out without an answer),
-        :class:`KommoAuthError`, or :class:`KommoError` (answer too large)."""
+        raises :class:`DeadlineReached` (also when the attempts ran out without an answer)
+        or :class:`KommoAuthError`. A body over :data:`MAX_BODY_BYTES` is not read: the
+        answer comes back ``oversized``."""
         call = _Call(method, path, params, payload, priority, deadline)
         refreshed, attempt = False, 0
         last: Response | _Failure = _Failure("no attempt before the deadline")
@@ -216,10 +216,8 @@ class KommoTransport:
                 self._stats.requests[path, None] += 1
                 return _Failure(self._transport_detail(exc, budget))
         self._stats.requests[path, status] += 1
-        if body is None:
-            detail = f"answer larger than {MAX_BODY_BYTES} bytes"
-            log.error("kommo.error", status=status, endpoint=path, detail=detail)
-            raise KommoError(status, path, detail)
+        if body is None:  # the caller decides: a notification's 2xx is a success whatever it says
+            return Response(path, status, content_type, b"", header_pause, oversized=True)
         return Response(path, status, content_type, body, retry_after=header_pause)
 
     def _ensure_session(self) -> aiohttp.ClientSession:
@@ -274,7 +272,7 @@ def _pause(outcome: Response | _Failure) -> float | None:
     if not isinstance(outcome, Response) or outcome.status != 429:
         return None
     try:
-        data = json.loads(outcome.body)
+        data = loads_json(outcome.body)
     except ValueError:
         data = None
     from_body = _seconds(data.get("retry_after")) if isinstance(data, dict) else None
