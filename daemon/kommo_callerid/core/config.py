@@ -10,15 +10,21 @@ from __future__ import annotations
 import ipaddress
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from kommo_callerid.core.config_sources import ENV_PREFIX, CredentialsSource
+from kommo_callerid.core.config_sources import ENV_PREFIX, CommaListEnvSource, CredentialsSource
 
 Seconds = float
+# Upper bounds: every number has one, so a typo cannot mean "never" (inf is refused too).
+MINUTE = 60.0
+HOUR = 3600.0
+DAY = 86400.0
+#: A Kommo user id (64-bit, positive).
+UserId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
 class _Section(BaseModel):
@@ -32,11 +38,11 @@ class AmiConfig(_Section):
     username: str = "kommo-callerid"
     secret: SecretStr
     tls: bool = False
-    connect_timeout: Seconds = Field(default=10.0, gt=0)
-    ping_interval: Seconds = Field(default=10.0, gt=0)
-    ping_timeout: Seconds = Field(default=5.0, gt=0)
-    reconnect_min: Seconds = Field(default=0.5, gt=0)
-    reconnect_max: Seconds = Field(default=30.0, gt=0)
+    connect_timeout: Seconds = Field(default=10.0, gt=0, le=MINUTE * 5)
+    ping_interval: Seconds = Field(default=10.0, gt=0, le=HOUR)
+    ping_timeout: Seconds = Field(default=5.0, gt=0, le=MINUTE * 5)
+    reconnect_min: Seconds = Field(default=0.5, gt=0, le=MINUTE * 5)
+    reconnect_max: Seconds = Field(default=30.0, gt=0, le=HOUR)
 
     @model_validator(mode="after")
     def _backoff_order(self) -> AmiConfig:
@@ -68,8 +74,8 @@ class KommoConfig(_Section):
     redirect_uri: str = ""
     refresh_token: SecretStr = SecretStr("")
     token_file: Path = Path("/var/lib/kommo-callerid/tokens.json")
-    timeout: Seconds = Field(default=10.0, gt=0)
-    rate_limit: float = Field(default=7.0, gt=0)
+    timeout: Seconds = Field(default=10.0, gt=0, le=MINUTE * 5)
+    rate_limit: float = Field(default=7.0, gt=0, le=1000)
     lookup: LookupMode = LookupMode.AUTO
     #: An http(s) proxy URL for every Kommo request; empty: HTTPS_PROXY / NO_PROXY from the
     #: environment are honoured.
@@ -120,9 +126,9 @@ class CallsConfig(_Section):
         "from-external",
         "from-did-direct",
     )
-    min_digits: int = Field(default=7, ge=1)
+    min_digits: int = Field(default=7, ge=1, le=20)
     default_region: str = ""
-    notify_ttl: Seconds = Field(default=45.0, gt=0)
+    notify_ttl: Seconds = Field(default=45.0, gt=0, le=HOUR)
     #: Where the PBX's own phones start calls; a call started here to a number of at least
     #: ``min_digits`` digits is an outbound call (journaled).
     outbound_contexts: tuple[str, ...] = ("from-internal",)
@@ -149,15 +155,15 @@ class Recipient(StrEnum):
 class NotifyConfig(_Section):
     to: tuple[Recipient, ...] = (Recipient.RINGING, Recipient.DID, Recipient.RESPONSIBLE)
     fallback: Literal["all", "none"] = "all"
-    fallback_after: Seconds = Field(default=3.0, ge=0)
-    extensions: dict[str, int] = Field(default_factory=dict)
-    dids: dict[str, tuple[int, ...]] = Field(default_factory=dict)
+    fallback_after: Seconds = Field(default=3.0, ge=0, le=HOUR)
+    extensions: dict[str, UserId] = Field(default_factory=dict)
+    dids: dict[str, tuple[UserId, ...]] = Field(default_factory=dict)
 
 
 class CacheConfig(_Section):
-    ttl: Seconds = Field(default=300.0, ge=0)
-    negative_ttl: Seconds = Field(default=60.0, ge=0)
-    max_entries: int = Field(default=10_000, ge=1)
+    ttl: Seconds = Field(default=300.0, ge=0, le=DAY * 30)
+    negative_ttl: Seconds = Field(default=60.0, ge=0, le=DAY * 30)
+    max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
 
 
 class LogConfig(_Section):
@@ -174,7 +180,7 @@ class LogConfig(_Section):
 def parse_listen(value: str) -> tuple[str, int]:
     """``"127.0.0.1:8899"`` or ``"[::1]:8899"`` -> (host, port); port 0 picks a free one."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError(f"must be HOST:PORT like 127.0.0.1:8899 or [::1]:8899, got {value!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -226,10 +232,10 @@ class JournalConfig(_Section):
     source: str = Field(default="kommo-callerid", min_length=1, max_length=100)
     recording_url: str = ""
     unknown: Literal["skip", "unsorted"] = "skip"
-    pipeline_id: int = Field(default=0, ge=0)
+    pipeline_id: int = Field(default=0, ge=0, le=2**63 - 1)
     missed_task: bool = False
-    missed_task_deadline: Seconds = Field(default=3600.0, gt=0, le=30 * 86400)
-    retain: Seconds = Field(default=86400.0, gt=0, le=30 * 86400)
+    missed_task_deadline: Seconds = Field(default=3600.0, gt=0, le=DAY * 30)
+    retain: Seconds = Field(default=86400.0, gt=0, le=DAY * 30)
     database: Path = Path("/var/lib/kommo-callerid/journal.sqlite3")
 
 
@@ -255,7 +261,7 @@ class ClusterConfig(_Section):
 
 
 class DaemonConfig(_Section):
-    shutdown_timeout: Seconds = Field(default=5.0, ge=0)
+    shutdown_timeout: Seconds = Field(default=5.0, ge=0, le=MINUTE * 10)
 
 
 class Config(BaseSettings):
@@ -290,4 +296,5 @@ class Config(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file arrives as init kwargs and ranks lowest: env and credentials override it.
-        return env_settings, CredentialsSource(settings_cls), init_settings
+        env = CommaListEnvSource(settings_cls)  # env_settings, but a list may be a comma list
+        return env, CredentialsSource(settings_cls), init_settings

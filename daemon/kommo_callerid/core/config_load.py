@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+from pydantic_settings import SettingsError
 
 from kommo_callerid.core.config import Config
 from kommo_callerid.core.config_sources import ENV_PREFIX, ConfigError
@@ -32,19 +34,28 @@ def resolve_config_path(cli_path: str | None) -> Path:
 
 def load_config(path: Path) -> Config:
     """Read, merge and validate; raise :class:`ConfigError` with a human message."""
-    data = _read_toml(path)
-    try:
-        return Config(**data)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+    return _build(_read_toml(path), path)
 
 
 def from_mapping(data: Mapping[str, Any]) -> Config:
     """A config built from a dict (demo, tests); env and credentials still apply."""
+    return _build(data, Path("<built-in>"))
+
+
+def _build(data: Mapping[str, Any], path: Path) -> Config:
+    # BaseSettings reads underscore-prefixed keyword arguments as its own options.
+    private = sorted(key for key in data if key.startswith("_"))
+    if private:
+        raise ConfigError(
+            f"The configuration in {path} is not valid: [{private[0]}] is not a known section "
+            "(check the spelling against config.example.toml)."
+        )
     try:
         return Config(**data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, Path("<built-in>"))) from None
+        raise ConfigError(_describe(exc, path)) from None
+    except SettingsError as exc:
+        raise ConfigError(_describe_env(exc)) from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -58,7 +69,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise ConfigError(
-            f"The configuration file {path} cannot be read: {exc.strerror}."
+            f"The configuration file {path} cannot be read: {exc.strerror or exc}."
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"The configuration file {path} is not UTF-8 text; a TOML file must be "
+            "(was a binary or another encoding saved there?)."
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"The configuration file {path} is not valid TOML: {exc}.") from None
@@ -70,15 +86,59 @@ def _describe(exc: ValidationError, path: Path) -> str:
         where = ".".join(str(part) for part in error["loc"]) or "(top level)"
         section, _, key = where.partition(".")
         name = f"[{section}] {key}" if key else f"[{section}]"
-        if error["type"] == "extra_forbidden":
-            message = "is not a known key (check the spelling against config.example.toml)"
-        elif error["type"] == "missing":
-            message = "is required"
-        else:
-            message = error["msg"].removeprefix("Value error, ")
-        problems.append(f"{name} {message}")
+        problems.append(f"{name} {_in_toml_words(error)}")
     return (
         f"The configuration in {path} is not valid: "
         + "; ".join(problems)
         + f". Values may also come from {ENV_PREFIX}<SECTION>__<KEY> environment variables."
+    )
+
+
+#: pydantic's error types in the words of a TOML file (its own speak of Python types).
+_TOML_WORDS = {
+    "extra_forbidden": "is not a known key (check the spelling against config.example.toml)",
+    "missing": "is required",
+    "finite_number": "must be a finite number (not inf or nan)",
+    "tuple_type": 'must be a list, like ["a", "b"]',
+    "list_type": 'must be a list, like ["a", "b"]',
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "string_type": 'must be a string (in quotes, like "text")',
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+}
+_BOUNDS = {
+    "greater_than": ("gt", "must be more than"),
+    "greater_than_equal": ("ge", "must be at least"),
+    "less_than": ("lt", "must be less than"),
+    "less_than_equal": ("le", "must be at most"),
+}
+
+
+def _in_toml_words(error: ErrorDetails) -> str:
+    kind = error["type"]
+    if kind in _TOML_WORDS:
+        return _TOML_WORDS[kind]
+    if kind in _BOUNDS:
+        limit_key, words = _BOUNDS[kind]
+        limit = (error.get("ctx") or {}).get(limit_key)
+        if isinstance(limit, int | float):
+            return f"{words} {int(limit) if limit == int(limit) else limit}"
+        return error["msg"]
+    message = error["msg"].removeprefix("Value error, ")
+    return message.replace("Input should be", "must be")
+
+
+def _describe_env(exc: SettingsError) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return (
+        f"An environment variable {ENV_PREFIX}<SECTION>__<KEY> cannot be read ({exc}"
+        + (f": {cause}" if cause else "")
+        + '). A list is a comma list (a,b) or JSON (["a","b"]); a table is JSON ({"key": 1}).'
     )

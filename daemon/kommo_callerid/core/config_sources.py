@@ -1,6 +1,8 @@
-"""Settings sources beyond the TOML file: secrets from systemd credentials.
+"""Settings sources beyond the TOML file: environment variables (where a list may be a comma
+list, as an operator would write it) and secrets from systemd credentials.
 
-Precedence, highest first: environment, credentials, TOML file, defaults.
+Precedence, highest first: environment, credentials, TOML file, defaults. A credential file
+that cannot be read is a :class:`ConfigError` naming the file.
 """
 
 from __future__ import annotations
@@ -8,10 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic.fields import FieldInfo
-from pydantic_settings import PydanticBaseSettingsSource
+from pydantic_settings import EnvSettingsSource, PydanticBaseSettingsSource
 
 ENV_PREFIX = "KOMMO_CALLERID_"
 
@@ -44,6 +46,42 @@ class CredentialsSource(PydanticBaseSettingsSource):
         for name, (section, key) in CREDENTIAL_FILES.items():
             path = Path(directory) / name
             if path.is_file():
-                value = path.read_text(encoding="utf-8").strip()
-                found.setdefault(section, {})[key] = value
+                found.setdefault(section, {})[key] = _read_credential(path)
         return found
+
+
+def _read_credential(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"The credential file {path} cannot be read: {exc.strerror or exc}. The service "
+            "user needs read access (systemd LoadCredential= gives it)."
+        ) from None
+    try:
+        value: str | None = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        value = None
+    if value is None or not value.isprintable():  # also a binary file that decoded
+        raise ConfigError(
+            f"The credential file {path} is not one line of text: it must hold the secret "
+            "alone (no binary data, no second line)."
+        )
+    return value
+
+
+class CommaListEnvSource(EnvSettingsSource):
+    """``KOMMO_CALLERID_CALLS__INBOUND_CONTEXTS=from-pstn,from-trunk`` is a list of two.
+
+    JSON (``["from-pstn"]``) still works; only a value that is not JSON is split on commas,
+    and only for a list-typed key.
+    """
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            annotation = field.annotation if field is not None else None
+            if isinstance(value, str) and get_origin(annotation) in (tuple, list):
+                return [part.strip() for part in value.split(",") if part.strip()]
+            raise
