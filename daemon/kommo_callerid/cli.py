@@ -118,10 +118,10 @@ def secrets_of(config: Config) -> list[str]:
 
 
 def _run(config: Config) -> int:
-    configure_logging(config.log, secrets=secrets_of(config))
+    scrubber = configure_logging(config.log, secrets=secrets_of(config))
 
     async def serve() -> int:
-        daemon = Daemon(config)
+        daemon = Daemon(config, on_secret=scrubber.remember)
         daemon.install_signal_handlers()
         return await daemon.serve()
 
@@ -151,10 +151,9 @@ def _authorize(config: Config, code: str) -> int:
     if not config.kommo.oauth:
         print("kommo-callerid: authorize is for OAuth; this config uses a long-lived access_token")
         return EXIT_CONFIG
-    configure_logging(config.log, secrets=[*secrets_of(config), code], stream=sys.stderr)
-
+    scrubber = configure_logging(config.log, secrets=[*secrets_of(config), code], stream=sys.stderr)
     try:
-        asyncio.run(authorize_once(config, code))
+        asyncio.run(authorize_once(config, code, on_secret=scrubber.remember))
     except KommoError as exc:
         print(f"kommo-callerid: authorisation failed: {exc.detail}", file=sys.stderr)
         return EXIT_FAILURE
@@ -163,12 +162,14 @@ def _authorize(config: Config, code: str) -> int:
 
 
 def _lookup(config: Config, number: str) -> int:
-    configure_logging(config.log, secrets=secrets_of(config), stream=sys.stderr)
+    scrubber = configure_logging(config.log, secrets=secrets_of(config), stream=sys.stderr)
     normalized = normalize_number(number, config.calls.default_region)
     if normalized is None:
         print(json.dumps({"number": number, "error": "not a phone number"}))
         return EXIT_FAILURE
-    result: dict[str, Any] = asyncio.run(lookup_once(config, normalized))
+    result: dict[str, Any] = asyncio.run(
+        lookup_once(config, normalized, on_secret=scrubber.remember)
+    )
     result = {"number": number, "normalized": normalized, **result}
     print(json.dumps(result, ensure_ascii=False))
     return EXIT_OK if "error" not in result else EXIT_FAILURE

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kommo_callerid.core.config import Config
 from kommo_callerid.core.models import Entity, KommoError
 from kommo_callerid.kommo.client import KommoClient
 
+#: Learns the OAuth tokens as they arrive (the log scrubber's ``remember``).
+SecretSink = Callable[[str], None] | None
 
-async def authorize_once(config: Config, code: str) -> None:
+
+async def authorize_once(config: Config, code: str, *, on_secret: SecretSink = None) -> None:
     """Trade an OAuth authorisation code for the first token pair, saved to ``token_file``;
     raises :class:`KommoError` (already logged) when Kommo refuses."""
-    async with KommoClient(config.kommo, config.cache) as kommo:
+    async with KommoClient(config.kommo, config.cache, on_secret=on_secret) as kommo:
         await kommo.authorize(code)
 
 
-async def lookup_once(config: Config, number: str) -> dict[str, Any]:
+async def lookup_once(
+    config: Config, number: str, *, on_secret: SecretSink = None
+) -> dict[str, Any]:
     """One lookup through the daemon's own client (``kommo-callerid lookup``)."""
-    async with KommoClient(config.kommo, config.cache) as kommo:
+    async with KommoClient(config.kommo, config.cache, on_secret=on_secret) as kommo:
         try:
             await kommo.ensure_credentials()
             result = await kommo.lookup(number)

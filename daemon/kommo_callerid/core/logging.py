@@ -3,7 +3,10 @@ panoramisk and aiohttp: JSON lines on stdout (or a console view on a terminal).
 
 Per-call fields (``call_id``, ``caller``) come from structlog's contextvars, bound by the
 daemon around everything it does for one call. With ``mask_numbers`` the caller's number is
-shortened in every line; known secret values are scrubbed from every line as a last guard.
+shortened in every line. As a last guard, every line is scrubbed of known secret values (the
+config's, and the OAuth tokens learnt at run time through :meth:`SecretScrubber.remember`)
+and of anything shaped like a bearer token or JWT; and control characters from the outside
+(a ``CallerIDName`` with ESC) are escaped and long values capped before any renderer sees them.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import logging
 import re
 import sys
+from collections import deque
 from collections.abc import Iterable
 from typing import TextIO
 
@@ -24,6 +28,29 @@ from kommo_callerid.core.config import LogConfig
 NUMBER_FIELDS = ("caller", "number", "phone_number")
 #: Libraries that are chatty at INFO; they log at WARNING unless the level is debug.
 QUIET_LIBRARIES = ("panoramisk", "aiohttp.access")
+#: Fields that carry a name from the outside (a caller ID, a CRM record) and how long they get.
+NAME_FIELDS = ("name", "caller_name")
+NAME_CHARS = 80
+#: Any other text field longer than this is cut (a traceback is left whole).
+VALUE_CHARS = 2000
+SCRUBBED = "**********"
+#: How many run-time secrets (rotated OAuth tokens) are remembered; older ones are dead.
+LIVE_SECRETS = 16
+#: Token shapes scrubbed whoever's they are: a JWT (Kommo's access tokens), a Kommo refresh
+#: token, whatever follows "Bearer".
+_TOKEN_SHAPES = (
+    r"eyJ[A-Za-z0-9_-]{6,}\.eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*",
+    r"def50200[0-9a-f]{32,}",
+    r"(?i:(?<=bearer )[A-Za-z0-9._~+/=-]{8,})",
+)
+#: C0/C1 controls and the invisible format characters that reorder or hide text.
+_CONTROLS = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]"
+)
+#: The same, but a traceback keeps its tabs and line breaks.
+_TRACEBACK_CONTROLS = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]"
+)
 
 
 def mask_number(number: str) -> str:
@@ -42,26 +69,61 @@ def _mask_numbers(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict
     return event_dict
 
 
-class _SecretScrubber:
-    """Replaces any known secret value that reached a log line (it never should).
+class SecretScrubber:
+    """Replaces any secret that reached a log line (it never should): the known values, and
+    anything shaped like a token.
 
     One regex search over all string fields at once keeps the common case (no secret) cheap.
     """
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        found = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, found))) if found else None
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._fixed = frozenset(s for s in secrets if len(s) >= 4)
+        self._live: deque[str] = deque(maxlen=LIVE_SECRETS)
+        self._pattern = self._compile()
+
+    def remember(self, secret: str) -> None:
+        """A secret learnt at run time (a rotated OAuth token): scrubbed from now on."""
+        if len(secret) >= 4 and secret not in self._fixed and secret not in self._live:
+            self._live.append(secret)
+            self._pattern = self._compile()
+
+    def _compile(self) -> re.Pattern[str]:
+        known = sorted({*self._fixed, *self._live}, key=len, reverse=True)
+        return re.compile("|".join([*map(re.escape, known), *_TOKEN_SHAPES]))
 
     def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         pattern = self._pattern
-        if pattern is None:
-            return event_dict
         texts = [value for value in event_dict.values() if isinstance(value, str)]
         if pattern.search("\0".join(texts)):
             for key, value in event_dict.items():
                 if isinstance(value, str):
-                    event_dict[key] = pattern.sub("**********", value)
+                    event_dict[key] = pattern.sub(SCRUBBED, value)
         return event_dict
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _clean(key: str, value: str) -> str:
+    if key == "exception":  # a traceback keeps its lines
+        return _TRACEBACK_CONTROLS.sub(_escape, value)
+    limit = NAME_CHARS if key in NAME_FIELDS else VALUE_CHARS
+    if len(value) > limit:
+        value = value[: limit - 1] + "\u2026"
+    return _CONTROLS.sub(_escape, value)
+
+
+def _neutralise_text(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Escape control characters and cap long values in every text field (one level of
+    lists too), so no renderer writes an ESC from a caller ID to a terminal."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = _clean(key, value)
+        elif isinstance(value, list | tuple) and any(isinstance(v, str) for v in value):
+            event_dict[key] = [_clean(key, v) if isinstance(v, str) else v for v in value]
+    return event_dict
 
 
 class _SafeWriteLogger(structlog.WriteLogger):
@@ -92,8 +154,9 @@ def _renderer(fmt: str, stream: TextIO) -> Processor:
 
 def configure_logging(
     config: LogConfig, *, secrets: Iterable[str] = (), stream: TextIO | None = None
-) -> None:
-    """Install the chain for structlog and the stdlib root logger (idempotent).
+) -> SecretScrubber:
+    """Install the chain for structlog and the stdlib root logger (idempotent); returns the
+    scrubber, so the OAuth tokens learnt later can be added to it.
 
     The daemon's own lines take structlog's native path (a filtering bound logger writing
     straight to the stream: a few microseconds a line, next to nothing for a filtered debug
@@ -109,7 +172,8 @@ def configure_logging(
     ]
     if config.mask_numbers:
         shared.append(_mask_numbers)
-    shared.append(_SecretScrubber(secrets))
+    scrubber = SecretScrubber(secrets)
+    shared.extend([scrubber, _neutralise_text])
     level = getattr(logging, config.level.upper())
     renderer = _renderer(config.format, stream)
     structlog.configure(
@@ -133,3 +197,4 @@ def configure_logging(
     root.setLevel(level)
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    return scrubber

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,8 +87,11 @@ class Daemon:
         stop: asyncio.Event | None = None,
         systemd: SystemdNotifier | None = None,
         journal_sink: JournalSink | None = None,
+        on_secret: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
+        #: Learns the OAuth tokens as they rotate, so the log chain can scrub them.
+        self._on_secret = on_secret
         self.stop = stop or asyncio.Event()
         self.systemd = systemd or SystemdNotifier()
         self.journal_sink = journal_sink or DebugJournalSink()
@@ -126,7 +130,7 @@ class Daemon:
     async def serve(self) -> int:
         async with AsyncExitStack() as stack:
             kommo = await stack.enter_async_context(
-                KommoClient(self.config.kommo, self.config.cache)
+                KommoClient(self.config.kommo, self.config.cache, on_secret=self._on_secret)
             )
             if not await self._credentials_usable(kommo):
                 return EXIT_CONFIG
@@ -339,6 +343,7 @@ class Daemon:
         last = running.last_event_at
         return Health(
             ami_connected=running.supervisor.connected,
+            kommo=str(running.kommo.health),
             facts={
                 "version": __version__,
                 "uptime_seconds": round(time.monotonic() - running.started_monotonic, 1),

@@ -7,17 +7,22 @@ OAuth rules that matter (Kommo's refresh tokens are single-use):
 * concurrent refreshes collapse into one (one task, every caller awaits it);
 * a refresh's answer is saved to disk (atomically, durably; see :mod:`kommo_tokens`) before
   the new access token is used — with no ``await`` between the answer and the save;
-* a new pair that could not be saved is kept in memory and saved before anything else, never
-  traded for another refresh (that would burn the only valid refresh token);
+* a new pair that could not be saved (disk full) is used from memory — once Kommo answered,
+  it is the only valid pair — and its save is retried every :data:`SAVE_RETRY` seconds; it is
+  never traded for another refresh with the spent token from the file, and the error line
+  is repeated at most once a minute;
 * a refresh token Kommo rejects is a :class:`KommoAuthError`, raised again without network
-  traffic until the token file changes (``kommo-callerid authorize`` fixes it live).
+  traffic until the token file changes (``kommo-callerid authorize`` fixes it live);
+* a token file (or its lock) the service cannot read is a :class:`TokenFileUnusable` whose
+  message says how to fix it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import structlog
@@ -26,7 +31,7 @@ from pydantic import SecretStr
 from kommo_callerid.core.config import KommoConfig
 from kommo_callerid.core.models import KommoAuthError, KommoError
 from kommo_callerid.kommo.parse import Response, error_detail, loads_json
-from kommo_callerid.kommo.tokens import TokenFile, TokenFileError, TokenPair
+from kommo_callerid.kommo.tokens import TokenFile, TokenFileError, TokenLockBusy, TokenPair
 
 log = structlog.get_logger(__name__)
 
@@ -35,10 +40,24 @@ TOKEN_PATH = "/oauth2/access_token"  # noqa: S105  (a URL path, not a password)
 REFRESH_MARGIN = 300.0
 #: Answers of the token endpoint that mean "this grant is dead", not "try again later".
 GRANT_REJECTED = frozenset({400, 401, 403})
+#: Seconds between attempts to save a pair that could not be saved.
+SAVE_RETRY = 10.0
+#: Seconds between two error lines about the same unsaved pair.
+SAVE_ERROR_LOG_INTERVAL = 60.0
+_OWNERSHIP_FIX = (
+    "the service's user must be able to read and write it: `systemctl restart kommo-callerid` "
+    "gives the StateDirectory back to the service (DynamicUser), or chown it to the service's "
+    "user; run one-shot commands as that user (e.g. `systemd-run -p DynamicUser=yes "
+    "-p StateDirectory=kommo-callerid --pipe kommo-callerid lookup NUMBER`)"
+)
 
 #: Sends a form to the token endpoint, unauthenticated, through the client's rate limit.
 Exchange = Callable[[dict[str, str]], Awaitable[Response]]
 WallClock = Callable[[], float]
+
+
+class TokenFileUnusable(KommoAuthError):
+    """The token file or its lock cannot be read or written by this process."""
 
 
 class TokenProvider(Protocol):
@@ -88,6 +107,11 @@ class OAuthTokens:
         self._unsaved: TokenPair | None = None
         self._dead: tuple[KommoAuthError, TokenPair | None] | None = None
         self._refreshing: asyncio.Task[TokenPair] | None = None
+        self._save_tried_at = float("-inf")
+        self._save_error_at = float("-inf")
+        self._save_errors_folded = 0
+        #: Called with every token value this provider learns, so logs can scrub them.
+        self.on_secret: Callable[[str], None] = lambda _: None
 
     async def authorization(self) -> str:
         return _bearer(await self._current())
@@ -105,20 +129,60 @@ class OAuthTokens:
 
     async def authorize(self, code: str) -> None:
         """Trade an authorisation code for the first pair and save it (``authorize`` command)."""
-        async with self._file.locked():
+        async with self._locked():
             self._adopt(await self._grant({"grant_type": "authorization_code", "code": code}))
+        if self._unsaved is not None:
+            detail = f"the new tokens could not be saved to {self._file.path}"
+            raise _logged(KommoError(None, TOKEN_PATH, detail))
 
     async def close(self) -> None:
         if self._refreshing is not None:
             self._refreshing.cancel()
             await asyncio.gather(self._refreshing, return_exceptions=True)
+        if self._unsaved is not None:
+            self._save_tried_at = float("-inf")
+            await self._retry_save()
+        if self._unsaved is not None:
+            log.error(
+                "kommo.error",
+                status=None,
+                endpoint=TOKEN_PATH,
+                detail=f"the OAuth tokens could not be saved to {self._file.path} and are lost "
+                "with this process; free the disk, then `kommo-callerid authorize CODE`",
+            )
 
     async def _current(self) -> TokenPair:
         if self._pair is None:
             self._pair = self._initial_pair()
-        if self._unsaved is not None or self._pair.expires_at - self._wall() < REFRESH_MARGIN:
+        if self._unsaved is not None:
+            await self._retry_save()
+        if self._pair.expires_at - self._wall() < REFRESH_MARGIN:
             return await self._refresh(self._pair)
         return self._pair
+
+    async def _retry_save(self) -> None:
+        """Save the pair in use that is not on disk yet; at most every :data:`SAVE_RETRY` s."""
+        if self._wall() - self._save_tried_at < SAVE_RETRY:
+            return
+        self._save_tried_at = self._wall()  # before the await: concurrent callers skip
+        try:
+            async with self._locked():
+                if self._unsaved is not None:
+                    self._adopt(self._unsaved)
+        except KommoError:
+            pass  # logged; the pair in memory still works
+
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """The file lock; its failures as Kommo errors (the body raises no TokenFileError)."""
+        try:
+            async with self._file.locked():
+                yield
+        except TokenLockBusy as exc:
+            raise _logged(KommoError(None, TOKEN_PATH, str(exc))) from None
+        except TokenFileError as exc:
+            error = TokenFileUnusable(None, TOKEN_PATH, f"{exc}; {_OWNERSHIP_FIX}")
+            raise _logged(error) from None
 
     def _initial_pair(self) -> TokenPair:
         saved = self._load()
@@ -148,14 +212,16 @@ class OAuthTokens:
     async def _refresh_once(self, stale: TokenPair) -> TokenPair:
         if self._dead is not None:
             self._raise_if_still_dead()
-        async with self._file.locked():
+        async with self._locked():
             if self._unsaved is not None:
-                return self._adopt(self._unsaved)  # Kommo's last pair, still unsaved
-            saved = self._load()
-            if saved is not None and saved != stale and not self._expiring(saved):
-                self._pair = saved  # another process refreshed while we waited for the lock
-                return saved
-            current = saved or stale
+                current = self._unsaved  # Kommo's last pair: the file's refresh token is spent
+            else:
+                saved = self._load()
+                if saved is not None and saved != stale and not self._expiring(saved):
+                    self._pair = saved  # another process refreshed while we waited for the lock
+                    self.on_secret(saved.access_token.get_secret_value())
+                    return saved
+                current = saved or stale
             grant = {"grant_type": "refresh_token"}
             grant["refresh_token"] = current.refresh_token.get_secret_value()
             return self._adopt(await self._grant(grant))
@@ -183,16 +249,20 @@ class OAuthTokens:
             raise _logged(KommoError(response.status, TOKEN_PATH, detail)) from None
 
     def _adopt(self, pair: TokenPair) -> TokenPair:
-        """Save first, use second; an unsaved pair is kept so the next refresh saves it."""
+        """Save first, use second; a pair that cannot be saved (twice in a row) is used from
+        memory all the same (the old one is spent) and kept for :meth:`_retry_save`."""
+        for secret in (pair.access_token, pair.refresh_token):
+            self.on_secret(secret.get_secret_value())
         self._unsaved = pair
-        try:
-            self._file.save(pair)
-        except TokenFileError as exc:
-            detail = f"new tokens not saved yet: {exc}"
-            raise _logged(KommoError(None, TOKEN_PATH, detail)) from None
-        self._unsaved = None
         self._pair = pair
         self._dead = None
+        try:
+            self._save_twice(pair)
+        except TokenFileError as exc:
+            self._log_unsaved(exc)
+            return pair
+        self._unsaved = None
+        self._save_errors_folded = 0
         log.info(
             "kommo.token_refreshed",
             expires_in=round(pair.expires_at - self._wall()),
@@ -200,17 +270,50 @@ class OAuthTokens:
         )
         return pair
 
+    def _save_twice(self, pair: TokenPair) -> None:
+        try:
+            self._file.save(pair)
+        except TokenFileError:
+            self._file.save(pair)  # a passing hiccup should not leave the pair unsaved
+
+    def _log_unsaved(self, exc: TokenFileError) -> None:
+        now = self._wall()
+        if now - self._save_error_at < SAVE_ERROR_LOG_INTERVAL:
+            self._save_errors_folded += 1
+            return
+        log.error(
+            "kommo.error",
+            status=None,
+            endpoint=TOKEN_PATH,
+            detail=f"new tokens not saved: {exc}; using them from memory and retrying the save "
+            f"every {SAVE_RETRY:g} s (they are lost if the service stops before that works)",
+            repeated=self._save_errors_folded,
+        )
+        self._save_error_at = now
+        self._save_errors_folded = 0
+
     def _load(self) -> TokenPair | None:
         try:
-            return self._file.load()
+            pair = self._file.load()
         except TokenFileError as exc:
-            raise self._reject(str(exc)) from None
+            raise self._reject(str(exc), unusable=exc.unreadable) from None
+        if pair is not None:
+            for secret in (pair.access_token, pair.refresh_token):
+                self.on_secret(secret.get_secret_value())
+        return pair
 
     def _expiring(self, pair: TokenPair) -> bool:
         return pair.expires_at - self._wall() < REFRESH_MARGIN
 
-    def _reject(self, detail: str, status: int | None = None) -> KommoAuthError:
-        error = KommoAuthError(status, TOKEN_PATH, detail)
+    def _reject(
+        self, detail: str, status: int | None = None, *, unusable: bool = False
+    ) -> KommoAuthError:
+        if unusable:
+            error: KommoAuthError = TokenFileUnusable(
+                status, TOKEN_PATH, f"{detail}; {_OWNERSHIP_FIX}"
+            )
+        else:
+            error = KommoAuthError(status, TOKEN_PATH, detail)
         self._dead = (error, self._safe_load())
         log.error("kommo.error", status=status, endpoint=TOKEN_PATH, detail=detail)
         return error

@@ -24,11 +24,13 @@ from kommo_callerid.core.models import (
     AccountInfo,
     DeadlineReached,
     Entity,
+    KommoAuthError,
     KommoError,
     LookupResult,
     NotifyOutcome,
 )
 from kommo_callerid.kommo.auth import OAuthTokens, StaticToken, TokenProvider, WallClock
+from kommo_callerid.kommo.health import HealthTracker, KommoHealth
 from kommo_callerid.kommo.limits import Clock, LookupCache, Priority, Sleep
 from kommo_callerid.kommo.parse import (
     BadShape,
@@ -41,7 +43,7 @@ from kommo_callerid.kommo.parse import (
 )
 from kommo_callerid.kommo.transport import MAX_BODY_BYTES, KommoStats, KommoTransport
 
-__all__ = ["KommoClient", "KommoStats", "TokenProvider"]
+__all__ = ["KommoClient", "KommoHealth", "KommoStats", "TokenProvider"]
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +67,9 @@ class KommoClient:
         sleep: Sleep = asyncio.sleep,
         wall_clock: WallClock = time.time,
         token_provider: TokenProvider | None = None,
+        on_secret: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_secret`` learns every OAuth token as it arrives (the log scrubber's remember)."""
         self._config = config
         self._clock = clock
         self.stats = KommoStats()
@@ -75,10 +79,14 @@ class KommoClient:
         if token_provider is not None:
             self._http.auth = token_provider
         elif config.oauth:
-            self._http.auth = OAuthTokens(config, self._http.exchange_tokens, wall_clock=wall_clock)
+            tokens = OAuthTokens(config, self._http.exchange_tokens, wall_clock=wall_clock)
+            if on_secret is not None:
+                tokens.on_secret = on_secret
+            self._http.auth = tokens
         self._cache = LookupCache(cache)
         self._inflight: dict[str, asyncio.Task[LookupResult]] = {}
         self._by_phone_gone = False
+        self._health = HealthTracker()
 
     async def __aenter__(self) -> Self:
         return self
@@ -96,7 +104,12 @@ class KommoClient:
         a refresh (the daemon calls this at start-up and every minute). Raises
         :class:`KommoAuthError` when a human has to act, :class:`KommoError` when Kommo
         could not be reached."""
-        await self._http.auth.refresh_if_due()
+        try:
+            await self._http.auth.refresh_if_due()
+        except KommoAuthError as exc:
+            self._health.auth_failed(exc)
+            raise
+        self._health.credentials_usable()
 
     async def authorize(self, code: str) -> None:
         """Trade an authorisation code for the first OAuth pair and save it."""
@@ -127,6 +140,11 @@ class KommoClient:
     def blocked(self) -> bool:
         """Kommo answered 403 and has not accepted a request since."""
         return self._http.gate.blocked
+
+    @property
+    def health(self) -> KommoHealth:
+        """Whether a notification could go out now (``/healthz``)."""
+        return self._health.state(blocked=self.blocked)
 
     async def lookup(self, number: str, *, within: float | None = None) -> LookupResult:
         """Who is calling, retrying for up to ``within`` seconds (default: one request
@@ -173,13 +191,19 @@ class KommoClient:
                 deadline=started + within,
             )
         except DeadlineReached as exc:
+            self._health.notification_expired()
             return self._dropped(NotifyOutcome.DROPPED_TTL, recipients, exc, exc.attempts)
+        except KommoAuthError as exc:
+            self._health.auth_failed(exc)
+            return self._dropped(NotifyOutcome.REJECTED, recipients, exc, 1)
         except KommoError as exc:
             return self._dropped(NotifyOutcome.REJECTED, recipients, exc, 1)
+        self._health.answered(response.status)
         if not 200 <= response.status < 300:
             error = self._failure(response.status, EVENTS_PATH, error_detail(response))
             return self._dropped(NotifyOutcome.REJECTED, recipients, error, response.attempts)
         self.stats.notifications_sent += 1
+        self._health.notification_sent()
         log.info(
             "kommo.notified",
             users=recipients,
@@ -325,11 +349,16 @@ class KommoClient:
         max_attempts: int | None = None,
     ) -> Response:
         try:
-            return await self._http.request(
+            response = await self._http.request(
                 method, path, params=params, deadline=deadline, max_attempts=max_attempts
             )
         except DeadlineReached as exc:
             raise self._failure(exc.status, path, exc.detail) from None
+        except KommoAuthError as exc:
+            self._health.auth_failed(exc)
+            raise
+        self._health.answered(response.status)
+        return response
 
     def _deadline(self) -> float:
         return self._clock() + self._config.timeout

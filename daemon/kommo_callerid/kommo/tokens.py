@@ -7,6 +7,10 @@ rename over the old file, fsync of the directory. A crash at any point leaves ei
 old file or the new one, never a torn one. An advisory lock beside the file keeps a second
 process (``kommo-callerid lookup`` next to the running daemon) from refreshing at the same
 time with the same refresh token.
+
+One-shot commands often run as root (``sudo kommo-callerid check``) next to a daemon that
+runs as its own (dynamic) user: a file or lock root creates or replaces takes the owner and
+group of the file it replaces (or of its directory), so the service can still read it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,15 @@ MAX_TOKEN_CHARS = 8192
 
 class TokenFileError(Exception):
     """The token file cannot be read, parsed or written; the message says which and why."""
+
+    def __init__(self, message: str, *, unreadable: bool = False) -> None:
+        super().__init__(message)
+        #: The file is there but this process cannot read it (ownership, mode, not a file).
+        self.unreadable = unreadable
+
+
+class TokenLockBusy(TokenFileError):
+    """Another process held the lock for longer than we wait."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +91,9 @@ class TokenFile:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise TokenFileError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+            raise TokenFileError(
+                f"cannot read {self.path}: {exc.strerror or exc}", unreadable=True
+            ) from None
         try:
             data = json.loads(raw)
             expires_at = float(data.get("expires_at", 0))
@@ -108,12 +123,15 @@ class TokenFile:
         directory = self.path.parent
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            owner = _owner_to_keep(self.path)
             fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
         except OSError as exc:
             raise TokenFileError(f"cannot write in {directory}: {exc.strerror or exc}") from None
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 os.fchmod(handle.fileno(), 0o600)
+                if owner is not None:
+                    os.fchown(handle.fileno(), *owner)
                 handle.write(body)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -130,18 +148,37 @@ class TokenFile:
         lock_path = self.path.with_name(self.path.name + ".lock")
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            owner = _owner_to_keep(lock_path)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
-            raise TokenFileError(f"cannot lock {lock_path}: {exc.strerror or exc}") from None
+            raise TokenFileError(
+                f"cannot open the lock {lock_path}: {exc.strerror or exc}",
+                unreadable=isinstance(exc, PermissionError),
+            ) from None
         try:
+            if owner is not None:
+                with contextlib.suppress(OSError):  # best effort: a lock is no secret
+                    os.fchown(fd, *owner)
             deadline = time.monotonic() + timeout
             while not _try_lock(fd):
                 if time.monotonic() > deadline:
-                    raise TokenFileError(f"{lock_path} is held by another kommo-callerid process")
+                    raise TokenLockBusy(f"{lock_path} is held by another kommo-callerid process")
                 await asyncio.sleep(0.05)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
+
+
+def _owner_to_keep(path: Path) -> tuple[int, int] | None:
+    """Running as root: the (uid, gid) a new ``path`` must get so the service can still use
+    it — that of the file it replaces, else of its directory. None when not root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        found = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        found = os.stat(path.parent)
+    return found.st_uid, found.st_gid
 
 
 def _try_lock(fd: int) -> bool:

@@ -28,6 +28,13 @@ class Health:
     ami_connected: bool
     #: Small facts for a human or a probe: uptime, version, last event age.
     facts: Mapping[str, Any]
+    #: Whether notifications can go out: "ok", or what stops them ("unauthorised",
+    #: "token_unreadable", "blocked", "backlog").
+    kommo: str = "ok"
+
+    @property
+    def healthy(self) -> bool:
+        return self.ami_connected and self.kommo == "ok"
 
 
 class MetricsPage(Protocol):
@@ -82,10 +89,10 @@ class HttpServer:
     async def _healthz(self, request: web.Request) -> web.Response:
         health = self._health()
         state = "connected" if health.ami_connected else "disconnected"
-        body = {"ami": state, **health.facts}
+        body = {"ami": state, "kommo": health.kommo, **health.facts}
         return web.Response(
             text=json.dumps(body),
-            status=200 if health.ami_connected else 503,
+            status=200 if health.healthy else 503,
             content_type="application/json",
             headers={"Cache-Control": "no-store"},
         )
