@@ -45,10 +45,9 @@ SAVE_RETRY = 10.0
 #: Seconds between two error lines about the same unsaved pair.
 SAVE_ERROR_LOG_INTERVAL = 60.0
 _OWNERSHIP_FIX = (
-    "the service's user must be able to read and write it: `systemctl restart kommo-callerid` "
-    "gives the StateDirectory back to the service (DynamicUser), or chown it to the service's "
-    "user; run one-shot commands as that user (e.g. `systemd-run -p DynamicUser=yes "
-    "-p StateDirectory=kommo-callerid --pipe kommo-callerid lookup NUMBER`)"
+    "the service's user must be able to read and write it and its .lock: "
+    "`systemctl restart kommo-callerid` gives the StateDirectory back to the service "
+    "(DynamicUser), or chown them to the user the daemon runs as"
 )
 
 #: Sends a form to the token endpoint, unauthenticated, through the client's rate limit.
@@ -315,7 +314,7 @@ class OAuthTokens:
         else:
             error = KommoAuthError(status, TOKEN_PATH, detail)
         self._dead = (error, self._safe_load())
-        log.error("kommo.error", status=status, endpoint=TOKEN_PATH, detail=detail)
+        log.error("kommo.error", status=status, endpoint=TOKEN_PATH, detail=error.detail)
         return error
 
     def _raise_if_still_dead(self) -> None:
