@@ -11,13 +11,14 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from kommo_callerid import __version__
 from kommo_callerid.calls.detector import normalize_number
 from kommo_callerid.commands.oneshot import authorize_once, lookup_once
-from kommo_callerid.core.config import Config
+from kommo_callerid.core.config import Config, LogConfig
 from kommo_callerid.core.config_load import ConfigError, load_config, resolve_config_path
 from kommo_callerid.core.logging import configure_logging
 from kommo_callerid.core.models import KommoError
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(calls=args.calls, raw=args.json)
         config = _load(args.config)
         if args.command == "run":
-            return _run(config)
+            return _run(config, resolve_config_path(args.config))
         if args.command == "check":
             return _check(config, args.config, offline=args.offline, listen=args.listen)
         if args.command == "authorize":
@@ -117,11 +118,14 @@ def secrets_of(config: Config) -> list[str]:
     ]
 
 
-def _run(config: Config) -> int:
+def _run(config: Config, path: Path) -> int:
     scrubber = configure_logging(config.log, secrets=secrets_of(config))
 
+    def relog(log_config: LogConfig) -> None:
+        configure_logging(log_config, scrubber=scrubber)
+
     async def serve() -> int:
-        daemon = Daemon(config, on_secret=scrubber.remember)
+        daemon = Daemon(config, on_secret=scrubber.remember, config_path=path, relog=relog)
         daemon.install_signal_handlers()
         return await daemon.serve()
 

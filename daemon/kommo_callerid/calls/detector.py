@@ -158,6 +158,15 @@ class CallTracker:
     def __len__(self) -> int:
         return len(self._calls)
 
+    def reconfigure(
+        self, inbound_contexts: Iterable[str], min_digits: int, default_region: str = ""
+    ) -> None:
+        """New rules (a reloaded ``[calls]``) for the channels that arrive from now on."""
+        patterns = "|".join(f"(?:{fnmatch.translate(p)})" for p in inbound_contexts)
+        self._inbound = re.compile(patterns) if patterns else None
+        self._min_digits = min_digits
+        self._region = default_region
+
     def is_inbound_context(self, context: str) -> bool:
         return self._inbound is not None and self._inbound.fullmatch(context) is not None
 

@@ -153,10 +153,15 @@ def _renderer(fmt: str, stream: TextIO) -> Processor:
 
 
 def configure_logging(
-    config: LogConfig, *, secrets: Iterable[str] = (), stream: TextIO | None = None
+    config: LogConfig,
+    *,
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+    scrubber: SecretScrubber | None = None,
 ) -> SecretScrubber:
     """Install the chain for structlog and the stdlib root logger (idempotent); returns the
-    scrubber, so the OAuth tokens learnt later can be added to it.
+    scrubber, so the OAuth tokens learnt later can be added to it (pass it back in to keep
+    them when the chain is installed again, e.g. after a reload).
 
     The daemon's own lines take structlog's native path (a filtering bound logger writing
     straight to the stream: a few microseconds a line, next to nothing for a filtered debug
@@ -172,7 +177,7 @@ def configure_logging(
     ]
     if config.mask_numbers:
         shared.append(_mask_numbers)
-    scrubber = SecretScrubber(secrets)
+    scrubber = scrubber or SecretScrubber(secrets)
     shared.extend([scrubber, _neutralise_text])
     level = getattr(logging, config.level.upper())
     renderer = _renderer(config.format, stream)

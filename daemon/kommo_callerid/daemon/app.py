@@ -3,7 +3,8 @@
 Life in named steps, as in uvicorn's server: ``startup`` (clients, tasks, READY=1),
 ``main_loop`` (wait for a stop request or a fatal start-up error), ``shutdown`` (stop intake,
 let in-flight notifications finish for up to ``shutdown_timeout``, log the counters).
-Signal handlers only set the stop event.
+Signal handlers only set an event: SIGTERM/SIGINT the stop event, SIGHUP the reload event
+(the reload itself is :mod:`kommo_callerid.daemon.reload`, run as an owned task).
 
 Size: the lifecycle in named steps (startup, main loop, shutdown) and the views it feeds.
 """
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -26,7 +28,7 @@ from kommo_callerid.ami.sessions import AmiSessions
 from kommo_callerid.ami.supervisor import AmiSupervisor
 from kommo_callerid.calls.detector import CallTracker
 from kommo_callerid.calls.outcome import OutcomeTracker
-from kommo_callerid.core.config import Config
+from kommo_callerid.core.config import Config, LogConfig
 from kommo_callerid.core.models import (
     AmiLoginError,
     ChannelEvent,
@@ -37,6 +39,7 @@ from kommo_callerid.core.models import (
 )
 from kommo_callerid.daemon.notifier import CallNotifier, TaskOwner
 from kommo_callerid.daemon.outcomes import DebugJournalSink, JournalSink
+from kommo_callerid.daemon.reload import ConfigReloader
 from kommo_callerid.daemon.systemd import SystemdNotifier
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.web.callerid import CallerIdService
@@ -88,8 +91,15 @@ class Daemon:
         systemd: SystemdNotifier | None = None,
         journal_sink: JournalSink | None = None,
         on_secret: Callable[[str], None] | None = None,
+        config_path: Path | None = None,
+        relog: Callable[[LogConfig], None] | None = None,
     ) -> None:
+        #: The running configuration; SIGHUP replaces it (see :meth:`_apply_config`).
         self.config = config
+        #: Re-read on SIGHUP; ``relog`` applies a reloaded ``[log]`` to the log chain.
+        self._config_path = config_path
+        self._relog = relog
+        self.reload = asyncio.Event()
         #: Learns the OAuth tokens as they rotate, so the log chain can scrub them.
         self._on_secret = on_secret
         self.stop = stop or asyncio.Event()
@@ -126,6 +136,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload.set)
 
     async def serve(self) -> int:
         async with AsyncExitStack() as stack:
@@ -189,6 +200,7 @@ class Daemon:
             asyncio.create_task(running.supervisor.run(), name="ami-supervisor"),
             asyncio.create_task(self._consume(running), name="call-intake"),
             asyncio.create_task(self._housekeeping(running), name="housekeeping"),
+            asyncio.create_task(self._reloader(running).run(self.reload), name="config-reload"),
         ]
         log.info(
             "daemon.started",
@@ -199,6 +211,25 @@ class Daemon:
         )
         self.systemd.ready("running; AMI connecting")
         return running
+
+    def _reloader(self, running: _Running) -> ConfigReloader:
+        return ConfigReloader(
+            self._config_path, lambda: self.config, lambda new: self._apply_config(running, new)
+        )
+
+    def _apply_config(self, running: _Running, config: Config) -> None:
+        """SIGHUP: what may change without dropping a link (the reload plan kept the rest)."""
+        old, self.config = self.config, config
+        calls = config.calls
+        running.notifier.reconfigure(config.notify, calls)
+        running.tracker.reconfigure(calls.inbound_contexts, calls.min_digits, calls.default_region)
+        running.outcomes.reconfigure(
+            calls.inbound_contexts, calls.outbound_contexts, calls.min_digits, calls.default_region
+        )
+        if running.callerid is not None:
+            running.callerid.reconfigure(calls)
+        if config.log != old.log and self._relog is not None:
+            self._relog(config.log)
 
     async def _main_loop(self, running: _Running) -> int:
         stop_waiter = asyncio.create_task(self.stop.wait(), name="stop-waiter")

@@ -132,6 +132,11 @@ class CallNotifier:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.stats = NotifierStats()
 
+    def reconfigure(self, notify_config: NotifyConfig, calls_config: CallsConfig) -> None:
+        """A reloaded ``[notify]``/``[calls]``: calls from now on follow it (SIGHUP)."""
+        self._notify = notify_config
+        self._ttl = calls_config.notify_ttl
+
     @property
     def active_calls(self) -> int:
         return len(self._active)

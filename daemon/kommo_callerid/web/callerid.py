@@ -78,6 +78,11 @@ class CallerIdService:
     def background_lookups(self) -> int:
         return len(self._pending)
 
+    def reconfigure(self, calls: CallsConfig) -> None:
+        """A reloaded ``[calls]`` (SIGHUP): how numbers are read from now on."""
+        self._region = calls.default_region
+        self._min_digits = calls.min_digits
+
     async def name_for(self, raw: str) -> str:
         """The sanitised name for a caller number; empty when unknown, slow, invalid or failed."""
         answer, name = await self._resolve(raw)

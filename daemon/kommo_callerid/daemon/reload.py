@@ -1,0 +1,119 @@
+"""SIGHUP: re-read the configuration file and apply what can change without dropping a link.
+
+``[notify]``, ``[calls]``, ``[journal]`` (except ``database``), ``[daemon]``, ``[log] level``
+and ``mask_numbers`` apply at once (``config.reloaded``, with the keys). Any other changed key
+— ``[ami]``, ``[kommo]``, ``[cluster]``, ``[http]``, ``[cache]``, ``[log] format``,
+``[journal] database`` — keeps its running value and is named in ``config.restart_needed``.
+A file that does not load is ``config.reload_failed`` and the running configuration stays.
+The signal handler only sets an event; :meth:`ConfigReloader.run` is an owned task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from pydantic import BaseModel
+
+from kommo_callerid.core.config import Config
+from kommo_callerid.core.config_load import ConfigError, load_config
+
+log = structlog.get_logger(__name__)
+
+#: Sections whose every key applies live; for the rest, only the keys listed here.
+LIVE_SECTIONS = frozenset({"notify", "calls", "journal", "daemon"})
+LIVE_KEYS = frozenset({"log.level", "log.mask_numbers"})
+#: Keys of a live section that still need a restart.
+FIXED_KEYS = frozenset({"journal.database"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    #: The configuration to run with: the new file, except for the keys that need a restart.
+    config: Config
+    applied: tuple[str, ...]
+    restart_needed: tuple[str, ...]
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """``section.key`` of every value that differs (a whole section when it is not a table)."""
+    changed = []
+    for section in type(old).model_fields:
+        before, after = getattr(old, section), getattr(new, section)
+        if before == after:
+            continue
+        if not isinstance(before, BaseModel):
+            changed.append(section)
+            continue
+        for key in type(before).model_fields:
+            if getattr(before, key) != getattr(after, key):
+                changed.append(f"{section}.{key}")
+    return changed
+
+
+def is_live(key: str) -> bool:
+    section = key.partition(".")[0]
+    return key in LIVE_KEYS or (section in LIVE_SECTIONS and key not in FIXED_KEYS)
+
+
+def plan_reload(old: Config, new: Config) -> ReloadPlan:
+    changed = changed_keys(old, new)
+    fixed = [key for key in changed if not is_live(key)]
+    kept: dict[str, dict[str, object]] = {}
+    for key in fixed:  # the running value stays until a restart
+        section, _, name = key.partition(".")
+        source = getattr(old, section)
+        kept.setdefault(section, {})[name] = getattr(source, name) if name else source
+    updates = {
+        section: (values[""] if "" in values else getattr(new, section).model_copy(update=values))
+        for section, values in kept.items()
+    }
+    running = new.model_copy(update=updates)
+    applied = tuple(key for key in changed if is_live(key))
+    return ReloadPlan(running, applied, tuple(fixed))
+
+
+class ConfigReloader:
+    """Waits for the SIGHUP event and reloads; never raises (a bad file is logged)."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        current: Callable[[], Config],
+        apply: Callable[[Config], None],
+    ) -> None:
+        self._path = path
+        self._current = current
+        self._apply = apply
+
+    async def run(self, requested: asyncio.Event) -> None:
+        while True:
+            await requested.wait()
+            requested.clear()
+            await self.reload_once()
+
+    async def reload_once(self) -> None:
+        where = str(self._path) if self._path is not None else None
+        try:
+            if self._path is None:
+                raise ConfigError("this daemon was started without a configuration file")
+            loaded = await asyncio.to_thread(load_config, self._path)
+            plan = plan_reload(self._current(), loaded)
+            self._apply(plan.config)
+        except ConfigError as exc:
+            log.error("config.reload_failed", path=where, reason=str(exc))
+            return
+        except Exception as exc:  # a reload must never end the daemon
+            log.error("config.reload_failed", path=where, reason=repr(exc), exc_info=exc)
+            return
+        if plan.restart_needed:
+            log.warning(
+                "config.restart_needed",
+                path=where,
+                keys=list(plan.restart_needed),
+                hint="these keys keep their running values until `systemctl restart`",
+            )
+        log.info("config.reloaded", path=where, changed=list(plan.applied))
