@@ -17,7 +17,9 @@ from urllib.parse import urlsplit
 
 from kommo_callerid import __version__
 from kommo_callerid.calls.detector import normalize_number
+from kommo_callerid.commands.check_local import check_local
 from kommo_callerid.commands.oneshot import authorize_once, lookup_once
+from kommo_callerid.commands.report import Report
 from kommo_callerid.core.config import Config, LogConfig
 from kommo_callerid.core.config_load import ConfigError, load_config, resolve_config_path
 from kommo_callerid.core.logging import configure_logging
@@ -140,14 +142,17 @@ def _check(config: Config, cli_path: str | None, *, offline: bool, listen: float
     print(f"  Kommo:    {config.kommo.base_url} ({mode}, lookup: {config.kommo.lookup})")
     print(f"  Inbound contexts: {', '.join(config.calls.inbound_contexts)}")
     print(f"  Recipients: {', '.join(config.notify.to)}; fallback: {config.notify.fallback}")
+    report = Report()
+    check_local(config, path, report)
     if offline:
+        report.summary()
         return EXIT_OK
     configure_logging(config.log, secrets=secrets_of(config), stream=sys.stderr)
     # The report says what went wrong and how to fix it; log lines would only repeat it.
     logging.getLogger().setLevel(logging.CRITICAL)
     from kommo_callerid.commands.check import run_online_checks  # noqa: PLC0415
 
-    all_well = asyncio.run(run_online_checks(config, listen=listen))
+    all_well = asyncio.run(run_online_checks(config, listen=listen, report=report))
     return EXIT_OK if all_well else EXIT_FAILURE
 
 

@@ -57,6 +57,7 @@ access_token = "{token}"
 timeout = 3.0
 """
     )
+    path.chmod(0o600)  # it holds secrets: check would warn about a world-readable one
     return path
 
 

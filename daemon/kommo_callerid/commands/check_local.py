@@ -1,0 +1,143 @@
+"""The local half of ``kommo-callerid check`` (also with ``--offline``): this host's files,
+contacting nothing. Warnings only — each says what to change: example values left in the
+configuration, credential or token files other users may read or write, secrets written into
+a world-readable configuration file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from kommo_callerid.commands.report import Report
+from kommo_callerid.core.config import Config
+
+#: Values config.example.toml ships that mean "not edited yet".
+PLACEHOLDERS = frozenset({"change-me", "changeme", "...", ""})
+EXAMPLE_BASE_URL = "https://example.kommo.com"
+#: Keys that hold a secret: better in a credential file than in config.toml.
+SECRET_KEYS = (
+    ("ami", "secret"),
+    ("kommo", "access_token"),
+    ("kommo", "client_secret"),
+    ("kommo", "refresh_token"),
+    ("cluster", "redis_password"),
+)
+_OTHERS = stat.S_IRWXG | stat.S_IRWXO
+
+
+def check_local(config: Config, config_path: Path, report: Report) -> None:
+    report.heading("Local checks:")
+    before = report.warnings
+    _example_values(config, report)
+    _credential_files(config_path, report)
+    _inline_secrets(config_path, report)
+    _token_file(config, report)
+    if report.warnings == before:
+        report.ok("files: no example values, credentials and tokens readable by their owner only")
+
+
+def _example_values(config: Config, report: Report) -> None:
+    if config.ami.secret.get_secret_value() in PLACEHOLDERS:
+        report.warn(
+            "[ami] secret is still the example value",
+            "set it to the secret of the AMI user in /etc/asterisk/manager.conf "
+            "(better: in the ami_secret credential file)",
+        )
+    token = config.kommo.access_token.get_secret_value()
+    if not config.kommo.oauth and token in PLACEHOLDERS:
+        report.warn(
+            "[kommo] access_token is still the example value",
+            "paste the long-lived token of your private integration (Kommo: Settings > "
+            "Integrations > Keys and scopes), better into the kommo_access_token credential file",
+        )
+    if config.kommo.base_url == EXAMPLE_BASE_URL:
+        report.warn(
+            f"[kommo] base_url is still the example {EXAMPLE_BASE_URL}",
+            "set it to https://<subdomain>.kommo.com, the address you open Kommo at",
+        )
+
+
+def _credential_directory(config_path: Path) -> Path:
+    found = os.environ.get("CREDENTIALS_DIRECTORY")
+    return Path(found) if found else config_path.parent / "credentials"
+
+
+def _credential_files(config_path: Path, report: Report) -> None:
+    directory = _credential_directory(config_path)
+    try:
+        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+    except OSError:
+        return  # no credential files: nothing to judge
+    for entry in entries:
+        mode = _mode(Path(entry.path))
+        if mode is not None and stat.S_ISREG(mode) and mode & _OTHERS:
+            report.warn(
+                f"credential file {entry.path} may be read by other users "
+                f"(mode {stat.S_IMODE(mode):04o})",
+                f"chmod 600 {entry.path} (systemd's LoadCredential= reads it as root)",
+            )
+
+
+def _inline_secrets(config_path: Path, report: Report) -> None:
+    mode = _mode(config_path)
+    if mode is None or not mode & stat.S_IROTH:
+        return
+    raw = _raw_toml(config_path)
+    inline = [
+        f"[{section}] {key}"
+        for section, key in SECRET_KEYS
+        if isinstance(raw.get(section), dict) and raw[section].get(key)
+    ]
+    if inline:
+        report.warn(
+            f"{config_path} is readable by every user (mode {stat.S_IMODE(mode):04o}) and "
+            f"holds {', '.join(inline)}",
+            "move secrets to credential files (see README: systemd LoadCredential=) and "
+            "delete them from the file",
+        )
+
+
+def _token_file(config: Config, report: Report) -> None:
+    if not config.kommo.oauth:
+        return
+    path = config.kommo.token_file
+    mode = _mode(path)
+    if mode is None:
+        return
+    if mode & stat.S_IWOTH:
+        report.warn(
+            f"the OAuth token file {path} may be written by every user "
+            f"(mode {stat.S_IMODE(mode):04o}): anyone could plant tokens",
+            f"chmod 600 {path}",
+        )
+    elif mode & (stat.S_IRGRP | stat.S_IROTH):
+        report.warn(
+            f"the OAuth token file {path} may be read by other users "
+            f"(mode {stat.S_IMODE(mode):04o})",
+            f"chmod 600 {path}",
+        )
+    directory_mode = _mode(path.parent)
+    if directory_mode is not None and directory_mode & stat.S_IWOTH:
+        report.warn(
+            f"{path.parent} (the token file's directory) may be written by every user",
+            f"chmod 700 {path.parent}",
+        )
+
+
+def _mode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return None
+
+
+def _raw_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, ValueError):
+        return {}

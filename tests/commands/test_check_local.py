@@ -1,0 +1,87 @@
+"""``check --offline`` warns about this host's files: example values, credential files other
+users may read, a world-writable token file, secrets in a world-readable config file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kommo_callerid.cli import main
+
+from support import ROOT
+
+GOOD = """
+[ami]
+username = "kommo-callerid"
+[kommo]
+base_url = "https://acme.kommo.com"
+client_id = "integration"
+redirect_uri = "https://pbx.example/kommo"
+token_file = "{token_file}"
+"""
+
+
+def offline(path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["check", "--offline", "-c", str(path)]) == 0  # warnings do not fail
+    return capsys.readouterr().out
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """/etc/kommo-callerid as the README sets it up: config 0644, credentials 0600."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    etc = tmp_path / "etc"
+    (etc / "credentials").mkdir(parents=True)
+    for name, value in (("ami_secret", "s3cret"), ("kommo_client_secret", "cs")):
+        (etc / "credentials" / name).write_text(value)
+        (etc / "credentials" / name).chmod(0o600)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(etc / "credentials"))
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "tokens.json").write_text("{}")
+    (state / "tokens.json").chmod(0o600)
+    config = etc / "config.toml"
+    config.write_text(GOOD.format(token_file=state / "tokens.json"))
+    config.chmod(0o644)
+    return config
+
+
+def test_a_tidy_host_has_no_warning(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = offline(host, capsys)
+    assert "WARN" not in out and "OK   files:" in out
+
+
+def test_the_unedited_example_is_warned_about(capsys: pytest.CaptureFixture[str]) -> None:
+    out = offline(ROOT / "config.example.toml", capsys)
+    assert "WARN [ami] secret is still the example value" in out
+    assert "WARN [kommo] access_token is still the example value" in out
+    assert "WARN [kommo] base_url is still the example" in out
+
+
+def test_a_0644_credential_file_is_warned_about(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = host.parent / "credentials" / "ami_secret"
+    secret.chmod(0o644)
+    out = offline(host, capsys)
+    assert f"credential file {secret} may be read by other users (mode 0644)" in out
+    assert f"chmod 600 {secret}" in out
+
+
+def test_a_world_writable_token_file_is_warned_about(
+    host: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token_file = tmp_path / "state" / "tokens.json"
+    os.chmod(token_file, 0o666)
+    out = offline(host, capsys)
+    assert f"the OAuth token file {token_file} may be written by every user" in out
+
+
+def test_secrets_in_a_world_readable_config_are_warned_about(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host.write_text(host.read_text().replace("[kommo]", '[kommo]\nclient_secret = "inline"'))
+    out = offline(host, capsys)
+    assert "holds [kommo] client_secret" in out and "inline" not in out
