@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,35 @@ from kommo_callerid.core.logging import configure_logging
 from kommo_callerid.core.models import KommoError
 from kommo_callerid.daemon.app import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, Daemon
 
+EPILOG = """\
+exit codes:
+  0  clean stop (or: all checks passed, warnings allowed)
+  1  runtime failure (check: a problem found; lookup: the lookup failed)
+  2  bad command line
+  3  bad configuration, or a start-up failure a restart will not fix
+     (wrong AMI credentials, an unusable Kommo token or token file)
+
+environment:
+  KOMMO_CALLERID_CONFIG           the configuration file when -c is not given
+                                  (default /etc/kommo-callerid/config.toml)
+  KOMMO_CALLERID_<SECTION>__<KEY> overrides one key, e.g. KOMMO_CALLERID_AMI__PORT=5039;
+                                  a list is a comma list or JSON: KOMMO_CALLERID_CALLS__
+                                  INBOUND_CONTEXTS=from-pstn,from-trunk
+  CREDENTIALS_DIRECTORY           secrets as files (systemd LoadCredential=): ami_secret,
+                                  kommo_access_token, kommo_client_secret,
+                                  kommo_refresh_token, redis_password
+  NO_COLOR                        no colour in check's report
+
+signals (run): SIGTERM/SIGINT stop; SIGHUP re-reads the configuration file.
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kommo-callerid",
         description="Asterisk inbound calls become Kommo CRM call notifications.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"kommo-callerid {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -45,8 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return sub
 
-    with_config(commands.add_parser("run", help="run the daemon until SIGTERM/SIGINT"))
-    check = with_config(commands.add_parser("check", help="validate the configuration"))
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=help,
+            description=textwrap.fill(description, 78),
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    with_config(
+        command(
+            "run",
+            "run the daemon until SIGTERM/SIGINT",
+            "Run the daemon: log to stdout, notify Kommo of inbound calls. SIGHUP re-reads "
+            "the configuration file.",
+        )
+    )
+    check = with_config(
+        command(
+            "check",
+            "validate the configuration, then test AMI and Kommo",
+            "Validate the configuration and this host's files; without --offline also log "
+            "in to AMI and call Kommo once. Prints OK/WARN/FAIL lines, each problem with its fix.",
+        )
+    )
     check.add_argument(
         "--offline", action="store_true", help="only validate the file; contact nothing"
     )
@@ -57,15 +105,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="watch AMI this long for call events and the contexts in use (default 5)",
     )
-    lookup = with_config(commands.add_parser("lookup", help="look one number up in Kommo"))
-    lookup.add_argument("number", metavar="NUMBER")
+    lookup = with_config(
+        command(
+            "lookup",
+            "look one number up in Kommo",
+            "Look one number up through the daemon's own code path (normalisation, by_phone "
+            "or contacts search) and print the result as one JSON object; log lines go to "
+            "stderr.",
+        )
+    )
+    lookup.add_argument(
+        "number",
+        metavar="NUMBER",
+        help="a phone number as a caller ID shows it, e.g. +18305803077 or 8305803077 "
+        "(national numbers need [calls] default_region)",
+    )
     authorize = with_config(
-        commands.add_parser(
-            "authorize", help="OAuth: trade an authorisation code for tokens in token_file"
+        command(
+            "authorize",
+            "OAuth: trade an authorisation code for tokens in token_file",
+            "OAuth: trade an authorisation code (Kommo: the integration's Keys and scopes) "
+            "for the first token pair and save it to [kommo] token_file, keeping the file's "
+            "owner so the service can still read it.",
         )
     )
     authorize.add_argument("code", metavar="CODE", help="the code from Kommo (valid 20 minutes)")
-    demo = commands.add_parser("demo", help="run against embedded AMI and Kommo simulators")
+    demo = command(
+        "demo",
+        "run against embedded AMI and Kommo simulators",
+        "Start an AMI simulator and a Kommo simulator on loopback, run the real daemon "
+        "against them, place N inbound calls, print the log. Needs no PBX, account or config.",
+    )
     demo.add_argument("--calls", type=int, default=5, metavar="N", help="inbound calls to place")
     demo.add_argument("--json", action="store_true", help="print the raw log, not the story")
     return parser

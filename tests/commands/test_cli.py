@@ -173,3 +173,17 @@ def test_a_closed_stdout_does_not_break_logging() -> None:
     configure_logging(LogConfig(format="json"), stream=stream)
     stream.close()
     structlog.get_logger("test").info("still.alive")  # must not raise
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["lookup", "--help"]])
+def test_help_names_exit_codes_and_environment(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "exit codes:" in out and "3  bad configuration" in out
+    assert "KOMMO_CALLERID_CONFIG" in out and "CREDENTIALS_DIRECTORY" in out
+    if "lookup" in argv:
+        assert "a phone number as a caller ID shows it" in out
