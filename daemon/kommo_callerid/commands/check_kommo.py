@@ -17,6 +17,7 @@ from kommo_callerid.commands.check_proxy import report_proxy_failure, report_pro
 from kommo_callerid.commands.report import Report
 from kommo_callerid.core.config import Config, KommoConfig
 from kommo_callerid.core.models import AccountInfo, KommoAuthError, KommoError
+from kommo_callerid.kommo.auth import TokenFileUnusable
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.kommo.proxy import proxy_for
 
@@ -107,6 +108,9 @@ def token_expiry(token: str) -> datetime | None:
 
 
 async def explain_failure(exc: KommoError, config: KommoConfig) -> Finding:
+    if isinstance(exc, TokenFileUnusable):  # the detail carries the fix after its "; "
+        problem, _, fix = exc.detail.partition("; ")
+        return Finding(f"Kommo OAuth: {problem}", fix or "check the token file's owner")
     if isinstance(exc, KommoAuthError):
         return Finding(
             f"Kommo OAuth: {exc.detail}",
