@@ -15,6 +15,9 @@ OAuth rules that matter (Kommo's refresh tokens are single-use):
   traffic until the token file changes (``kommo-callerid authorize`` fixes it live);
 * a token file (or its lock) the service cannot read is a :class:`TokenFileUnusable` whose
   message says how to fix it.
+
+Size: the OAuth state machine in one place — refresh, its single flight, the save before use
+and its retry, the refused grant remembered — since every rule above constrains the others.
 """
 
 from __future__ import annotations
