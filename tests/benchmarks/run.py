@@ -20,6 +20,7 @@ import bench_burst  # noqa: E402
 import bench_cpu  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_latency  # noqa: E402
+import bench_logging  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_outcome  # noqa: E402
 from common import Report  # noqa: E402
@@ -31,6 +32,7 @@ BENCHMARKS = {
     "memory": bench_memory,
     "cpu": bench_cpu,
     "outcome": bench_outcome,
+    "logging": bench_logging,
 }
 
 

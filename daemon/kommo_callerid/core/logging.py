@@ -35,7 +35,7 @@ NAME_CHARS = 80
 VALUE_CHARS = 2000
 SCRUBBED = "**********"
 #: How many run-time secrets (rotated OAuth tokens) are remembered; older ones are dead.
-LIVE_SECRETS = 16
+LIVE_SECRETS = 8
 #: Token shapes scrubbed whoever's they are: a JWT (Kommo's access tokens), a Kommo refresh
 #: token, whatever follows "Bearer".
 _TOKEN_SHAPES = (
@@ -43,6 +43,8 @@ _TOKEN_SHAPES = (
     r"def50200[0-9a-f]{32,}",
     r"(?i:(?<=bearer )[A-Za-z0-9._~+/=-]{8,})",
 )
+#: A line is searched with the shapes only when it holds one of these (plain ``in`` is cheap).
+_SHAPE_HINTS = ("eyJ", "def50200", "earer ", "EARER ")
 #: C0/C1 controls and the invisible format characters that reorder or hide text.
 _CONTROLS = re.compile(
     r"[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]"
@@ -79,25 +81,31 @@ class SecretScrubber:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._fixed = frozenset(s for s in secrets if len(s) >= 4)
         self._live: deque[str] = deque(maxlen=LIVE_SECRETS)
-        self._pattern = self._compile()
+        self._compile()
 
     def remember(self, secret: str) -> None:
         """A secret learnt at run time (a rotated OAuth token): scrubbed from now on."""
         if len(secret) >= 4 and secret not in self._fixed and secret not in self._live:
             self._live.append(secret)
-            self._pattern = self._compile()
+            self._compile()
 
-    def _compile(self) -> re.Pattern[str]:
+    def _compile(self) -> None:
         known = sorted({*self._fixed, *self._live}, key=len, reverse=True)
-        return re.compile("|".join([*map(re.escape, known), *_TOKEN_SHAPES]))
+        self._hints = (*known, *_SHAPE_HINTS)
+        self._pattern = re.compile("|".join([*map(re.escape, known), *_TOKEN_SHAPES]))
 
     def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        text = "\0".join([value for value in event_dict.values() if isinstance(value, str)])
+        # substring tests first: a regex alternation tried at every position costs far more
+        for hint in self._hints:
+            if hint in text:
+                break
+        else:
+            return event_dict
         pattern = self._pattern
-        texts = [value for value in event_dict.values() if isinstance(value, str)]
-        if pattern.search("\0".join(texts)):
-            for key, value in event_dict.items():
-                if isinstance(value, str):
-                    event_dict[key] = pattern.sub(SCRUBBED, value)
+        for key, value in event_dict.items():
+            if isinstance(value, str):
+                event_dict[key] = pattern.sub(SCRUBBED, value)
         return event_dict
 
 
@@ -118,6 +126,14 @@ def _clean(key: str, value: str) -> str:
 def _neutralise_text(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Escape control characters and cap long values in every text field (one level of
     lists too), so no renderer writes an ESC from a caller ID to a terminal."""
+    for value in event_dict.values():  # the common line has nothing to escape or cut
+        if isinstance(value, str):
+            if len(value) > NAME_CHARS or not value.isprintable():
+                break
+        elif isinstance(value, list | tuple):
+            break
+    else:
+        return event_dict
     for key, value in event_dict.items():
         if isinstance(value, str):
             event_dict[key] = _clean(key, value)
