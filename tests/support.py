@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -79,3 +80,28 @@ class ManualClock:
     async def sleep(self, seconds: float) -> None:
         self.now += max(seconds, 0.0)
         await asyncio.sleep(0)
+
+
+#: The uid/gid of ``nobody``: a user that owns nothing here.
+NOBODY = 65534
+
+
+def run_as_nobody(action: Callable[[], object]) -> str:
+    """Run ``action`` in a forked child that dropped to nobody (the test runs as root); what
+    it returned or raised, as text: ``"ok: ..."`` or ``"ErrorName: message"``."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery beyond this point
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            verdict = f"ok: {action()!r}"
+        except BaseException as exc:  # the verdict is whatever came out
+            verdict = f"{type(exc).__name__}: {getattr(exc, 'detail', exc)}"
+        os.write(write_end, verdict.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        verdict = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return verdict

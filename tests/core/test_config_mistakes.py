@@ -4,12 +4,17 @@ traceback; inf/nan and absurd numbers refused; a list env override may be a comm
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from kommo_callerid.cli import main
 from kommo_callerid.core.config_load import ConfigError, load_config
+
+from support import run_as_nobody
 
 MINIMAL = """
 [ami]
@@ -131,16 +136,34 @@ def test_a_bad_credential_file_exits_3(
     assert f"{creds / 'ami_secret'}" in err and words in err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_an_unreadable_credential_file_exits_3(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    (creds / "ami_secret").write_text("x")
-    (creds / "ami_secret").chmod(0)
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
-    assert "cannot be read" in check_offline(write(tmp_path, MINIMAL), capsys)
+    top = Path(tempfile.mkdtemp(prefix="kcid-"))  # nobody can enter it; tmp_path is root-only
+    try:
+        top.chmod(0o755)
+        creds = top / "creds"
+        creds.mkdir(mode=0o755)
+        (creds / "ami_secret").write_text("x")
+        (creds / "ami_secret").chmod(0o600 if os.geteuid() == 0 else 0)  # root's 0600
+        config = write(top, MINIMAL)
+        config.chmod(0o644)
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+        if os.geteuid() == 0:
+            verdict = run_as_nobody(lambda: load_config(config))
+        else:
+            verdict = _verdict(lambda: load_config(config))
+    finally:
+        shutil.rmtree(top)
+    assert verdict.startswith("ConfigError: The credential file"), verdict
+    assert "cannot be read: Permission denied" in verdict
+
+
+def _verdict(action: Callable[[], object]) -> str:
+    try:
+        return f"ok: {action()!r}"
+    except ConfigError as exc:
+        return f"ConfigError: {exc}"
 
 
 def test_a_directory_or_a_dangling_link_among_credentials_is_skipped(

@@ -26,7 +26,7 @@ from kommo_callerid.kommo.client import KommoClient, KommoHealth
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import TOKEN_PATH, FakeKommo, FakeOAuth
 
-from support import events, make_config
+from support import events, make_config, run_as_nobody
 
 JOHN = "18305803077"
 OTHER_UID, OTHER_GID = 4242, 4343
@@ -137,23 +137,7 @@ def _as_nobody(token_file: Path) -> str:
         redirect_uri="https://r.example",
         token_file=token_file,
     )
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: no pytest machinery beyond this point
-        verdict = "nothing raised"
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            asyncio.run(_ensure(config))
-        except BaseException as exc:  # the verdict is whatever came out
-            verdict = f"{type(exc).__name__}: {getattr(exc, 'detail', exc)}"
-        os.write(write_end, verdict.encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        verdict = pipe.read().decode()
-    os.waitpid(pid, 0)
-    return verdict
+    return run_as_nobody(lambda: asyncio.run(_ensure(config)))
 
 
 async def _ensure(config: KommoConfig) -> None:
