@@ -3,14 +3,18 @@ users may read, a world-writable token file, secrets in a world-readable config 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import pytest
 
 from kommo_callerid.cli import main
+from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
+from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
+from kommo_callerid.sim.scenarios import CallScenarios
 
-from support import ROOT
+from support import ROOT, wait_for
 
 GOOD = """
 [ami]
@@ -85,3 +89,26 @@ def test_secrets_in_a_world_readable_config_are_warned_about(
     host.write_text(host.read_text().replace("[kommo]", '[kommo]\nclient_secret = "inline"'))
     out = offline(host, capsys)
     assert "holds [kommo] client_secret" in out and "inline" not in out
+
+
+async def test_a_hostile_context_name_cannot_drive_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check prints the contexts new channels start in: what the PBX names them is escaped."""
+    hostile = "from-\x1b]0;pwned\x07trunk\x1b[2J"
+    scenarios = CallScenarios(inbound_context=hostile)
+    async with FakeAmiServer() as ami, FakeKommo(demo_dataset()) as kommo:
+        config = tmp_path / "cfg.toml"
+        config.write_text(
+            f'[ami]\nport = {ami.port}\nusername = "{DEMO_USERNAME}"\nsecret = "{DEMO_SECRET}"\n'
+            f'[kommo]\nbase_url = "{kommo.base_url}"\naccess_token = "{kommo.token}"\n'
+        )
+        config.chmod(0o600)
+        args = ["check", "-c", str(config), "--listen", "1.5"]
+        checking = asyncio.create_task(asyncio.to_thread(main, args))
+        await wait_for(lambda: any(a.get("action") == "CoreShowChannels" for a in ami.actions))
+        await ami.play(scenarios.inbound("18305803077", agents=()).events)
+        await checking
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "from-\\x1b]0;pwned\\x07trunk\\x1b[2J" in out

@@ -1,5 +1,7 @@
 """How ``kommo-callerid check`` speaks: one line per finding, OK / WARN / FAIL, and for each
 problem the fix (which file or key to change). Colour only on a terminal, never with NO_COLOR.
+Text from the outside (AMI context names, Kommo's answers) is printed with its control
+characters escaped: a hostile PBX must not drive the operator's terminal.
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ import os
 import sys
 from enum import StrEnum
 from typing import TextIO
+
+from kommo_callerid.core.logging import escape_controls
 
 
 class Status(StrEnum):
@@ -42,10 +46,10 @@ class Report:
         return self.failures == 0
 
     def heading(self, text: str) -> None:
-        self._print(text)
+        self._print(escape_controls(text))
 
     def info(self, text: str) -> None:
-        self._print(f"{_INDENT}{' ' * _TAG_WIDTH} {text}")
+        self._print(f"{_INDENT}{' ' * _TAG_WIDTH} {escape_controls(text)}")
 
     def ok(self, text: str) -> None:
         self._finding(Status.OK, text, None)
@@ -67,12 +71,13 @@ class Report:
             self._print("All checks passed.")
 
     def _finding(self, status: Status, text: str, fix: str | None) -> None:
+        text = escape_controls(text)
         tag = status.value.ljust(_TAG_WIDTH)
         if self._colour:
             tag = f"{_COLOURS[status]}{tag}{_RESET}"
         self._print(f"{_INDENT}{tag} {text}")
         if fix:
-            self._print(f"{_INDENT}{' ' * _TAG_WIDTH} fix: {fix}")
+            self._print(f"{_INDENT}{' ' * _TAG_WIDTH} fix: {escape_controls(fix)}")
 
     def _print(self, line: str) -> None:
         print(line, file=self._stream, flush=True)

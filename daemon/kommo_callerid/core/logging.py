@@ -114,6 +114,11 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+def escape_controls(text: str) -> str:
+    """``"Eve\x1b[2J"`` -> ``"Eve\\x1b[2J"``: safe to print on a terminal."""
+    return _CONTROLS.sub(_escape, text)
+
+
 def _clean(key: str, value: str) -> str:
     if key == "exception":  # a traceback keeps its lines
         return _TRACEBACK_CONTROLS.sub(_escape, value)
