@@ -82,12 +82,13 @@ async def test_sighup_reloads_reports_and_keeps_the_link(tmp_path: Path) -> None
         lines = Lines(proc.stdout)
         await lines.until("ami.connected")
 
-        # 1. a live change: the DID now has users, and the level goes to debug
-        dids = '[notify.dids]\n"5551000" = [7, 8]'
+        # 1. a live change: the DID now has users, calls arrive in a new context, debug level
+        dids = '[notify.dids]\n"5551000" = [7, 8]\n[calls]\ninbound_contexts = ["from-new"]'
         path.write_text(config_text(ami.port, kommo, notify=dids, extra='level = "debug"'))
         proc.send_signal(signal.SIGHUP)
         reloaded = await lines.until("config.reloaded")
-        assert sorted(reloaded["changed"]) == ["log.level", "notify.dids"]
+        assert sorted(reloaded["changed"]) == ["calls.inbound_contexts", "log.level", "notify.dids"]
+        scenarios = CallScenarios(inbound_context="from-new")
         await ami.play(scenarios.inbound(UNKNOWN, did="5551000", agents=()).events)
         await wait_for(lambda: len(kommo.events) == 1, 10)
         assert kommo.events[0].users == (7, 8)
