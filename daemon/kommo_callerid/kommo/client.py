@@ -144,7 +144,7 @@ class KommoClient:
     @property
     def health(self) -> KommoHealth:
         """Whether a notification could go out now (``/healthz``)."""
-        return self._health.state(blocked=self.blocked)
+        return self._health.state(blocked=self.blocked, now=self._clock())
 
     async def lookup(self, number: str, *, within: float | None = None) -> LookupResult:
         """Who is calling, retrying for up to ``within`` seconds (default: one request
@@ -191,7 +191,7 @@ class KommoClient:
                 deadline=started + within,
             )
         except DeadlineReached as exc:
-            self._health.notification_expired()
+            self._health.notification_expired(self._clock())
             return self._dropped(NotifyOutcome.DROPPED_TTL, recipients, exc, exc.attempts)
         except KommoAuthError as exc:
             self._health.auth_failed(exc)

@@ -21,21 +21,28 @@ class KommoHealth(StrEnum):
     TOKEN_UNREADABLE = "token_unreadable"  # noqa: S105  (a state name, not a password)
     #: Kommo answered 403: the account is blocked or the API closed to this IP.
     BLOCKED = "blocked"
-    #: The last notification was dropped because its call's ``notify_ttl`` passed.
+    #: The last notification, in the last :data:`BACKLOG_WINDOW` seconds, was dropped
+    #: because its call's ``notify_ttl`` passed.
     BACKLOG = "backlog"
+
+
+#: A dropped notification stops counting after this long without another call (a quiet night
+#: after one slow minute is no outage).
+BACKLOG_WINDOW = 300.0
 
 
 class HealthTracker:
     def __init__(self) -> None:
         self._auth_problem: KommoHealth | None = None
-        self._last_notification_expired = False
+        #: Monotonic time of the last notification dropped for its TTL, while none went out.
+        self._expired_at: float | None = None
 
-    def state(self, *, blocked: bool) -> KommoHealth:
+    def state(self, *, blocked: bool, now: float) -> KommoHealth:
         if self._auth_problem is not None:
             return self._auth_problem
         if blocked:
             return KommoHealth.BLOCKED
-        if self._last_notification_expired:
+        if self._expired_at is not None and now - self._expired_at < BACKLOG_WINDOW:
             return KommoHealth.BACKLOG
         return KommoHealth.OK
 
@@ -57,7 +64,7 @@ class HealthTracker:
             self._auth_problem = None
 
     def notification_sent(self) -> None:
-        self._last_notification_expired = False
+        self._expired_at = None
 
-    def notification_expired(self) -> None:
-        self._last_notification_expired = True
+    def notification_expired(self, now: float) -> None:
+        self._expired_at = now
