@@ -26,6 +26,7 @@ from kommo_callerid.core.config_load import ConfigError, load_config, resolve_co
 from kommo_callerid.core.logging import configure_logging
 from kommo_callerid.core.models import KommoError
 from kommo_callerid.daemon.app import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, Daemon
+from kommo_callerid.kommo.auth import TokenFileUnusable
 
 EPILOG = """\
 exit codes:
@@ -233,6 +234,9 @@ def _authorize(config: Config, code: str) -> int:
     scrubber = configure_logging(config.log, secrets=[*secrets_of(config), code], stream=sys.stderr)
     try:
         asyncio.run(authorize_once(config, code, on_secret=scrubber.remember))
+    except TokenFileUnusable as exc:
+        print(f"kommo-callerid: {exc.detail}", file=sys.stderr)
+        return EXIT_CONFIG
     except KommoError as exc:
         print(f"kommo-callerid: authorisation failed: {exc.detail}", file=sys.stderr)
         return EXIT_FAILURE
@@ -246,9 +250,14 @@ def _lookup(config: Config, number: str) -> int:
     if normalized is None:
         print(json.dumps({"number": number, "error": "not a phone number"}))
         return EXIT_FAILURE
-    result: dict[str, Any] = asyncio.run(
-        lookup_once(config, normalized, on_secret=scrubber.remember)
-    )
+    try:
+        result: dict[str, Any] = asyncio.run(
+            lookup_once(config, normalized, on_secret=scrubber.remember)
+        )
+    except TokenFileUnusable as exc:  # the token file or its lock: fixed on this host
+        error = {"error": exc.detail, "status": exc.status, "endpoint": exc.endpoint}
+        print(json.dumps({"number": number, "normalized": normalized, **error}))
+        return EXIT_CONFIG
     result = {"number": number, "normalized": normalized, **result}
     print(json.dumps(result, ensure_ascii=False))
     return EXIT_OK if "error" not in result else EXIT_FAILURE

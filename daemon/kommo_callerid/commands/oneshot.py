@@ -7,6 +7,7 @@ from typing import Any
 
 from kommo_callerid.core.config import Config
 from kommo_callerid.core.models import Entity, KommoError
+from kommo_callerid.kommo.auth import TokenFileUnusable
 from kommo_callerid.kommo.client import KommoClient
 
 #: Learns the OAuth tokens as they arrive (the log scrubber's ``remember``).
@@ -28,6 +29,8 @@ async def lookup_once(
         try:
             await kommo.ensure_credentials()
             result = await kommo.lookup(number)
+        except TokenFileUnusable:
+            raise  # an operator's mistake on this host: the command exits 3
         except KommoError as exc:
             return {"error": exc.detail, "status": exc.status, "endpoint": exc.endpoint}
     return {
