@@ -9,7 +9,6 @@ import pytest
 
 from kommo_callerid.cli import main
 
-
 OAUTH = """
 [ami]
 secret = "x"
