@@ -86,9 +86,11 @@ def test_a_world_writable_token_file_is_warned_about(
 def test_secrets_in_a_world_readable_config_are_warned_about(
     host: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    host.write_text(host.read_text().replace("[kommo]", '[kommo]\nclient_secret = "inline"'))
+    inline = '[kommo]\nclient_secret = "inline"\nproxy = "http://u:pw-inline@proxy:3128"'
+    host.write_text(host.read_text().replace("[kommo]", inline))
     out = offline(host, capsys)
-    assert "holds [kommo] client_secret" in out and "inline" not in out
+    assert "holds [kommo] client_secret, [kommo] proxy's password" in out
+    assert "inline" not in out
 
 
 async def test_a_hostile_context_name_cannot_drive_the_terminal(

@@ -11,6 +11,7 @@ import stat
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from kommo_callerid.commands.report import Report
 from kommo_callerid.core.config import Config
@@ -92,6 +93,9 @@ def _inline_secrets(config_path: Path, report: Report) -> None:
         for section, key in SECRET_KEYS
         if isinstance(raw.get(section), dict) and raw[section].get(key)
     ]
+    proxy = raw.get("kommo", {}).get("proxy") if isinstance(raw.get("kommo"), dict) else None
+    if isinstance(proxy, str) and _has_password(proxy):
+        inline.append("[kommo] proxy's password")
     if inline:
         report.warn(
             f"{config_path} is readable by every user (mode {stat.S_IMODE(mode):04o}) and "
@@ -126,6 +130,13 @@ def _token_file(config: Config, report: Report) -> None:
             f"{path.parent} (the token file's directory) may be written by every user",
             f"chmod 700 {path.parent}",
         )
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
 
 
 def _mode(path: Path) -> int | None:
