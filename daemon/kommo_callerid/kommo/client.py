@@ -19,6 +19,8 @@ from typing import Any, Self
 
 import structlog
 
+from kommo_callerid.cluster.limiter import Limiter
+from kommo_callerid.cluster.store import SharedCache
 from kommo_callerid.core.config import CacheConfig, KommoConfig, LookupMode
 from kommo_callerid.core.models import (
     AccountInfo,
@@ -30,8 +32,9 @@ from kommo_callerid.core.models import (
     NotifyOutcome,
 )
 from kommo_callerid.kommo.auth import OAuthTokens, StaticToken, TokenProvider, WallClock
+from kommo_callerid.kommo.batch import EventBatcher
 from kommo_callerid.kommo.health import HealthTracker, KommoHealth
-from kommo_callerid.kommo.limits import Clock, LookupCache, Priority, Sleep
+from kommo_callerid.kommo.limits import Clock, LookupCache, Sleep
 from kommo_callerid.kommo.parse import (
     BadShape,
     Response,
@@ -51,6 +54,9 @@ BY_PHONE_PATH = "/api/v2/search/by_phone"
 CONTACTS_PATH = "/api/v4/contacts"
 EVENTS_PATH = "/api/v2/events"
 ACCOUNT_PATH = "/api/v4/account"
+#: How long a lookup waits for another daemon that is looking the same number up.
+SHARED_LOOKUP_WAIT = 1.5
+SHARED_LOOKUP_POLL = 0.05
 #: What by_phone answers on accounts that do not have the v2 telephony search.
 BY_PHONE_GONE = frozenset({404, 405, 410})
 
@@ -68,14 +74,24 @@ class KommoClient:
         wall_clock: WallClock = time.time,
         token_provider: TokenProvider | None = None,
         on_secret: Callable[[str], None] | None = None,
+        limiter: Limiter | None = None,
+        shared_cache: SharedCache | None = None,
     ) -> None:
         """``on_secret`` learns every OAuth token as it arrives (the log scrubber's remember)."""
         self._config = config
         self._clock = clock
         self.stats = KommoStats()
         self._http = KommoTransport(
-            config, StaticToken(config.access_token), self.stats, clock=clock, sleep=sleep
+            config,
+            StaticToken(config.access_token),
+            self.stats,
+            clock=clock,
+            sleep=sleep,
+            limiter=limiter,
         )
+        self._batcher = EventBatcher(self._http, clock)
+        self._shared = shared_cache
+        self._cache_config = cache
         if token_provider is not None:
             self._http.auth = token_provider
         elif config.oauth:
@@ -183,13 +199,7 @@ class KommoClient:
         try:
             if within <= 0:
                 raise DeadlineReached(None, EVENTS_PATH, "the call's notify_ttl had passed", 0)
-            response = await self._http.request(
-                "POST",
-                EVENTS_PATH,
-                payload={"add": [event]},
-                priority=Priority.NOTIFY,
-                deadline=started + within,
-            )
+            response, batch = await self._batcher.send(event, started + within)
         except DeadlineReached as exc:
             self._health.notification_expired(self._clock())
             return self._dropped(NotifyOutcome.DROPPED_TTL, recipients, exc, exc.attempts)
@@ -209,6 +219,7 @@ class KommoClient:
             users=recipients,
             ms=self._ms_since(started),
             attempt=response.attempts,
+            batch=batch,
         )
         return NotifyOutcome.SENT
 
@@ -256,6 +267,10 @@ class KommoClient:
             task.exception()  # retrieved here, so a fetch nobody awaits any more is not a warning
 
     async def _fetch(self, key: str, deadline: float) -> LookupResult:
+        if self._shared is not None:
+            shared = await self._from_cluster(key, deadline)
+            if shared is not None:
+                return shared
         started = self._clock()
         found = None
         if self._config.lookup is not LookupMode.CONTACTS and not self._by_phone_gone:
@@ -273,7 +288,24 @@ class KommoClient:
             ms=self._ms_since(started),
         )
         self._cache.put(key, result, self._clock())
+        if self._shared is not None:
+            ttl = self._cache_config.ttl if entity else self._cache_config.negative_ttl
+            await self._shared.put(key, result, ttl)
         return result
+
+    async def _from_cluster(self, key: str, deadline: float) -> LookupResult | None:
+        """Another daemon's answer: cached in Redis, or awaited while it looks it up."""
+        assert self._shared is not None
+        found = await self._shared.get(key)
+        if found is None and not await self._shared.lead(key):
+            give_up = min(deadline, self._clock() + SHARED_LOOKUP_WAIT)
+            while found is None and self._clock() < give_up:
+                await asyncio.sleep(SHARED_LOOKUP_POLL)
+                found = await self._shared.get(key)
+        if found is not None:
+            self.stats.cache_hits += 1
+            self._cache.put(key, found, self._clock())
+        return found
 
     async def _search_by_phone(
         self, key: str, deadline: float

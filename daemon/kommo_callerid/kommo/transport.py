@@ -18,6 +18,7 @@ import aiohttp
 import structlog
 
 from kommo_callerid import __version__
+from kommo_callerid.cluster.limiter import Limiter
 from kommo_callerid.core.config import KommoConfig
 from kommo_callerid.core.models import DeadlineReached, KommoAuthError, KommoError, LatencyHistogram
 from kommo_callerid.kommo.auth import TOKEN_PATH, TokenProvider
@@ -90,13 +91,14 @@ class KommoTransport:
         *,
         clock: Clock = time.monotonic,
         sleep: Sleep,
+        limiter: Limiter | None = None,
     ) -> None:
         self._config = config
         self.auth = auth
         self._stats = stats
         self._clock = clock
         self._sleep = sleep
-        self._limiter = RateLimiter(config.rate_limit, clock=clock, sleep=sleep)
+        self._limiter: Limiter = limiter or RateLimiter(config.rate_limit, clock=clock, sleep=sleep)
         self.gate = RequestGate(clock=clock, sleep=sleep)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -197,13 +199,15 @@ class KommoTransport:
             budget = min(self._config.timeout, call.deadline - self._clock())
             if budget <= 0:
                 return _Failure("no time left before the deadline")
+            # A callable payload is made now, inside the slot: a batch is sealed here.
+            payload = call.payload() if callable(call.payload) else call.payload
             try:
                 async with session.request(
                     call.method,
                     self._config.base_url + path,
                     params=call.params,
-                    json=None if call.form else call.payload,
-                    data=call.payload if call.form else None,
+                    json=None if call.form else payload,
+                    data=payload if call.form else None,
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=budget),
                     allow_redirects=False,  # never carry the token to wherever a redirect points

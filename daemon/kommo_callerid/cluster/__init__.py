@@ -1,0 +1,1 @@
+"""Several daemons, one Kommo account: shared state in Redis (or Valkey)."""

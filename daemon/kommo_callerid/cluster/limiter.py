@@ -1,0 +1,144 @@
+"""One Kommo rate limit for every daemon: a sliding window of slots in Redis, one Lua script.
+
+Kommo counts requests as they arrive; a request arrives somewhere between the moment it was
+started and the moment its answer came back. So, as the local limiter does, a request holds
+its slot from start until one period after it completed: any 1-second window of arrivals
+then holds at most ``floor(rate)`` requests, whichever daemons sent them. The window is a
+sorted set (member: the slot, score: when it frees, in Redis' own clock, so the daemons'
+clocks never matter); taking and releasing a slot are each one atomic script.
+
+Priority stays per daemon: waiters queue locally (notification > lookup > journal) and only
+the head of the queue asks Redis. While Redis is lost (:class:`~.link.ClusterLink`) requests
+go through ``fallback``, a local limiter at ``rate_limit / expected_nodes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol
+
+from kommo_callerid.cluster.link import FAILURES, ClusterLink
+
+Sleep = Callable[[float], Awaitable[None]]
+
+#: The head of the queue asks Redis again at least this often while the window is full.
+MAX_POLL = 0.05
+
+ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 1000)
+  return 0
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(first[2]) - now)
+"""
+
+RELEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
+return 0
+"""
+
+
+class Limiter(Protocol):
+    """What the Kommo transport needs of a rate limiter (``kommo.limits.RateLimiter``)."""
+
+    @property
+    def waiting(self) -> int: ...
+
+    def slot(self, priority: Any = ...) -> AbstractAsyncContextManager[None]: ...
+
+
+class SharedRateLimiter:
+    """``slot(priority)`` like the local limiter, counted in Redis for the whole cluster."""
+
+    def __init__(
+        self,
+        link: ClusterLink,
+        rate: float,
+        fallback: Limiter,
+        *,
+        lease: float,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._link = link
+        self._permits = max(1, math.floor(rate))
+        self._period_ms = round(1000 * (1.0 if rate >= 1 else 1.0 / rate))
+        #: How long a started request may hold its slot before it is presumed dead.
+        self._lease_ms = round(1000 * lease) + self._period_ms
+        self._fallback = fallback
+        self._sleep = sleep
+        self._key = link.key("ratelimit")
+        self._acquire = link.redis.register_script(ACQUIRE)
+        self._release = link.redis.register_script(RELEASE)
+        self._queue: list[tuple[int, int]] = []
+        self._tickets = itertools.count()
+        self._changed = asyncio.Event()
+        self.shared_slots = 0
+        self.local_slots = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue) + self._fallback.waiting
+
+    @asynccontextmanager
+    async def slot(self, priority: int = 1) -> AsyncIterator[None]:
+        held = await self._take(priority)
+        if held is None:
+            self.local_slots += 1
+            async with self._fallback.slot(priority):
+                yield
+            return
+        self.shared_slots += 1
+        try:
+            yield
+        finally:
+            await self._give_back(held)
+
+    async def _take(self, priority: int) -> str | None:
+        """The slot's member in the shared window, or None: use the local fallback."""
+        ticket = (priority, next(self._tickets))
+        heapq.heappush(self._queue, ticket)
+        try:
+            while True:
+                if self._queue[0] != ticket:
+                    await self._changed.wait()
+                    continue
+                if not self._link.ok:
+                    return None
+                member = uuid.uuid4().hex
+                try:
+                    wait_ms = await self._link.call(
+                        self._acquire(
+                            keys=[self._key], args=[self._permits, self._lease_ms, member]
+                        )
+                    )
+                except FAILURES:
+                    return None
+                if int(wait_ms) == 0:
+                    return member
+                await self._sleep(min(int(wait_ms) / 1000, MAX_POLL))
+        finally:
+            self._queue.remove(ticket)
+            heapq.heapify(self._queue)
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def _give_back(self, member: str) -> None:
+        if not self._link.ok:
+            return  # the lease frees it; the window is Redis', not ours
+        try:
+            await self._link.call(self._release(keys=[self._key], args=[self._period_ms, member]))
+        except FAILURES:
+            return  # degraded now; the slot frees itself when its lease ends

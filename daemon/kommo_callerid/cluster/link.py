@@ -1,0 +1,128 @@
+"""The link to Redis: one client for the whole daemon, and whether the cluster is usable.
+
+Why redis-py (``redis.asyncio``) rather than coredis: it is already a dependency, it is the
+client Redis itself maintains (Valkey speaks the same protocol), its ``register_script``
+runs a Lua script by SHA and reloads it after a server restart (NOSCRIPT), and it ships the
+``Lock`` the OAuth refresh needs. coredis has nicer typing and cluster-topology support, but
+we talk to one server and need neither; one fewer dependency to audit wins.
+
+State: ``ok`` while Redis answers, ``degraded`` after an operation failed (each daemon then
+works alone, see :mod:`kommo_callerid.cluster.limiter` and :mod:`.claims`). While degraded
+nothing waits for Redis: callers ask :attr:`ClusterLink.ok` first, and a probe loop PINGs once
+a second until Redis answers again (``cluster.restored``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import structlog
+from redis import asyncio as aioredis
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+
+from kommo_callerid.core.config import ClusterConfig
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: A Redis call slower than this counts as Redis being gone (loopback answers in < 1 ms).
+SOCKET_TIMEOUT = 0.5
+PROBE_INTERVAL = 1.0
+#: What a lost or unhealthy Redis raises through redis-py.
+FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+
+
+class ClusterStartError(Exception):
+    """Redis cannot be used at start-up; the message is a sentence for the operator."""
+
+
+class ClusterLink:
+    def __init__(self, config: ClusterConfig, *, client: aioredis.Redis | None = None) -> None:
+        self.config = config
+        self.node = config.node or socket.gethostname()
+        password = config.redis_password.get_secret_value() or None
+        self.redis: aioredis.Redis = client or aioredis.Redis.from_url(
+            config.redis_url,
+            password=password,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+            health_check_interval=0,
+            decode_responses=False,
+        )
+        self._ok = True
+        self._restored = asyncio.Event()
+        self.degradations = 0
+
+    @property
+    def ok(self) -> bool:
+        return self._ok
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.config.key_prefix, *parts))
+
+    async def connect(self) -> None:
+        """PING once; raise :class:`ClusterStartError` with a sentence when that fails."""
+        where = _where(self.config.redis_url)
+        try:
+            await self.redis.ping()
+        except AuthenticationError:
+            raise ClusterStartError(
+                f"Redis at {where} refused the password; set the credential redis_password "
+                "(or fix it) and start again"
+            ) from None
+        except ResponseError as exc:
+            raise ClusterStartError(f"Redis at {where} refused us: {exc}") from None
+        except FAILURES as exc:
+            raise ClusterStartError(
+                f"cannot reach Redis at {where} ({type(exc).__name__}: {exc}); check "
+                "[cluster] redis_url and that redis-server runs"
+            ) from None
+        log.info("cluster.connected", redis=where, node=self.node)
+
+    async def call(self, operation: Awaitable[T]) -> T:
+        """Await one Redis operation; on failure mark the cluster degraded and raise it again."""
+        try:
+            return await operation
+        except FAILURES as exc:
+            self.failed(exc)
+            raise
+
+    def failed(self, exc: BaseException) -> None:
+        if self._ok:
+            self._ok = False
+            self.degradations += 1
+            self._restored = asyncio.Event()
+            log.warning(
+                "cluster.degraded",
+                reason=f"{type(exc).__name__}: {exc}"[:200],
+                node=self.node,
+                rate_share=f"1/{self.config.expected_nodes}",
+            )
+
+    async def watch(self) -> None:
+        """Forever: PING every second; notice loss, and report ``cluster.restored``."""
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            try:
+                await self.redis.ping()
+            except FAILURES as exc:
+                self.failed(exc)
+                continue
+            if not self._ok:
+                self._ok = True
+                self._restored.set()
+                log.info("cluster.restored", node=self.node)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def _where(url: str) -> str:
+    """The url without its password, for messages."""
+    tail = url.split("@", 1)[-1]
+    scheme = url.split("://", 1)[0]
+    return tail if "://" in tail else f"{scheme}://{tail}"
