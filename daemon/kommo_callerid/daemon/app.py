@@ -19,7 +19,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -28,6 +28,7 @@ from kommo_callerid.ami.sessions import AmiSessions
 from kommo_callerid.ami.supervisor import AmiSupervisor
 from kommo_callerid.calls.detector import CallTracker
 from kommo_callerid.calls.outcome import OutcomeTracker
+from kommo_callerid.cluster.link import ClusterStartError
 from kommo_callerid.core.config import Config, LogConfig
 from kommo_callerid.core.models import (
     AmiLoginError,
@@ -37,6 +38,7 @@ from kommo_callerid.core.models import (
     KommoAuthError,
     KommoError,
 )
+from kommo_callerid.daemon.cluster import Cluster
 from kommo_callerid.daemon.notifier import CallNotifier, TaskOwner
 from kommo_callerid.daemon.outcomes import DebugJournalSink, JournalSink
 from kommo_callerid.daemon.reload import ConfigReloader
@@ -80,6 +82,7 @@ class _Running:
     started_monotonic: float = field(default_factory=time.monotonic)
     callerid: CallerIdService | None = None
     http: HttpServer | None = None
+    cluster: Cluster | None = None
 
 
 class Daemon:
@@ -140,17 +143,35 @@ class Daemon:
 
     async def serve(self) -> int:
         async with AsyncExitStack() as stack:
+            cluster = await self._connect_cluster()
+            if cluster is False:
+                return EXIT_CONFIG
+            extra = cluster.kommo_parts() if cluster is not None else {}
+            if cluster is not None:
+                stack.push_async_callback(cluster.close)
             kommo = await stack.enter_async_context(
-                KommoClient(self.config.kommo, self.config.cache, on_secret=self._on_secret)
+                KommoClient(
+                    self.config.kommo, self.config.cache, on_secret=self._on_secret, **extra
+                )
             )
             if not await self._credentials_usable(kommo):
                 return EXIT_CONFIG
-            running = await self._startup(kommo)
+            running = await self._startup(kommo, cluster)
             if running is None:
                 return EXIT_CONFIG  # http.listen_failed says why
             exit_code = await self._main_loop(running)
             await self._shutdown(running)
         return exit_code
+
+    async def _connect_cluster(self) -> Cluster | Literal[False] | None:
+        """The cluster when ``[cluster]`` is set; False (logged) when Redis is unusable."""
+        if not self.config.cluster.enabled:
+            return None
+        try:
+            return await Cluster.connect(self.config)
+        except ClusterStartError as exc:
+            log.error("cluster.connect_failed", detail=str(exc))
+            return False
 
     @staticmethod
     async def _credentials_usable(kommo: KommoClient) -> bool:
@@ -163,7 +184,7 @@ class Daemon:
             pass  # Kommo unreachable for now: the calls' retries will cope
         return True
 
-    async def _startup(self, kommo: KommoClient) -> _Running | None:
+    async def _startup(self, kommo: KommoClient, cluster: Cluster | None) -> _Running | None:
         loop = asyncio.get_running_loop()
         cfg = self.config
         queue: asyncio.Queue[ChannelEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
@@ -174,7 +195,14 @@ class Daemon:
             tracker=CallTracker(
                 cfg.calls.inbound_contexts, cfg.calls.min_digits, cfg.calls.default_region
             ),
-            notifier=CallNotifier(kommo, cfg.notify, cfg.calls, call_tasks, loop.time),
+            notifier=CallNotifier(
+                kommo,
+                cfg.notify,
+                cfg.calls,
+                call_tasks,
+                loop.time,
+                claims=cluster.claims if cluster else None,
+            ),
             supervisor=AmiSupervisor(
                 cfg.ami,
                 ami_sessions.new_client,
@@ -191,6 +219,7 @@ class Daemon:
                 cfg.calls.default_region,
                 wall_offset=time.time() - loop.time(),
             ),
+            cluster=cluster,
         )
         self._running = running
         if cfg.http.listen and not await self._start_http(running):
@@ -202,6 +231,8 @@ class Daemon:
             asyncio.create_task(self._housekeeping(running), name="housekeeping"),
             asyncio.create_task(self._reloader(running).run(self.reload), name="config-reload"),
         ]
+        if cluster is not None:
+            running.background.append(asyncio.create_task(cluster.link.watch(), name="cluster"))
         log.info(
             "daemon.started",
             version=__version__,
@@ -381,6 +412,7 @@ class Daemon:
                 "last_event_age_seconds": None if last is None else round(now - last, 1),
                 "ami_reconnects": running.supervisor.reconnects,
                 "queue_depth": running.queue.qsize(),
+                **({"cluster": running.cluster.health} if running.cluster else {}),
             },
         )
 

@@ -29,6 +29,7 @@ from kommo_callerid.calls.detector import (
 from kommo_callerid.calls.recipients import CallRecipients
 from kommo_callerid.core.config import CallsConfig, NotifyConfig, Recipient
 from kommo_callerid.core.models import KommoError, LatencyHistogram, LookupResult, NotifyOutcome
+from kommo_callerid.daemon.ownership import NOTIFY, ClaimsPort, hold
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +86,8 @@ class NotifierStats:
     #: Notifications given up, by reason: "ttl" (too late to be useful) or "rejected" (4xx).
     dropped: Counter[str] = field(default_factory=Counter)
     lookups_failed: int = 0
+    #: Cluster: calls another daemon notified (it won the call's claim).
+    claimed_elsewhere: int = 0
     #: Seconds from the call's Newchannel to Kommo accepting a notification for it.
     notify_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
@@ -100,6 +103,7 @@ class NotifierStats:
             "notifications_dropped": self.notifications_dropped,
             "notifications_dropped_by_reason": dict(self.dropped),
             "lookups_failed": self.lookups_failed,
+            "calls_claimed_elsewhere": self.claimed_elsewhere,
         }
 
 
@@ -108,6 +112,12 @@ class _ActiveCall:
     call: CallStarted
     recipients: CallRecipients
     fallback_timer: asyncio.Task[None] | None = None
+    #: Cluster: False until this daemon won the call's claim; ringing legs wait meanwhile.
+    owned: bool = True
+    early_legs: list[LegRinging] = field(default_factory=list)
+    ended: bool = False
+    #: Lookups, timers and deliveries still running for this call.
+    busy: int = 0
 
     def bound(self) -> Any:
         return bound_contextvars(call_id=self.call.call_id, caller=self.call.number)
@@ -121,8 +131,11 @@ class CallNotifier:
         calls_config: CallsConfig,
         tasks: TaskOwner,
         clock: Callable[[], float],
+        *,
+        claims: ClaimsPort | None = None,
     ) -> None:
         self._kommo = kommo
+        self._claims = claims
         self._notify = notify_config
         self._ttl = calls_config.notify_ttl
         self._tasks = tasks
@@ -154,7 +167,9 @@ class CallNotifier:
             case ChannelSkipped():
                 self._skipped(decision)
             case CallEnded():
-                self._active.pop(decision.call_id, None)
+                ended = self._active.pop(decision.call_id, None)
+                if ended is not None:
+                    ended.ended = True
 
     def _call_started(self, started: CallStarted) -> None:
         if started.call_id in self._seen:
@@ -181,17 +196,63 @@ class CallNotifier:
                 channel=started.channel,
                 name=started.caller_name,
             )
+            if self._claims is not None:
+                active.owned = False
+                self._tasks.spawn(self._claim(active), name=f"claim-{started.call_id}")
+            else:
+                self._begin(active)
+
+    def _begin(self, active: _ActiveCall) -> None:
+        started = active.call
+        with active.bound():
             did_users = self._notify.dids.get(started.did, ())
             self._send(active, active.recipients.offer(Recipient.DID, did_users))
-            self._tasks.spawn(self._lookup(active), name=f"lookup-{started.call_id}")
+            self._spawn(active, self._lookup(active), f"lookup-{started.call_id}")
             if active.recipients.waits_for_ringing:
-                active.fallback_timer = self._tasks.spawn(
-                    self._fallback_timer(active), name=f"fallback-{started.call_id}"
+                active.fallback_timer = self._spawn(
+                    active, self._fallback_timer(active), f"fallback-{started.call_id}"
                 )
+            for leg in active.early_legs:
+                self._leg_ringing(leg)
+            active.early_legs.clear()
+
+    async def _claim(self, active: _ActiveCall) -> None:
+        """Cluster: notify the call only if this daemon wins (or takes over) its claim."""
+        assert self._claims is not None
+        claim = await self._claims.wait_claim(
+            active.call.call_id, NOTIFY, until=lambda: self._time_left(active) <= 0
+        )
+        if claim is None:
+            self.stats.claimed_elsewhere += 1
+            return
+        active.owned = True
+        self._begin(active)
+        every = self._claims.ttl / 3
+        await hold(claim, lambda: active.busy == 0 and self._call_over(active), every)
+
+    def _call_over(self, active: _ActiveCall) -> bool:
+        return active.ended or self._time_left(active) <= 0
+
+    def _spawn(
+        self, active: _ActiveCall, coro: Coroutine[Any, Any, None], name: str
+    ) -> asyncio.Task[None]:
+        """A task of this call, counted so the call's claim is held until it is done."""
+        active.busy += 1
+
+        async def counted() -> None:
+            try:
+                await coro
+            finally:
+                active.busy -= 1
+
+        return self._tasks.spawn(counted(), name=name)
 
     def _leg_ringing(self, leg: LegRinging) -> None:
         active = self._active.get(leg.call_id)
         if active is None:
+            return
+        if not active.owned:
+            active.early_legs.append(leg)
             return
         user = self._notify.extensions.get(leg.extension)
         with active.bound():
@@ -228,10 +289,10 @@ class CallNotifier:
 
     def _send(self, active: _ActiveCall, users: tuple[int, ...]) -> None:
         if users:
-            self._tasks.spawn(self._deliver(active, users), name=f"notify-{active.call.call_id}")
+            self._spawn(active, self._deliver(active, users), f"notify-{active.call.call_id}")
 
     def _send_to_everyone(self, active: _ActiveCall) -> None:
-        self._tasks.spawn(self._deliver(active, None), name=f"notify-all-{active.call.call_id}")
+        self._spawn(active, self._deliver(active, None), f"notify-all-{active.call.call_id}")
 
     async def _deliver(self, active: _ActiveCall, users: tuple[int, ...] | None) -> None:
         outcome = await self._kommo.notify(

@@ -20,7 +20,7 @@ from typing import Any, Self
 import structlog
 
 from kommo_callerid.cluster.limiter import Limiter
-from kommo_callerid.cluster.store import SharedCache
+from kommo_callerid.cluster.store import SharedCache, SharedTokens
 from kommo_callerid.core.config import CacheConfig, KommoConfig, LookupMode
 from kommo_callerid.core.models import (
     AccountInfo,
@@ -33,6 +33,7 @@ from kommo_callerid.core.models import (
 )
 from kommo_callerid.kommo.auth import OAuthTokens, StaticToken, TokenProvider, WallClock
 from kommo_callerid.kommo.batch import EventBatcher
+from kommo_callerid.kommo.cluster_tokens import ClusterTokens
 from kommo_callerid.kommo.health import HealthTracker, KommoHealth
 from kommo_callerid.kommo.limits import Clock, LookupCache, Sleep
 from kommo_callerid.kommo.parse import (
@@ -76,6 +77,7 @@ class KommoClient:
         on_secret: Callable[[str], None] | None = None,
         limiter: Limiter | None = None,
         shared_cache: SharedCache | None = None,
+        shared_tokens: SharedTokens | None = None,
     ) -> None:
         """``on_secret`` learns every OAuth token as it arrives (the log scrubber's remember)."""
         self._config = config
@@ -94,6 +96,14 @@ class KommoClient:
         self._cache_config = cache
         if token_provider is not None:
             self._http.auth = token_provider
+        elif config.oauth and shared_tokens is not None:
+            self._http.auth = ClusterTokens(
+                config,
+                self._http.exchange_tokens,
+                shared_tokens,
+                wall_clock=wall_clock,
+                on_secret=on_secret,
+            )
         elif config.oauth:
             tokens = OAuthTokens(config, self._http.exchange_tokens, wall_clock=wall_clock)
             if on_secret is not None:

@@ -1,0 +1,50 @@
+"""Which daemon of a cluster notifies a call: claim it, hold the claim while working, finish.
+
+The claim itself is :mod:`kommo_callerid.cluster.claims`; this module is the notifier's side
+of it: a call is notified only once its claim is won, the claim is renewed until the call
+needs nothing more (ended or past ``notify_ttl``, nothing in flight), then marked done. A
+stop or a crash before that releases it (or lets it lapse), so a daemon watching the same
+PBX takes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+#: The claim's purpose for call notifications (the journal claims with "journal").
+NOTIFY = "notify"
+
+
+class ClaimPort(Protocol):
+    """What the notifier needs of ``cluster.claims.Claim``."""
+
+    async def renew(self) -> bool: ...
+    async def finish(self) -> None: ...
+    async def release(self) -> None: ...
+
+
+class ClaimsPort(Protocol):
+    """What the notifier needs of ``cluster.claims.Claims``."""
+
+    ttl: float
+
+    async def wait_claim(
+        self, call_id: str, purpose: str, *, until: Callable[[], bool]
+    ) -> ClaimPort | None: ...
+
+
+async def hold(claim: ClaimPort, done: Callable[[], bool], every: float) -> None:
+    """Renew ``claim`` every ``every`` seconds until ``done()``; then mark it done. Released
+    when cancelled first (a stop), so another daemon can take the call over at once."""
+    finished = False
+    try:
+        while not done():
+            await asyncio.sleep(every)
+            await claim.renew()
+        await claim.finish()
+        finished = True
+    finally:
+        if not finished:
+            await asyncio.shield(claim.release())
