@@ -4,7 +4,7 @@ Kommo counts requests as they arrive; a request arrives somewhere between the mo
 started and the moment its answer came back. So, as the local limiter does, a request holds
 its slot from start until one period after it completed: any 1-second window of arrivals
 then holds at most ``floor(rate)`` requests, whichever daemons sent them. The window is a
-sorted set (member: the slot, score: when it frees, in Redis' own clock, so the daemons'
+sorted set (member: the slot, score: when it frees, in Redis' own clock (µs), so the daemons'
 clocks never matter); taking and releasing a slot are each one atomic script.
 
 Priority stays per daemon: waiters queue locally (notification > lookup > journal) and only
@@ -29,24 +29,26 @@ Sleep = Callable[[float], Awaitable[None]]
 
 #: The head of the queue asks Redis again at least this often while the window is full.
 MAX_POLL = 0.05
+MARGIN_US = 5_000
 
+# Scores are formatted by hand: Lua would print 1.7e15 with 14 digits and lose the µs.
 ACQUIRE = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 1000)
+  redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.floor(tonumber(ARGV[2]) / 1000) + 1000)
   return 0
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(first[2]) - now)
+return math.max(1, math.ceil((tonumber(first[2]) - now) / 1000))
 """
 
 RELEASE = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZADD', KEYS[1], 'XX', string.format('%.0f', now + tonumber(ARGV[1])), ARGV[2])
 return 0
 """
 
@@ -74,9 +76,11 @@ class SharedRateLimiter:
     ) -> None:
         self._link = link
         self._permits = max(1, math.floor(rate))
-        self._period_ms = round(1000 * (1.0 if rate >= 1 else 1.0 / rate))
+        # Microseconds of Redis' clock; the margin absorbs the daemons' and Kommo's clocks
+        # ticking apart from Redis' by a little.
+        self._period_us = round(1e6 * (1.0 if rate >= 1 else 1.0 / rate)) + MARGIN_US
         #: How long a started request may hold its slot before it is presumed dead.
-        self._lease_ms = round(1000 * lease) + self._period_ms
+        self._lease_us = round(1e6 * lease) + self._period_us
         self._fallback = fallback
         self._sleep = sleep
         self._key = link.key("ratelimit")
@@ -121,7 +125,7 @@ class SharedRateLimiter:
                 try:
                     wait_ms = await self._link.call(
                         self._acquire(
-                            keys=[self._key], args=[self._permits, self._lease_ms, member]
+                            keys=[self._key], args=[self._permits, self._lease_us, member]
                         )
                     )
                 except FAILURES:
@@ -139,6 +143,6 @@ class SharedRateLimiter:
         if not self._link.ok:
             return  # the lease frees it; the window is Redis', not ours
         try:
-            await self._link.call(self._release(keys=[self._key], args=[self._period_ms, member]))
+            await self._link.call(self._release(keys=[self._key], args=[self._period_us, member]))
         except FAILURES:
             return  # degraded now; the slot frees itself when its lease ends

@@ -32,6 +32,9 @@ T = TypeVar("T")
 #: A Redis call slower than this counts as Redis being gone (loopback answers in < 1 ms).
 SOCKET_TIMEOUT = 0.5
 PROBE_INTERVAL = 1.0
+MAX_CONNECTIONS = 64
+#: How long an operation waits for a free pooled connection before Redis counts as lost.
+POOL_WAIT = 2.0
 #: What a lost or unhealthy Redis raises through redis-py.
 FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
@@ -45,14 +48,17 @@ class ClusterLink:
         self.config = config
         self.node = config.node or socket.gethostname()
         password = config.redis_password.get_secret_value() or None
-        self.redis: aioredis.Redis = client or aioredis.Redis.from_url(
+        # Blocking pool: a burst of calls waits for a free connection instead of failing
+        # with "too many connections" (which would count as Redis being lost).
+        pool = aioredis.BlockingConnectionPool.from_url(
             config.redis_url,
             password=password,
             socket_timeout=SOCKET_TIMEOUT,
             socket_connect_timeout=SOCKET_TIMEOUT,
-            health_check_interval=0,
-            decode_responses=False,
+            max_connections=MAX_CONNECTIONS,
+            timeout=POOL_WAIT,
         )
+        self.redis: aioredis.Redis = client or aioredis.Redis.from_pool(pool)
         self._ok = True
         self._restored = asyncio.Event()
         self.degradations = 0
