@@ -18,6 +18,7 @@ import asyncio
 import heapq
 import itertools
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -72,6 +73,7 @@ class SharedRateLimiter:
         fallback: Limiter,
         *,
         lease: float,
+        clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._link = link
@@ -83,6 +85,13 @@ class SharedRateLimiter:
         self._lease_us = round(1e6 * lease) + self._period_us
         self._fallback = fallback
         self._sleep = sleep
+        self._clock = clock
+        self._period = self._period_us / 1e6
+        #: Per mode (True: shared, False: local): requests running, and when the last one's
+        #: slot frees. Switching modes waits for the other mode's slots, so the two windows
+        #: never add up (Redis restarts empty; a lost Redis forgets nothing we can see).
+        self._running = {True: 0, False: 0}
+        self._free_at = {True: 0.0, False: 0.0}
         self._key = link.key("ratelimit")
         self._acquire = link.redis.register_script(ACQUIRE)
         self._release = link.redis.register_script(RELEASE)
@@ -99,16 +108,29 @@ class SharedRateLimiter:
     @asynccontextmanager
     async def slot(self, priority: int = 1) -> AsyncIterator[None]:
         held = await self._take(priority)
-        if held is None:
-            self.local_slots += 1
-            async with self._fallback.slot(priority):
-                yield
-            return
-        self.shared_slots += 1
+        shared = held is not None
+        self._running[shared] += 1
         try:
-            yield
+            if held is None:
+                self.local_slots += 1
+                async with self._fallback.slot(priority):
+                    yield
+            else:
+                self.shared_slots += 1
+                try:
+                    yield
+                finally:
+                    await self._give_back(held)
         finally:
-            await self._give_back(held)
+            self._running[shared] -= 1
+            self._free_at[shared] = self._clock() + self._period
+
+    def _other_mode_busy(self, shared: bool) -> float:
+        """Seconds until the other mode's slots are free (0: free now)."""
+        other = not shared
+        if self._running[other]:
+            return MAX_POLL
+        return max(0.0, self._free_at[other] - self._clock())
 
     async def _take(self, priority: int) -> str | None:
         """The slot's member in the shared window, or None: use the local fallback."""
@@ -119,7 +141,12 @@ class SharedRateLimiter:
                 if self._queue[0] != ticket:
                     await self._changed.wait()
                     continue
-                if not self._link.ok:
+                shared = self._link.ok
+                settle = self._other_mode_busy(shared)
+                if settle > 0:
+                    await self._sleep(min(settle, MAX_POLL))
+                    continue
+                if not shared:
                     return None
                 member = uuid.uuid4().hex
                 try:
@@ -129,7 +156,7 @@ class SharedRateLimiter:
                         )
                     )
                 except FAILURES:
-                    return None
+                    continue  # degraded now: go local once our shared slots have freed
                 if int(wait_ms) == 0:
                     return member
                 await self._sleep(min(int(wait_ms) / 1000, MAX_POLL))

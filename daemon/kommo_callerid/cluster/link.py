@@ -119,6 +119,8 @@ class ClusterLink:
                 self.failed(exc)
                 continue
             if not self._ok:
+                # Connections pooled before the loss may point at a server that restarted.
+                await self.redis.connection_pool.disconnect()
                 self._ok = True
                 self._restored.set()
                 log.info("cluster.restored", node=self.node)
