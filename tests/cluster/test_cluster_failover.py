@@ -7,11 +7,12 @@ import signal
 import sys
 from pathlib import Path
 
+from helpers import DID, DID_USER, UniqueCalls, cluster_config, notified_per_caller
+
+from conftest import RedisServer
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo
 
-from conftest import RedisServer
-from helpers import DID, DID_USER, UniqueCalls, cluster_config, notified_per_caller
 from support import ROOT, running_daemon, wait_for
 
 
