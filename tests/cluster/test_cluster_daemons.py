@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 
-from helpers import UniqueCalls, cluster_config, most_in_any_window, notified_per_caller
+from cluster_helpers import UniqueCalls, cluster_config, most_in_any_window, notified_per_caller
+from redis_server import RedisServer
 from structlog.testing import capture_logs
 
-from conftest import RedisServer
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo
 

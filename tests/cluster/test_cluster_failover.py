@@ -7,9 +7,9 @@ import signal
 import sys
 from pathlib import Path
 
-from helpers import DID, DID_USER, UniqueCalls, cluster_config, notified_per_caller
+from cluster_helpers import DID, DID_USER, UniqueCalls, cluster_config, notified_per_caller
+from redis_server import RedisServer
 
-from conftest import RedisServer
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo
 

@@ -7,8 +7,8 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from pydantic import SecretStr
+from redis_server import RedisServer
 
-from conftest import RedisServer
 from kommo_callerid.cluster.link import ClusterLink
 from kommo_callerid.cluster.store import SharedTokens
 from kommo_callerid.core.config import CacheConfig, ClusterConfig, KommoConfig
