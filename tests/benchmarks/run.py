@@ -17,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent.parent / "daemon")]
 
 import bench_burst  # noqa: E402
+import bench_cluster  # noqa: E402
 import bench_cpu  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_latency  # noqa: E402
@@ -33,6 +34,7 @@ BENCHMARKS = {
     "cpu": bench_cpu,
     "outcome": bench_outcome,
     "logging": bench_logging,
+    "cluster": bench_cluster,
 }
 
 
