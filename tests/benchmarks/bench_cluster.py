@@ -94,7 +94,6 @@ async def _burst(report: Report, quick: bool, batching: bool) -> None:
                         await ami.play(call.events)
                     await asyncio.sleep(0.1)
                 await _settled(daemon, calls, 45 + 5)
-                stats = daemon._running.notifier.stats if daemon._running else None
     finally:
         batch.MAX_ITEMS = 50
     label = "with" if batching else "without"
