@@ -118,3 +118,21 @@ async def test_wrong_password_or_no_redis_is_exit_3(
     assert "refused the password" in failures[0]["detail"]
     assert "wrong" not in failures[0]["detail"]
     assert "cannot reach Redis" in failures[1]["detail"]
+
+
+async def test_check_reaches_redis(ami: FakeAmiServer, redis_server: RedisServer) -> None:
+    import io
+
+    from kommo_callerid.commands.check_cluster import check_cluster
+    from kommo_callerid.commands.report import Report
+
+    async with FakeKommo() as kommo:
+        good = cluster_config(ami, kommo, redis_server.url, "a")
+        bad = cluster_config(ami, kommo, "redis://127.0.0.1:1/0", "a")
+    out = io.StringIO()
+    report = Report(out, colour=False)
+    await check_cluster(good, report)
+    assert report.all_well
+    await check_cluster(bad, report)
+    assert not report.all_well
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in out.getvalue()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from kommo_callerid.ami.client import AmiClient
 from kommo_callerid.ami.supervisor import EVENT_FILTERS
+from kommo_callerid.commands.check_cluster import check_cluster
 from kommo_callerid.commands.check_kommo import check_kommo
 from kommo_callerid.commands.report import Report
 from kommo_callerid.core.config import AmiConfig, Config
@@ -60,6 +61,7 @@ async def run_online_checks(
     report.heading("Online checks:")
     await check_ami(config, listen, report)
     await check_kommo(config, report)
+    await check_cluster(config, report)
     report.summary()
     return report.all_well
 
