@@ -70,6 +70,7 @@ async def test_sigkill_one_daemon_mid_burst_no_call_lost(
                     await ami.play(call.events)
                     if index == 50:
                         doomed.send_signal(signal.SIGKILL)
+                        killed_at = asyncio.get_running_loop().time()
                     await asyncio.sleep(0.02)
                 await wait_for(lambda: len(notified_per_caller(kommo)) == 100, timeout=30)
         finally:
@@ -78,7 +79,13 @@ async def test_sigkill_one_daemon_mid_burst_no_call_lost(
             await doomed.wait()
     per_caller = notified_per_caller(kommo)
     assert len(per_caller) == 100  # no call lost
-    duplicates = sum(per_caller.values()) - 100
-    print(f"after SIGKILL: {duplicates} calls notified twice (taken over mid-notification)")
-    assert duplicates <= 5
+    twice = {number for number, count in per_caller.items() if count > 1}
+    print(f"after SIGKILL: {len(twice)} calls notified twice (taken over mid-notification)")
+    # A call is notified twice only when its owner died between Kommo accepting the request
+    # and noting the delivery in Redis: the request in flight at the kill (one batch).
+    first = {}
+    for event in kommo.events:
+        first.setdefault(event.phone_number, event.received_at)
+    assert all(killed_at - 1.0 < first[number] <= killed_at for number in twice)
+    assert len(twice) <= 50  # at most one batch
     assert kommo.violations == 0

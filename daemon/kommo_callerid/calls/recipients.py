@@ -38,6 +38,13 @@ class CallRecipients:
         self._notified.update(fresh)
         return fresh
 
+    def notified_before(self, users: Iterable[int], everyone: bool) -> None:
+        """Another daemon already notified ``users`` (or everyone) for this call before it
+        handed the call over: they are not notified again."""
+        self._notified.update(users)
+        if everyone:
+            self._fallback_decided = self._closed = True
+
     def lookup_finished(self) -> bool:
         """True when the everyone-fallback is to be sent now (``ringing`` not in ``to``)."""
         return not self.waits_for_ringing and self._decide_fallback()

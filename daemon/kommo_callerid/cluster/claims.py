@@ -28,6 +28,12 @@ CLAIM_TTL = 3.0
 #: How long a finished call's marker stays (longer than any call's notify_ttl).
 DONE_KEEP = 3600.0
 DONE = b"done"
+EVERYONE = "*"
+
+RECORD = """
+redis.call('SADD', KEYS[1], unpack(ARGV, 2))
+return redis.call('PEXPIRE', KEYS[1], ARGV[1])
+"""
 
 RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -69,6 +75,18 @@ class Claim:
         if self._claims is not None:
             await self._claims.run(self._claims.finish_script, self.key, self._token, False, keep)
 
+    async def record(self, users: tuple[int, ...] | None) -> None:
+        """Note who was notified (None: everyone), so a daemon taking the call over after
+        this one died does not notify them again."""
+        if self._claims is not None:
+            await self._claims.record(self.key, users)
+
+    async def recorded(self) -> tuple[frozenset[int], bool]:
+        """Who a previous owner notified, and whether it notified everyone."""
+        if self._claims is None:
+            return frozenset(), False
+        return await self._claims.recorded(self.key)
+
     async def release(self) -> None:
         """Give the call up unfinished: another daemon may claim it at once."""
         if self._claims is not None:
@@ -89,6 +107,7 @@ class Claims:
         redis = link.redis
         self.renew_script = redis.register_script(RENEW)
         self.finish_script = redis.register_script(FINISH)
+        self._record = redis.register_script(RECORD)
         self.release_script = redis.register_script(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end"
             " return 0"
@@ -136,6 +155,28 @@ class Claims:
         except FAILURES:
             return default
         return bool(result)
+
+    async def record(self, key: str, users: tuple[int, ...] | None) -> None:
+        if not self._link.ok:
+            return
+        members = [str(user) for user in users] if users is not None else [EVERYONE]
+        sent = f"{key}:sent"
+        try:
+            await self._link.call(
+                self._record(keys=[sent], args=[round(DONE_KEEP * 1000), *members])
+            )
+        except FAILURES:
+            return
+
+    async def recorded(self, key: str) -> tuple[frozenset[int], bool]:
+        if not self._link.ok:
+            return frozenset(), False
+        try:
+            members = await self._link.call(self._link.redis.smembers(f"{key}:sent"))
+        except FAILURES:
+            return frozenset(), False
+        names = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+        return frozenset(int(n) for n in names if n.isdigit()), EVERYONE in names
 
     async def _finished(self, key: str) -> bool:
         try:

@@ -29,7 +29,7 @@ from kommo_callerid.calls.detector import (
 from kommo_callerid.calls.recipients import CallRecipients
 from kommo_callerid.core.config import CallsConfig, NotifyConfig, Recipient
 from kommo_callerid.core.models import KommoError, LatencyHistogram, LookupResult, NotifyOutcome
-from kommo_callerid.daemon.ownership import NOTIFY, ClaimsPort, hold
+from kommo_callerid.daemon.ownership import NOTIFY, ClaimPort, ClaimsPort, hold
 
 log = structlog.get_logger(__name__)
 
@@ -118,6 +118,8 @@ class _ActiveCall:
     ended: bool = False
     #: Lookups, timers and deliveries still running for this call.
     busy: int = 0
+    #: Cluster: the call's claim, told about every delivery (for a daemon taking over).
+    claim: ClaimPort | None = None
 
     def bound(self) -> Any:
         return bound_contextvars(call_id=self.call.call_id, caller=self.call.number)
@@ -225,7 +227,10 @@ class CallNotifier:
         if claim is None:
             self.stats.claimed_elsewhere += 1
             return
-        active.owned = True
+        users, everyone = await claim.recorded()
+        if users or everyone:  # taken over from a daemon that died mid-call
+            active.recipients.notified_before(users, everyone)
+        active.claim, active.owned = claim, True
         self._begin(active)
         every = self._claims.ttl / 3
         await hold(claim, lambda: active.busy == 0 and self._call_over(active), every)
@@ -299,6 +304,8 @@ class CallNotifier:
             active.call.number, users, within=self._time_left(active)
         )
         if outcome is NotifyOutcome.SENT:
+            if active.claim is not None:
+                await active.claim.record(users)
             self.stats.notifications_sent += 1
             self.stats.notify_latency.observe(self._clock() - active.call.started_at)
         else:
