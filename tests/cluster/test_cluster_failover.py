@@ -86,6 +86,6 @@ async def test_sigkill_one_daemon_mid_burst_no_call_lost(
     first = {}
     for event in kommo.events:
         first.setdefault(event.phone_number, event.received_at)
-    assert all(killed_at - 1.0 < first[number] <= killed_at for number in twice)
+    assert all(killed_at - 1.0 < first[number] < killed_at + 0.5 for number in twice)
     assert len(twice) <= 50  # at most one batch
     assert kommo.violations == 0
