@@ -288,6 +288,7 @@ class Daemon:
         for task in running.background:
             task.cancel()
         await asyncio.gather(*running.background, return_exceptions=True)
+        running.notifier.hand_back_calls()
         in_flight = len(running.call_tasks)
         cancelled = await running.call_tasks.drain(self.config.daemon.shutdown_timeout)
         log.info(

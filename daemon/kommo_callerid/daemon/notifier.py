@@ -138,6 +138,8 @@ class CallNotifier:
     ) -> None:
         self._kommo = kommo
         self._claims = claims
+        #: Set at shutdown: claims are handed back rather than held to the calls' end.
+        self._stopping = asyncio.Event()
         self._notify = notify_config
         self._ttl = calls_config.notify_ttl
         self._tasks = tasks
@@ -222,7 +224,9 @@ class CallNotifier:
         """Cluster: notify the call only if this daemon wins (or takes over) its claim."""
         assert self._claims is not None
         claim = await self._claims.wait_claim(
-            active.call.call_id, NOTIFY, until=lambda: self._time_left(active) <= 0
+            active.call.call_id,
+            NOTIFY,
+            until=lambda: self._time_left(active) <= 0 or self._stopping.is_set(),
         )
         if claim is None:
             self.stats.claimed_elsewhere += 1
@@ -233,7 +237,12 @@ class CallNotifier:
         active.claim, active.owned = claim, True
         self._begin(active)
         every = self._claims.ttl / 3
-        await hold(claim, lambda: active.busy == 0 and self._call_over(active), every)
+        done = lambda: active.busy == 0 and self._call_over(active)  # noqa: E731
+        await hold(claim, done, every, self._stopping)
+
+    def hand_back_calls(self) -> None:
+        """Shutdown: stop watching calls and release the claims of unfinished ones."""
+        self._stopping.set()
 
     def _call_over(self, active: _ActiveCall) -> bool:
         return active.ended or self._time_left(active) <= 0

@@ -10,6 +10,7 @@ PBX takes over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
@@ -37,13 +38,19 @@ class ClaimsPort(Protocol):
     ) -> ClaimPort | None: ...
 
 
-async def hold(claim: ClaimPort, done: Callable[[], bool], every: float) -> None:
+async def hold(
+    claim: ClaimPort, done: Callable[[], bool], every: float, stop: asyncio.Event
+) -> None:
     """Renew ``claim`` every ``every`` seconds until ``done()``; then mark it done. Released
-    when cancelled first (a stop), so another daemon can take the call over at once."""
+    instead when ``stop`` is set or the task is cancelled (the daemon stops), so another
+    daemon can take the call over at once."""
     finished = False
     try:
         while not done():
-            await asyncio.sleep(every)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+            if stop.is_set():
+                return
             await claim.renew()
         await claim.finish()
         finished = True
