@@ -136,3 +136,31 @@ async def test_check_reaches_redis(ami: FakeAmiServer, redis_server: RedisServer
     await check_cluster(bad, report)
     assert not report.all_well
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in out.getvalue()
+
+
+async def test_healthz_and_metrics_say_ok_then_degraded(
+    ami: FakeAmiServer, redis_server: RedisServer
+) -> None:
+    import aiohttp
+
+    async with FakeKommo() as kommo:
+        config = cluster_config(ami, kommo, redis_server.url, "a", http={"listen": "127.0.0.1:0"})
+        async with running_daemon(config) as daemon, aiohttp.ClientSession() as client:
+            base = f"http://127.0.0.1:{daemon.http_port}"
+
+            async def cluster_state() -> tuple[str, str]:
+                async with client.get(f"{base}/healthz") as answer:
+                    health = (await answer.json())["cluster"]
+                async with client.get(f"{base}/metrics") as answer:
+                    text = await answer.text()
+                up = next(
+                    line
+                    for line in text.splitlines()
+                    if line.startswith("kommo_callerid_cluster_up")
+                )
+                return health, up.split()[-1]
+
+            assert await cluster_state() == ("ok", "1.0")
+            await redis_server.stop()
+            await asyncio.sleep(1.5)  # the probe notices within a second
+            assert await cluster_state() == ("degraded", "0.0")

@@ -375,6 +375,7 @@ class Daemon:
             callerid_answers={str(k): n for k, n in callerid.answers.items()} if callerid else {},
             callerid_background=callerid.background_lookups if callerid else 0,
             started_at=running.started_at,
+            cluster_up=running.cluster.link.ok if running.cluster else None,
             kommo_waiting=running.kommo.table_sizes().get("limiter_waiting", 0),
         )
 

@@ -60,6 +60,12 @@ class DaemonCollector:
         yield from _calls(view)
         yield from _kommo(view)
         yield from _callerid(view)
+        if view.cluster_up is not None:
+            yield _gauge(
+                "cluster_up",
+                "1 while Redis answers (cluster), 0 while degraded.",
+                int(view.cluster_up),
+            )
 
 
 def _ami(view: StatsView) -> Iterator[Metric]:

@@ -47,6 +47,8 @@ class StatsView:
     started_at: float
     #: Kommo requests waiting for the rate limit.
     kommo_waiting: int = 0
+    #: With [cluster]: True while Redis answers, False while degraded; None without.
+    cluster_up: bool | None = None
 
 
 def log_fields(view: StatsView) -> dict[str, Any]:
