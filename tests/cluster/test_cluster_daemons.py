@@ -9,6 +9,8 @@ from cluster_helpers import UniqueCalls, cluster_config, most_in_any_window, not
 from redis_server import RedisServer
 from structlog.testing import capture_logs
 
+from kommo_callerid.core.models import FinishedCall
+from kommo_callerid.daemon.app import Daemon
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo
 
@@ -164,3 +166,41 @@ async def test_healthz_and_metrics_say_ok_then_degraded(
             await redis_server.stop()
             await asyncio.sleep(1.5)  # the probe notices within a second
             assert await cluster_state() == ("degraded", "0.0")
+
+
+class _Journal:
+    """A journal sink that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def record(self, call: FinishedCall) -> None:
+        self.calls.append(call.call_id)
+
+
+async def test_two_daemons_on_one_pbx_journal_each_call_once(
+    ami: FakeAmiServer, redis_server: RedisServer
+) -> None:
+    journals = [_Journal(), _Journal()]
+    async with AsyncExitStack() as stack:
+        kommo = await stack.enter_async_context(FakeKommo())
+        for node, journal in zip(("a", "b"), journals, strict=True):
+            config = cluster_config(ami, kommo, redis_server.url, node)
+            daemon = Daemon(config, journal_sink=journal)
+            serving = asyncio.create_task(daemon.serve())
+            stack.push_async_callback(_stopped, daemon, serving)
+        await ami.wait_logged_in(count=2)
+        source = UniqueCalls()
+        calls = [source.next() for _ in range(30)]
+        for call in calls:
+            await ami.play(call.events)
+            await ami.play(call.hangups)
+        await wait_for(lambda: sum(len(j.calls) for j in journals) >= 30, timeout=10)
+        await asyncio.sleep(0.5)
+    journaled = [call_id for journal in journals for call_id in journal.calls]
+    assert sorted(journaled) == sorted(call.linkedid for call in calls)
+
+
+async def _stopped(daemon: Daemon, serving: asyncio.Task[int]) -> None:
+    daemon.stop.set()
+    assert await serving == 0

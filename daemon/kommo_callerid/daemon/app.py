@@ -222,6 +222,8 @@ class Daemon:
             cluster=cluster,
         )
         self._running = running
+        if cluster is not None:
+            self.journal_sink = cluster.journal_sink(self.journal_sink, call_tasks)
         if cfg.http.listen and not await self._start_http(running):
             self._running = None
             return None

@@ -15,7 +15,15 @@ from kommo_callerid.cluster.limiter import SharedRateLimiter
 from kommo_callerid.cluster.link import ClusterLink
 from kommo_callerid.cluster.store import SharedCache, SharedTokens
 from kommo_callerid.core.config import Config
+from kommo_callerid.core.models import FinishedCall
+from kommo_callerid.daemon.notifier import TaskOwner
+from kommo_callerid.daemon.outcomes import JournalSink
 from kommo_callerid.kommo.limits import RateLimiter
+
+#: The claim's purpose for the call journal.
+JOURNAL = "journal"
+#: How long a daemon that lost a call's journal claim watches for its owner dying.
+JOURNAL_CLAIM_WAIT = 30.0
 
 
 @dataclass
@@ -51,9 +59,41 @@ class Cluster:
             "shared_tokens": SharedTokens(self.link),
         }
 
+    def journal_sink(self, sink: JournalSink, tasks: TaskOwner) -> JournalSink:
+        """``sink`` behind the cluster: one daemon journals each call."""
+        return ClusterJournalSink(sink, self.claims, tasks)
+
     @property
     def health(self) -> str:
         return "ok" if self.link.ok else "degraded"
 
     async def close(self) -> None:
         await self.link.close()
+
+
+class ClusterJournalSink:
+    """Hands a finished call to the journal only on the daemon that wins its ``journal``
+    claim; the others watch the claim and take over if the winner dies before recording."""
+
+    def __init__(self, sink: JournalSink, claims: Claims, tasks: TaskOwner) -> None:
+        self._sink = sink
+        self._claims = claims
+        self._tasks = tasks
+
+    def record(self, call: FinishedCall) -> None:
+        self._tasks.spawn(self._record(call), name=f"journal-claim-{call.call_id}")
+
+    async def _record(self, call: FinishedCall) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + JOURNAL_CLAIM_WAIT
+        claim = await self._claims.wait_claim(
+            call.call_id, JOURNAL, until=lambda: loop.time() > give_up
+        )
+        if claim is None:
+            return  # another daemon journaled it
+        try:
+            self._sink.record(call)
+        except BaseException:
+            await claim.release()
+            raise
+        await claim.finish()
