@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -11,11 +12,15 @@ from redis_server import RedisServer
 
 from kommo_callerid.cluster.link import ClusterLink
 from kommo_callerid.cluster.store import SharedTokens
+from kommo_callerid.commands.oneshot import authorize_once
 from kommo_callerid.core.config import CacheConfig, ClusterConfig, KommoConfig
 from kommo_callerid.kommo.auth import REFRESH_MARGIN
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.kommo.tokens import TokenFile, TokenPair
+from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo, FakeOAuth
+
+from support import make_config
 
 EXPIRES_IN = 86_400
 
@@ -76,3 +81,28 @@ async def test_three_daemons_one_refresh_per_expiry(
     # the fake refuses a replaced access token at once (401): none was ever presented
     assert not [r for r in fake.requests if r.status == 401]
     assert fake.requests_to("/oauth2/access_token") == expiries
+
+
+async def test_authorize_puts_the_new_pair_in_redis(
+    ami: FakeAmiServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with FakeKommo(oauth=FakeOAuth(codes={"the-code"})) as fake:
+        assert fake.oauth is not None
+        oauth = {
+            "access_token": "",
+            "client_id": fake.oauth.client_id,
+            "client_secret": fake.oauth.client_secret,
+            "redirect_uri": fake.oauth.redirect_uri,
+            "token_file": str(tmp_path / "tokens.json"),
+        }
+        config = make_config(
+            ami, fake, kommo=oauth, cluster={"redis_url": redis_server.url, "node": "ops"}
+        )
+        await authorize_once(config, "the-code")
+        client = redis_server.client()
+        try:
+            stored = json.loads(await client.get("kommo-callerid:oauth:pair"))
+        finally:
+            await client.aclose()
+    assert stored["access_token"] == fake.token
+    assert stored["refresh_token"] == fake.oauth.refresh_token

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 from kommo_callerid.core.config import Config
 from kommo_callerid.core.models import Entity, KommoError
+from kommo_callerid.daemon.cluster import cluster_if_reachable, publish_tokens
 from kommo_callerid.kommo.auth import TokenFileUnusable
 from kommo_callerid.kommo.client import KommoClient
 
@@ -19,13 +21,23 @@ async def authorize_once(config: Config, code: str, *, on_secret: SecretSink = N
     raises :class:`KommoError` (already logged) when Kommo refuses."""
     async with KommoClient(config.kommo, config.cache, on_secret=on_secret) as kommo:
         await kommo.authorize(code)
+    if config.cluster.enabled:
+        await publish_tokens(config)  # the daemons of the cluster read the pair from Redis
 
 
 async def lookup_once(
     config: Config, number: str, *, on_secret: SecretSink = None
 ) -> dict[str, Any]:
-    """One lookup through the daemon's own client (``kommo-callerid lookup``)."""
-    async with KommoClient(config.kommo, config.cache, on_secret=on_secret) as kommo:
+    """One lookup through the daemon's own client (``kommo-callerid lookup``); with a
+    reachable ``[cluster]``, through its rate limit, cache and OAuth pair too."""
+    async with AsyncExitStack() as stack:
+        cluster = await cluster_if_reachable(config)
+        if cluster is not None:
+            stack.push_async_callback(cluster.close)
+        extra = cluster.kommo_parts() if cluster is not None else {}
+        kommo = await stack.enter_async_context(
+            KommoClient(config.kommo, config.cache, on_secret=on_secret, **extra)
+        )
         try:
             await kommo.ensure_credentials()
             result = await kommo.lookup(number)

@@ -12,12 +12,13 @@ from typing import Any
 
 from kommo_callerid.cluster.claims import Claims
 from kommo_callerid.cluster.limiter import SharedRateLimiter
-from kommo_callerid.cluster.link import ClusterLink
+from kommo_callerid.cluster.link import ClusterLink, ClusterStartError
 from kommo_callerid.cluster.store import SharedCache, SharedTokens
 from kommo_callerid.core.config import Config
-from kommo_callerid.core.models import FinishedCall
+from kommo_callerid.core.models import FinishedCall, KommoError
 from kommo_callerid.daemon.notifier import TaskOwner
 from kommo_callerid.daemon.outcomes import JournalSink
+from kommo_callerid.kommo.cluster_tokens import publish_token_file
 from kommo_callerid.kommo.limits import RateLimiter
 
 #: The claim's purpose for the call journal.
@@ -69,6 +70,30 @@ class Cluster:
 
     async def close(self) -> None:
         await self.link.close()
+
+
+async def publish_tokens(config: Config) -> None:
+    """``authorize`` with ``[cluster]``: put the new pair in Redis for every daemon; raises
+    :class:`KommoError` when Redis cannot take it (the pair is in ``token_file`` already)."""
+    try:
+        cluster = await Cluster.connect(config)
+    except ClusterStartError as exc:
+        where = config.kommo.token_file
+        raise KommoError(None, "redis", f"saved to {where} but not to Redis: {exc}") from None
+    try:
+        await publish_token_file(config.kommo, SharedTokens(cluster.link))
+    finally:
+        await cluster.close()
+
+
+async def cluster_if_reachable(config: Config) -> Cluster | None:
+    """For one-shot commands: the cluster when configured and reachable, else None."""
+    if not config.cluster.enabled:
+        return None
+    try:
+        return await Cluster.connect(config)
+    except ClusterStartError:
+        return None
 
 
 class ClusterJournalSink:

@@ -102,9 +102,14 @@ class ClusterTokens:
             data = await self._shared.load()
         except FAILURES:
             return self._pair
-        if data is not None:
-            self._pair = _pair(data)
-        return self._pair if data is not None else None
+        if data is None:
+            return None
+        pair = _pair(data)
+        if pair != self._pair:
+            if self._pair is not None:
+                self._backup(pair)  # another daemon refreshed: keep this host's file current
+            self._pair = pair
+        return pair
 
     async def _refresh(self, stale: TokenPair | None, *, forced: bool) -> TokenPair:
         if self._refreshing is None:
@@ -226,6 +231,20 @@ class ClusterTokens:
 
     def _expiring(self, pair: TokenPair) -> bool:
         return pair.expires_at - self._wall() < REFRESH_MARGIN
+
+
+async def publish_token_file(config: KommoConfig, shared: SharedTokens) -> bool:
+    """``authorize`` with a cluster: the pair just saved to ``token_file`` replaces the one in
+    Redis, so every daemon uses it; False when there is no file."""
+    try:
+        pair = TokenFile(config.token_file).load()
+    except TokenFileError:
+        return False
+    if pair is None:
+        return False
+    async with shared.lock(LOCK_TIMEOUT):
+        await shared.save(_data(pair))
+    return True
 
 
 def _bearer(pair: TokenPair) -> str:
