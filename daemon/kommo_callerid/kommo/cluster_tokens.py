@@ -106,6 +106,7 @@ class ClusterTokens:
             return None
         pair = _pair(data)
         if pair != self._pair:
+            self._remember(pair)
             if self._pair is not None:
                 self._backup(pair)  # another daemon refreshed: keep this host's file current
             self._pair = pair
