@@ -5,6 +5,9 @@ The DID's users are notified the moment the call is detected; the lookup runs be
 and never delays a notification whose recipients are already known; every ringing leg adds
 its agent; the everyone-fallback fires when nobody could be named. Each notification is its
 own task, so one slow request never holds up another.
+
+Size: the contract's notification rules, and the hooks of the cluster's claim on each call
+(its loop is in :mod:`.ownership`).
 """
 
 from __future__ import annotations
