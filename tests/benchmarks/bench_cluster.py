@@ -23,7 +23,8 @@ from typing import Any
 
 from common import Report, percentile
 
-from kommo_callerid.core.config import Config, from_mapping
+from kommo_callerid.core.config import Config
+from kommo_callerid.core.config_load import from_mapping
 from kommo_callerid.daemon.app import Daemon
 from kommo_callerid.kommo import batch
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
