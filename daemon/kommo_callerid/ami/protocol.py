@@ -19,6 +19,11 @@ wrong for a daemon is switched off or replaced here:
 - its buffer grows without end until a blank line comes: here it holds at most
   :data:`MAX_MESSAGE_BYTES`; a longer message is skipped up to the next blank line, and
   counted, as is text that is no AMI message;
+- a message ended by a blank line of bare LFs or CRs (not AMI: Asterisk always sends CRLF)
+  would swallow the valid message after it: such a piece is cut off at its own blank line and
+  counted as garbage, and the next message is read;
+- it dispatches events that arrive before the Login is answered: here they are counted as
+  ignored until a Login succeeds (an unauthenticated peer must not make calls appear);
 - on a loss it queues unanswered actions for a ``FullyBooted`` event to re-send, in a task
   nobody owns: here that callback is removed and a lost link cancels them.
 
@@ -63,6 +68,8 @@ MAX_MESSAGE_BYTES = 64 * 1024
 _END = b"\r\n\r\n"  # a message ends with a blank line
 _EVENT = b"Event: "
 _EVENT_LINE = b"\r\nEvent: "
+#: Blank lines of bare LFs or CRs: they end a (broken) message that is not AMI's CRLF.
+_FOREIGN_ENDS = (b"\n\n", b"\r\r")
 #: Events that need panoramisk's path whatever the handler wants: Shutdown ends the link.
 _SPECIAL_EVENTS = frozenset({b"shutdown"})
 
@@ -122,6 +129,9 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
         self._on_lost = on_lost
         self._on_discard = on_discard
         self._loss_reason: str | None = None
+        #: False until a Login is answered with Success: events before that are ignored.
+        self.logged_in = False
+        self.early_events = 0
         self.wanted = None if events is None else frozenset(e.lower().encode() for e in events)
 
     def protocol_factory(self) -> _SessionProtocol:
@@ -130,7 +140,8 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
     @property
     def ignored(self) -> int:
         """Events dropped unparsed because ``on_event`` does not want them."""
-        return self.protocol.ignored if self.protocol is not None else 0
+        ignored = self.protocol.ignored if self.protocol is not None else 0
+        return ignored + self.early_events
 
     # panoramisk's connect() leads to its connection_made(), which logs in and arms the
     # pinger; AmiClient opens the link, logs in and (through send_action) pings itself.
@@ -149,6 +160,9 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
         self.deliver({str(k).lower(): _text(v) for k, v in event.items()})
 
     def deliver(self, fields: Mapping[str, str]) -> None:
+        if not self.logged_in:
+            self.early_events += 1
+            return
         # A raise here would reach asyncio's data_received and drop the connection.
         try:
             self._on_event(fields)
@@ -257,6 +271,7 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
             if self._skipping:  # the tail of an oversized message: reading resumes after it
                 self._skipping = False
             else:
+                start = self._after_foreign_message(buffer, start, end)
                 route = self._route(buffer, start, end)
                 if route is _Route.IGNORE:
                     self.ignored += 1
@@ -267,6 +282,16 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
             start = end + len(_END)
         del buffer[:start]
         self._scanned = max(0, len(buffer) - len(_END) + 1)
+
+    def _after_foreign_message(self, buffer: bytearray, start: int, end: int) -> int:
+        """Where the CRLF message ending at ``end`` really starts: after the last blank line
+        of bare LFs or CRs, whatever came before it counted as garbage."""
+        cut = max(buffer.rfind(sep, start, end) for sep in _FOREIGN_ENDS)
+        if cut < 0:
+            return start
+        if bytes(buffer[start:cut]).strip():
+            self.factory.discard("garbage")
+        return cut + 2
 
     def _route(self, buffer: bytearray, start: int, end: int) -> _Route:
         """Where a message goes, judged by its ``Event:`` line on the raw bytes, without a copy
@@ -334,6 +359,8 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
         if action is None and message.action_id:
             action = self.responses.get(message.action_id)
         if action is not None:
+            if _is_login(action) and str(message.get("Response", "")).lower() == "success":
+                self.factory.logged_in = True  # before the next message: events may follow
             if action.add_message(message):
                 self.factory.forget(action.future)
         elif "event" in message:
@@ -354,6 +381,10 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
         if not self.closed:
             self.closed = True
             self.transport.close()
+
+
+def _is_login(action: Any) -> bool:
+    return str(action.get("Action", "")).lower() == "login"
 
 
 def _fields(text: str) -> dict[str, str]:

@@ -12,17 +12,21 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
+from kommo_callerid.ami.hints import connect_hint, warn_if_legacy
 from kommo_callerid.core.config import AmiConfig
 from kommo_callerid.core.models import AmiConnectionError, AmiLoginError, AmiSessionInfo
 
 log = structlog.get_logger(__name__)
 
-#: A session that stayed up this long resets the backoff to ``reconnect_min``.
-STABLE_SESSION = 30.0
+#: A logged-in session that stayed up this long was a working link: after its loss the next
+#: try waits only ``reconnect_min`` (a PBX reload, a flaky network). Shorter sessions (a server
+#: that accepts and drops at once) and failed connects or logins back off.
+HEALTHY_SESSION = 1.0
 #: A session this old that has seen no call event suggests an AMI user without ``read = call``.
 SILENCE_WARNING_AFTER = 600.0
 #: Asterisk sends only what the daemon uses; it pays for filtering, not us. DialEnd and the
@@ -46,6 +50,8 @@ class AmiLink(Protocol):
     def abort(self, reason: str) -> None: ...
     @property
     def events_received(self) -> int: ...
+    @property
+    def last_received_at(self) -> float | None: ...
     async def close(self) -> None: ...
 
 
@@ -69,6 +75,16 @@ class Backoff:
         self.attempt = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _SessionEnd:
+    """How a session ended: why, and whether the link had worked (then no backoff)."""
+
+    reason: str
+    healthy: bool = False
+    #: A connect or login that failed: said as a warning, with what to check.
+    failed_to_connect: bool = False
+
+
 class AmiSupervisor:
     def __init__(
         self,
@@ -89,6 +105,9 @@ class AmiSupervisor:
         self._sleep = sleep
         self._silence_warning_after = silence_warning_after
         self._backoff = Backoff(config.reconnect_min, config.reconnect_max)
+        #: Set when Asterisk left an Events/Filter action unanswered: later sessions do not
+        #: send them (the client filters events itself), so a slow PBX cannot stop the link.
+        self._subscribe_unanswered = False
         self.ever_connected = False
         self.connected = False
         self.reconnects = 0
@@ -96,18 +115,20 @@ class AmiSupervisor:
     async def run(self) -> None:
         """Run until cancelled; raises AmiLoginError if the very first login is refused."""
         while True:
-            reason = await self._one_session()
+            end = await self._one_session()
+            if end.healthy:
+                self._backoff.reset()
             delay = self._backoff.next_delay()
-            log.info(
-                "ami.reconnect_scheduled",
-                delay=round(delay, 3),
-                attempt=self._backoff.attempt,
-                reason=reason,
-            )
+            fields = {"delay": round(delay, 3), "attempt": self._backoff.attempt}
+            if end.failed_to_connect:
+                hint = connect_hint(end.reason, self._config)
+                log.warning("ami.reconnect_scheduled", reason=end.reason, hint=hint, **fields)
+            else:
+                log.info("ami.reconnect_scheduled", reason=end.reason, **fields)
             await self._sleep(delay)
             self.reconnects += 1
 
-    async def _one_session(self) -> str:
+    async def _one_session(self) -> _SessionEnd:
         link = self._link_factory()
         try:
             return await self._connect_and_wait(link)
@@ -115,7 +136,7 @@ class AmiSupervisor:
             await link.close()
             self._set_connected(False)
 
-    async def _connect_and_wait(self, link: AmiLink) -> str:
+    async def _connect_and_wait(self, link: AmiLink) -> _SessionEnd:
         try:
             info = await link.connect()
         except AmiLoginError as exc:
@@ -128,33 +149,50 @@ class AmiSupervisor:
             )
             if not self.ever_connected:
                 raise
-            return f"login failed: {exc}"
+            return _SessionEnd(f"login failed: {exc}")
         except (AmiConnectionError, OSError, TimeoutError) as exc:
-            return f"connect failed: {exc or type(exc).__name__}"
+            return _SessionEnd(f"{exc or type(exc).__name__}", failed_to_connect=True)
         started = self._now()
         self.ever_connected = True
         log.info("ami.connected", host=info.host, port=info.port, ami_version=info.ami_version)
+        warn_if_legacy(info.ami_version)
         try:
             await self._subscribe(link)
             self._set_connected(True)
             reason = await self._watch(link)
-        except AmiConnectionError as exc:
-            reason = str(exc)
+        except (AmiConnectionError, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
         log.warning("ami.disconnected", reason=reason)
         if self._on_link_lost is not None:
             await self._on_link_lost()  # state from before the gap is not trusted
-        if self._now() - started >= STABLE_SESSION:
-            self._backoff.reset()
-        return reason
+        return _SessionEnd(reason, healthy=self._now() - started >= HEALTHY_SESSION)
 
     async def _subscribe(self, link: AmiLink) -> None:
-        """Only the call class, and only the events the daemon uses (per session: re-sent)."""
+        """Only the call class, and only the events the daemon uses (per session: re-sent).
+
+        An action Asterisk leaves unanswered (a loaded or odd PBX) leaves its state unknown,
+        say one filter of three applied: the link is dropped, and later sessions skip
+        these actions and filter here instead. Never a crash.
+        """
+        if self._subscribe_unanswered:
+            return
         timeout = self._config.ping_timeout
-        await link.send_action({"Action": "Events", "EventMask": "call"}, timeout)
-        for expression in EVENT_FILTERS:
-            action = {"Action": "Filter", "Operation": "Add", "Filter": expression}
-            answer = await link.send_action(action, timeout)
-            if answer.get("Response", "").lower() != "success":
+        actions = [{"Action": "Events", "EventMask": "call"}]
+        actions += [{"Action": "Filter", "Operation": "Add", "Filter": f} for f in EVENT_FILTERS]
+        for action in actions:
+            try:
+                answer = await link.send_action(action, timeout)
+            except TimeoutError:
+                self._subscribe_unanswered = True
+                reason = f"no answer to {action['Action']} within {timeout:g} s"
+                log.warning(
+                    "ami.filter_refused",
+                    reason=reason,
+                    hint="reconnecting; from now on events are filtered here instead",
+                )
+                link.abort(reason)
+                raise AmiConnectionError(reason) from None
+            if action["Action"] == "Filter" and not _succeeded(answer):
                 log.warning(
                     "ami.filter_refused",
                     message=answer.get("Message", ""),
@@ -190,13 +228,18 @@ class AmiSupervisor:
             )
 
     async def _ping_until_silent(self, link: AmiLink) -> str:
+        """A link is dead when a Ping goes unanswered AND nothing at all arrived meanwhile:
+        a link busy with a flood of events is alive, though its Pong waits behind them."""
         interval, timeout = self._config.ping_interval, self._config.ping_timeout
         while True:
             await self._sleep(interval)
+            sent_at = asyncio.get_running_loop().time()
             try:
                 await link.send_action({"Action": "Ping"}, timeout)
             except TimeoutError:
-                return f"no answer to Ping within {timeout:g} s"
+                heard = link.last_received_at
+                if heard is None or heard < sent_at:
+                    return f"no answer to Ping within {timeout:g} s"
 
     def _set_connected(self, connected: bool) -> None:
         if connected != self.connected:
@@ -205,3 +248,7 @@ class AmiSupervisor:
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+
+def _succeeded(answer: Mapping[str, str]) -> bool:
+    return answer.get("Response", "").lower() == "success"
