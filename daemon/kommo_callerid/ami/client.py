@@ -12,6 +12,7 @@ Size: one AMI session end to end (connect, login, filters, read loop, actions); 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -187,7 +188,7 @@ class AmiClient:
                 server_hostname=host if context else None,
             )
         except OSError as exc:
-            reason = exc.strerror or str(exc) or type(exc).__name__
+            reason = _os_reason(exc)
             raise AmiConnectionError(f"cannot connect to {self._where()}: {reason}") from exc
         if self._closing:
             raise AmiConnectionError("closed by the client")
@@ -289,6 +290,13 @@ class AmiClient:
             log.warning(
                 "ami.events_dropped", dropped=self._counters.dropped, queue_size=self._queue.maxsize
             )
+
+
+def _os_reason(exc: OSError) -> str:
+    """ "Connection refused" rather than asyncio's "Connect call failed ('host', port)"."""
+    if exc.errno and not isinstance(exc, ssl.SSLError):
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def _loop_time() -> float:

@@ -93,6 +93,8 @@ class FakeAmiServer:
         self.channels: list[dict[str, str]] = []
         #: Every action received, in order; a Login's Secret is masked.
         self.actions: list[dict[str, str]] = []
+        #: Action names (lower case) this server reads but never answers (a slow or odd PBX).
+        self.unanswered: set[str] = set()
         self.connections = 0
         self.logins = 0
         self.login_failures = 0
@@ -240,6 +242,8 @@ class FakeAmiServer:
         """Answer one action; False means the session ends after it."""
         name = action.get("action", "").lower()
         self.actions.append(_masked(action))
+        if name in self.unanswered:
+            return True
         if name == "login":
             return await self._login(session, action)
         if name == "logoff":
