@@ -15,7 +15,13 @@ from structlog.testing import capture_logs
 from kommo_callerid.core.config import CacheConfig, KommoConfig
 from kommo_callerid.core.models import NotifyOutcome
 from kommo_callerid.kommo.client import KommoClient
-from kommo_callerid.kommo.limits import GateClosed, RequestGate
+from kommo_callerid.kommo.limits import (
+    GateClosed,
+    Priority,
+    RateLimiter,
+    RequestGate,
+    SlotExpired,
+)
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import BY_PHONE_PATH, EVENTS_PATH, PROBLEM_JSON, FakeKommo
 from kommo_callerid.sim.scenarios import CallScenarios
@@ -195,3 +201,93 @@ async def test_403_longer_than_the_ttl_is_dropped_without_hammering(fake: FakeKo
     assert set(outcomes) == {NotifyOutcome.DROPPED_TTL}
     assert fake.requests_to(EVENTS_PATH) <= 10 + 4  # the first wave, then ~one probe per pause
     assert len(events(logs, "kommo.notify_dropped")) == 10
+
+
+# -- the rate limiter in a flood (issue 13, point 1) -------------------------------------------
+
+
+async def test_expired_waiters_leave_without_using_a_slot() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter(1, clock=clock, sleep=clock.sleep)
+    release = asyncio.Event()
+    served: list[str] = []
+
+    async def hold() -> None:
+        async with limiter.slot():
+            await release.wait()
+
+    async def use(name: str, deadline: float) -> None:
+        async with limiter.slot(Priority.NOTIFY, deadline):
+            served.append(name)
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    stale = [asyncio.create_task(use(f"stale-{n}", clock() + 5)) for n in range(500)]
+    await asyncio.sleep(0)
+    assert limiter.waiting == 500
+    clock.advance(10)  # every stale deadline has passed while the slot was held
+    fresh = asyncio.create_task(use("fresh", clock() + 5))
+    await asyncio.sleep(0)
+    assert limiter.waiting == 1 and limiter.expired == 500
+    release.set()
+    results = await asyncio.gather(*stale, return_exceptions=True)
+    await asyncio.gather(holder, fresh)
+    assert all(isinstance(r, SlotExpired) for r in results)
+    assert served == ["fresh"]  # the stale ones never took a slot
+    assert clock() - 1_010 <= 1.0  # the fresh one went out one period after the release
+
+
+async def test_a_backlog_serves_the_newest_first_and_auth_before_all() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter(2, clock=clock, sleep=clock.sleep)
+    release = asyncio.Event()
+    served: list[str] = []
+
+    async def hold() -> None:
+        async with limiter.slot():
+            await release.wait()
+
+    async def use(name: str, priority: Priority = Priority.NOTIFY) -> None:
+        async with limiter.slot(priority, clock() + 60):
+            served.append(name)
+
+    holders = [asyncio.create_task(hold()) for _ in range(2)]
+    await asyncio.sleep(0)
+    names = [f"call-{n}" for n in range(10)]
+    waiters = [asyncio.create_task(use(name)) for name in names]
+    await asyncio.sleep(0)
+    waiters.append(asyncio.create_task(use("token", Priority.AUTH)))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(*holders, *waiters)
+    # the first 2 s of backlog (4 waiters) in order; beyond that, newest first
+    newest_first = [f"call-{n}" for n in range(9, 3, -1)]
+    assert served == ["token", *newest_first, *names[:4]]
+
+
+async def test_cancelling_twenty_thousand_waiters_leaves_the_limiter_empty() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter(7, clock=clock, sleep=clock.sleep)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with limiter.slot():
+            await release.wait()
+
+    async def wait_in_line() -> None:
+        async with limiter.slot(Priority.LOOKUP, clock() + 45):
+            pass
+
+    holders = [asyncio.create_task(hold()) for _ in range(7)]
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(wait_in_line()) for _ in range(20_000)]
+    await asyncio.sleep(0)
+    assert limiter.waiting == 20_000
+    for waiter in waiters:
+        waiter.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    assert limiter.waiting == 0
+    release.set()
+    await asyncio.gather(*holders)
+    async with limiter.slot(Priority.NOTIFY, clock() + 5):
+        pass  # the limiter still serves

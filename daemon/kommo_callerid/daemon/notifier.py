@@ -6,6 +6,11 @@ and never delays a notification whose recipients are already known; every ringin
 its agent; the everyone-fallback fires when nobody could be named. Each notification is its
 own task, so one slow request never holds up another.
 
+Work is bounded by design: at most :data:`MAX_PENDING_CALLS` calls may have Kommo work
+(a lookup, a notification, a fallback timer) outstanding. A flood beyond that sheds the
+oldest such calls (their tasks cancelled, counted as dropped with reason ``shed``, logged at
+most every :data:`SHED_LOG_INTERVAL` s), so a new call is never stuck behind it.
+
 Size: the contract's notification rules, and the hooks of the cluster's claim on each call
 (its loop is in :mod:`.ownership`).
 """
@@ -38,6 +43,11 @@ log = structlog.get_logger(__name__)
 
 #: How many handled call ids are remembered against re-notification after a reconnect.
 SEEN_CALLS = 10_000
+#: Calls that may wait for Kommo at once. At Kommo's 7 requests/s only ~300 notifications fit
+#: in a 45 s notify_ttl: more waiting calls would only burn memory and then expire.
+MAX_PENDING_CALLS = 1_000
+#: Seconds between two log lines about shed calls (the counter is exact).
+SHED_LOG_INTERVAL = 10.0
 
 
 class KommoPort(Protocol):
@@ -86,7 +96,8 @@ class NotifierStats:
     calls_incoming: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     notifications_sent: int = 0
-    #: Notifications given up, by reason: "ttl" (too late to be useful) or "rejected" (4xx).
+    #: Notifications given up, by reason: "ttl" (too late to be useful), "rejected" (4xx),
+    #: "shed" (a call given up unsent because newer calls filled MAX_PENDING_CALLS).
     dropped: Counter[str] = field(default_factory=Counter)
     lookups_failed: int = 0
     #: Cluster: calls another daemon notified (it won the call's claim).
@@ -123,6 +134,8 @@ class _ActiveCall:
     busy: int = 0
     #: Cluster: the call's claim, told about every delivery (for a daemon taking over).
     claim: ClaimPort | None = None
+    #: Its Kommo work still running (lookup, notifications, fallback timer).
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def bound(self) -> Any:
         return bound_contextvars(call_id=self.call.call_id, caller=self.call.number)
@@ -150,6 +163,10 @@ class CallNotifier:
         self._active: dict[str, _ActiveCall] = {}
         #: Calls already handled, so a call seen again after an AMI reconnect is not re-notified.
         self._seen: OrderedDict[str, None] = OrderedDict()
+        #: Calls with Kommo work outstanding, oldest first: the ones shed in a flood.
+        self._pending: OrderedDict[str, _ActiveCall] = OrderedDict()
+        self._shed_unlogged = 0
+        self._shed_logged_at = float("-inf")
         self.stats = NotifierStats()
 
     def reconfigure(self, notify_config: NotifyConfig, calls_config: CallsConfig) -> None:
@@ -164,6 +181,10 @@ class CallNotifier:
     @property
     def seen_calls(self) -> int:
         return len(self._seen)
+
+    @property
+    def pending_calls(self) -> int:
+        return len(self._pending)
 
     def handle(self, decision: Decision) -> None:
         match decision:
@@ -193,6 +214,7 @@ class CallNotifier:
         self._seen[started.call_id] = None
         if len(self._seen) > SEEN_CALLS:
             self._seen.popitem(last=False)
+        self._shed_down_to(MAX_PENDING_CALLS - 1)
         active = _ActiveCall(started, CallRecipients(self._notify))
         self._active[started.call_id] = active
         self.stats.calls_incoming += 1
@@ -253,16 +275,17 @@ class CallNotifier:
     def _spawn(
         self, active: _ActiveCall, coro: Coroutine[Any, Any, None], name: str
     ) -> asyncio.Task[None]:
-        """A task of this call, counted so the call's claim is held until it is done."""
+        """A task of this call: counted so the call's claim is held until it is done, and the
+        call is pending (the oldest are shed in a flood) until all its tasks are done.
+
+        Counted in a done callback, not a ``finally``: a task shed before it ever ran never
+        enters its coroutine."""
         active.busy += 1
-
-        async def counted() -> None:
-            try:
-                await coro
-            finally:
-                active.busy -= 1
-
-        return self._tasks.spawn(counted(), name=name)
+        task = self._tasks.spawn(coro, name=name)
+        active.tasks.add(task)
+        self._pending.setdefault(active.call.call_id, active)
+        task.add_done_callback(lambda done: self._work_done(active, done))
+        return task
 
     def _leg_ringing(self, leg: LegRinging) -> None:
         active = self._active.get(leg.call_id)
@@ -310,6 +333,32 @@ class CallNotifier:
 
     def _send_to_everyone(self, active: _ActiveCall) -> None:
         self._spawn(active, self._deliver(active, None), f"notify-all-{active.call.call_id}")
+
+    def _work_done(self, active: _ActiveCall, task: asyncio.Task[None]) -> None:
+        active.busy -= 1
+        active.tasks.discard(task)
+        if not active.tasks and self._pending.get(active.call.call_id) is active:
+            del self._pending[active.call.call_id]
+
+    def _shed_down_to(self, limit: int) -> None:
+        """Give up the oldest pending calls until at most ``limit`` remain."""
+        while len(self._pending) > limit:
+            call_id, active = self._pending.popitem(last=False)
+            self._active.pop(call_id, None)
+            for task in active.tasks:
+                task.cancel()
+            self.stats.dropped["shed"] += 1
+            self._shed_unlogged += 1
+        if self._shed_unlogged and self._clock() - self._shed_logged_at >= SHED_LOG_INTERVAL:
+            log.warning(
+                "kommo.notify_dropped",
+                reason="shed",
+                calls=self._shed_unlogged,
+                pending_cap=MAX_PENDING_CALLS,
+                detail="a flood of calls: the oldest still waiting for Kommo were given up",
+            )
+            self._shed_logged_at = self._clock()
+            self._shed_unlogged = 0
 
     async def _deliver(self, active: _ActiveCall, users: tuple[int, ...] | None) -> None:
         outcome = await self._kommo.notify(

@@ -29,6 +29,7 @@ from kommo_callerid.kommo.limits import (
     RateLimiter,
     RequestGate,
     Sleep,
+    SlotExpired,
     retry_delay,
 )
 from kommo_callerid.kommo.parse import DETAIL_CHARS, Response, error_detail, loads_json
@@ -109,6 +110,11 @@ class KommoTransport:
     def table_sizes(self) -> dict[str, int]:
         return {"limiter_waiting": self._limiter.waiting, "error_log_keys": len(self._error_logged)}
 
+    @property
+    def expired_in_queue(self) -> int:
+        """Requests whose deadline passed while they waited for the rate limit (never sent)."""
+        return self._limiter.expired
+
     async def close(self) -> None:
         self._closed = True
         if self._session is not None:
@@ -165,7 +171,7 @@ class KommoTransport:
     async def exchange_tokens(self, form: dict[str, str]) -> Response:
         """One unauthenticated POST to the OAuth token endpoint, within the rate limit."""
         deadline = self._clock() + self._config.timeout
-        call = _Call("POST", TOKEN_PATH, None, form, Priority.NOTIFY, deadline, form=True)
+        call = _Call("POST", TOKEN_PATH, None, form, Priority.AUTH, deadline, form=True)
         outcome = await self._attempt(call, None)
         if isinstance(outcome, _Failure):
             raise KommoError(None, TOKEN_PATH, outcome.detail)
@@ -194,31 +200,41 @@ class KommoTransport:
     async def _attempt(self, call: _Call, authorization: str | None) -> Response | _Failure:
         session = self._ensure_session()
         headers = {"Authorization": authorization} if authorization else {}
+        try:
+            async with self._limiter.slot(call.priority, call.deadline):
+                return await self._send(session, call, headers)
+        except SlotExpired:
+            return _Failure("waited for the rate limit until the deadline")
+
+    async def _send(
+        self, session: aiohttp.ClientSession, call: _Call, headers: dict[str, str]
+    ) -> Response | _Failure:
+        """One HTTP exchange within a rate-limit slot."""
         path = call.path
-        async with self._limiter.slot(call.priority):
-            budget = min(self._config.timeout, call.deadline - self._clock())
-            if budget <= 0:
-                return _Failure("no time left before the deadline")
-            # A callable payload is made now, inside the slot: a batch is sealed here.
-            payload = call.payload() if callable(call.payload) else call.payload
-            try:
-                async with session.request(
-                    call.method,
-                    self._config.base_url + path,
-                    params=call.params,
-                    json=None if call.form else payload,
-                    data=payload if call.form else None,
-                    headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=budget),
-                    allow_redirects=False,  # never carry the token to wherever a redirect points
-                    proxy=self._proxy,
-                ) as answer:
-                    status, content_type = answer.status, answer.content_type
-                    header_pause = _seconds(answer.headers.get("Retry-After"))
-                    body = await _read_capped(answer)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self._stats.requests[path, None] += 1
-                return _Failure(self._transport_detail(exc, budget))
+        budget = min(self._config.timeout, call.deadline - self._clock())
+        if budget <= 0:
+            return _Failure("no time left before the deadline")
+        # A callable payload is made now, inside the slot: a batch is sealed here.
+        payload = call.payload() if callable(call.payload) else call.payload
+        try:
+            async with session.request(
+                call.method,
+                self._config.base_url + path,
+                params=call.params,
+                json=None if call.form else payload,
+                data=payload if call.form else None,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=budget),
+                allow_redirects=False,  # never carry the token to wherever a redirect points
+                proxy=self._proxy,
+                proxy=self._proxy,
+            ) as answer:
+                status, content_type = answer.status, answer.content_type
+                header_pause = _seconds(answer.headers.get("Retry-After"))
+                body = await _read_capped(answer)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._stats.requests[path, None] += 1
+            return _Failure(self._transport_detail(exc, budget))
         self._stats.requests[path, status] += 1
         if body is None:  # the caller decides: a notification's 2xx is a success whatever it says
             return Response(path, status, content_type, b"", header_pause, oversized=True)
