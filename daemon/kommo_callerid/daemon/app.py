@@ -131,6 +131,7 @@ class Daemon:
             "outcomes": len(running.outcomes),
             "active": running.notifier.active_calls,
             "seen": running.notifier.seen_calls,
+            "pending": running.notifier.pending_calls,
             "tasks": len(running.call_tasks),
             **running.kommo.table_sizes(),
         }

@@ -45,7 +45,12 @@ from kommo_callerid.kommo.parse import (
     parse_by_phone,
     parse_contacts,
 )
-from kommo_callerid.kommo.transport import MAX_BODY_BYTES, KommoStats, KommoTransport
+from kommo_callerid.kommo.transport import (
+    MAX_BODY_BYTES,
+    BacklogExpired,
+    KommoStats,
+    KommoTransport,
+)
 
 __all__ = ["KommoClient", "KommoHealth", "KommoStats", "TokenProvider"]
 
@@ -60,6 +65,8 @@ SHARED_LOOKUP_WAIT = 1.5
 SHARED_LOOKUP_POLL = 0.05
 #: What by_phone answers on accounts that do not have the v2 telephony search.
 BY_PHONE_GONE = frozenset({404, 405, 410})
+#: Seconds between two kommo.error lines for lookups that expired in the rate limiter's queue.
+BACKLOG_LOG_INTERVAL = 10.0
 
 
 class KommoClient:
@@ -111,6 +118,10 @@ class KommoClient:
             self._http.auth = tokens
         self._cache = LookupCache(cache)
         self._inflight: dict[str, asyncio.Task[LookupResult]] = {}
+        #: Callers awaiting each shared fetch: when the last gives up, the fetch is cancelled.
+        self._awaiting: dict[str, int] = {}
+        self._backlog_logged_at = float("-inf")
+        self._backlog_unlogged = 0
         self._by_phone_gone = False
         self._health = HealthTracker()
 
@@ -267,8 +278,17 @@ class KommoClient:
             task = asyncio.create_task(self._fetch(key, deadline))
             self._inflight[key] = task
             task.add_done_callback(partial(self._fetch_done, key))
-        # shield: a caller that gives up must not cancel the request the others wait for.
-        return await asyncio.shield(task)
+        # shield: a caller that gives up must not cancel the request the others wait for;
+        # when the last one gives up (a call shed in a flood), nobody needs the request.
+        self._awaiting[key] = self._awaiting.get(key, 0) + 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            self._awaiting[key] -= 1
+            if not self._awaiting[key]:
+                del self._awaiting[key]
+                if not task.done():
+                    task.cancel()
 
     def _fetch_done(self, key: str, task: asyncio.Task[LookupResult]) -> None:
         if self._inflight.get(key) is task:
@@ -394,6 +414,9 @@ class KommoClient:
             response = await self._http.request(
                 method, path, params=params, deadline=deadline, max_attempts=max_attempts
             )
+        except BacklogExpired as exc:
+            self._log_backlog(path, exc.detail)
+            raise KommoError(exc.status, path, exc.detail) from None
         except DeadlineReached as exc:
             raise self._failure(exc.status, path, exc.detail) from None
         except KommoAuthError as exc:
@@ -401,6 +424,21 @@ class KommoClient:
             raise
         self._health.answered(response.status)
         return response
+
+    def _log_backlog(self, path: str, detail: str) -> None:
+        """A flood expires lookups by the thousand: one line per interval says how many."""
+        now = self._clock()
+        if now - self._backlog_logged_at < BACKLOG_LOG_INTERVAL:
+            self._backlog_unlogged += 1
+            return
+        log.error(
+            "kommo.error",
+            status=None,
+            endpoint=path,
+            detail=detail,
+            repeated=self._backlog_unlogged,
+        )
+        self._backlog_logged_at, self._backlog_unlogged = now, 0
 
     def _deadline(self) -> float:
         return self._clock() + self._config.timeout

@@ -46,6 +46,10 @@ ERROR_LOG_INTERVAL = {403: 60.0}
 DEFAULT_ERROR_LOG_INTERVAL = 10.0
 
 
+class BacklogExpired(DeadlineReached):
+    """The deadline passed while the request waited for the rate limit: never sent."""
+
+
 @dataclass(slots=True)
 class KommoStats:
     """Counters for ``stats`` log lines and /metrics. ``requests`` status None: no answer."""
@@ -204,7 +208,8 @@ class KommoTransport:
             async with self._limiter.slot(call.priority, call.deadline):
                 return await self._send(session, call, headers)
         except SlotExpired:
-            return _Failure("waited for the rate limit until the deadline")
+            detail = "waited for the rate limit until the deadline (a backlog of requests)"
+            raise BacklogExpired(None, call.path, detail, 0) from None
 
     async def _send(
         self, session: aiohttp.ClientSession, call: _Call, headers: dict[str, str]
