@@ -175,6 +175,19 @@ class Child:
                 proc.kill()
                 await proc.wait()
 
+    async def stop(self) -> float:
+        """Ask the daemon to stop (what SIGTERM's handler does: set the stop event); the
+        seconds until it said it had stopped."""
+        assert self._proc is not None and self._proc.stdin is not None
+        started = time.monotonic()
+        self._proc.stdin.write(b"stop\n")
+        await self._proc.stdin.drain()
+        while "stopped" not in await self.read():
+            pass
+        elapsed = time.monotonic() - started
+        await self._proc.wait()
+        return elapsed
+
     @property
     def pid(self) -> int:
         assert self._proc is not None

@@ -1,8 +1,9 @@
 """Run every benchmark and print one Markdown table: figure, value, target, result.
 
-    python tests/benchmarks/run.py [--quick] [--only NAME ...]
+    python tests/benchmarks/run.py [--quick] [--full] [--only NAME ...]
 
 ``--quick`` is a smoke run (smaller counts, same code paths); the figures then say little.
+``--full`` adds the slow sizes (the 100,000-call flood).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent.parent / "daemon")]
 import bench_burst  # noqa: E402
 import bench_cluster  # noqa: E402
 import bench_cpu  # noqa: E402
+import bench_flood  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_logging  # noqa: E402
@@ -35,6 +37,7 @@ BENCHMARKS = {
     "outcome": bench_outcome,
     "logging": bench_logging,
     "cluster": bench_cluster,
+    "flood": bench_flood,
 }
 
 
@@ -52,6 +55,8 @@ async def main(quick: bool, only: list[str]) -> Report:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: small counts")
+    parser.add_argument("--full", action="store_true", help="also the slow sizes")
     parser.add_argument("--only", nargs="*", default=[], choices=list(BENCHMARKS))
     args = parser.parse_args()
+    bench_flood.FULL = args.full
     print(asyncio.run(main(args.quick, args.only)).markdown())

@@ -58,6 +58,9 @@ EXIT_CONFIG = 3
 
 #: Events waiting for the call tracker; beyond this AMI events are dropped and counted.
 EVENT_QUEUE_SIZE = 10_000
+#: Of ``shutdown_timeout``, the seconds kept for cancelling what is left and closing the
+#: clients, so the whole stop fits in it at any backlog.
+STOP_RESERVE = 0.25
 STATS_INTERVAL = 60.0
 
 
@@ -286,6 +289,8 @@ class Daemon:
         return EXIT_FAILURE
 
     async def _shutdown(self, running: _Running) -> None:
+        loop = asyncio.get_running_loop()
+        grace_ends = loop.time() + self.config.daemon.shutdown_timeout - STOP_RESERVE
         self.systemd.stopping()
         await self._stop_http(running)
         for task in running.background:
@@ -293,7 +298,7 @@ class Daemon:
         await asyncio.gather(*running.background, return_exceptions=True)
         running.notifier.hand_back_calls()
         in_flight = len(running.call_tasks)
-        cancelled = await running.call_tasks.drain(self.config.daemon.shutdown_timeout)
+        cancelled = await running.call_tasks.drain(max(0.0, grace_ends - loop.time()))
         log.info(
             "daemon.stopped",
             in_flight_at_stop=in_flight,
