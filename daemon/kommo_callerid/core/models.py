@@ -21,6 +21,11 @@ class ChannelEventKind(StrEnum):
     #: A channel joined / left a bridge: who talks with whom (the call outcome tracker).
     BRIDGE_ENTER = "BridgeEnter"
     BRIDGE_LEAVE = "BridgeLeave"
+    #: AMI 1.x (Asterisk 11 and older) ``Event: Dial`` with ``SubEvent: Begin``, the only tie
+    #: between a dialled channel and its caller there (no Linkedid): it arrives as a
+    #: ChannelEvent of the dialled channel (``Destination``, ``DestUniqueID``) whose
+    #: ``linkedid`` is the dialling channel's ``UniqueID``.
+    DIAL_LEGACY = "Dial"
     #: Not from Asterisk: the supervisor's marker that the AMI link was lost (a gap).
     LINK_LOST = "LinkLost"
 
