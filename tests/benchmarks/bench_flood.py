@@ -55,7 +55,9 @@ async def run(report: Report, quick: bool) -> None:
             f"flood {size:,}: sent / dropped (by reason) / AMI events dropped",
             f"{figures['sent']} / {figures['dropped']} / {figures['ami_dropped']}",
         )
-        report.add(f"flood {size:,}: stop with the backlog", f"{stop_s:.2f} s", "≤ 5 s", stop_s <= 5)
+        report.add(
+            f"flood {size:,}: stop with the backlog", f"{stop_s:.2f} s", "≤ 5 s", stop_s <= 5
+        )
 
 
 def _burst(size: int, scenarios: CallScenarios) -> bytes:

@@ -257,6 +257,8 @@ class AmiClient:
         kind = _KINDS.get(fields.get("event", "").lower())
         if kind is None:
             return
+        if kind is ChannelEventKind.DIAL_LEGACY and fields.get("subevent", "").lower() != "begin":
+            return  # AMI 1.x Dial End: how a dial ended, unused
         self._counters.received += 1
         event = _channel_event(kind, fields, self._clock())
         if event is None:
@@ -310,6 +312,8 @@ def _channel_event(
 
     A Dial started by an Originate has no dialling channel: its DestUniqueid ties it to a call.
     """
+    if kind is ChannelEventKind.DIAL_LEGACY:
+        return _legacy_dial(fields, received_at)
     uniqueid = fields.get("uniqueid", "")
     dest_uniqueid = fields.get("destuniqueid", "")
     if not (uniqueid or dest_uniqueid):
@@ -335,6 +339,24 @@ def _channel_event(
 
 def _int(text: str) -> int:
     return int(text) if text.isdigit() else 0
+
+
+def _legacy_dial(fields: Mapping[str, str], received_at: float) -> ChannelEvent | None:
+    """AMI 1.x ``Dial``: its Begin, as an event of the dialled channel tied to the dialler."""
+    dialled, dialler = fields.get("destuniqueid", ""), fields.get("uniqueid", "")
+    if not dialled or not dialler:
+        return None
+    return ChannelEvent(
+        kind=ChannelEventKind.DIAL_LEGACY,
+        channel=fields.get("destination", ""),
+        uniqueid=dialled,
+        linkedid=dialler,
+        caller_num=fields.get("calleridnum", ""),
+        caller_name=fields.get("calleridname", ""),
+        context="",
+        exten=fields.get("dialstring", ""),
+        received_at=received_at,
+    )
 
 
 def _raise_if_refused(answer: Mapping[str, str]) -> None:

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import structlog
 
-from kommo_callerid.ami.hints import connect_hint, warn_if_legacy
+from kommo_callerid.ami.hints import connect_hint, is_legacy, warn_if_legacy
 from kommo_callerid.core.config import AmiConfig
 from kommo_callerid.core.models import AmiConnectionError, AmiLoginError, AmiSessionInfo
 
@@ -39,6 +39,9 @@ EVENT_FILTERS = (
     "Event: BridgeEnter",
     "Event: BridgeLeave",
 )
+#: AMI 1.x only: its Dial (SubEvent Begin) ties a dialled channel to its caller. Not sent to a
+#: modern Asterisk, where the regex would also let DialBegin/DialEnd/DialState through.
+LEGACY_FILTERS = ("Event: Dial",)
 
 
 class AmiLink(Protocol):
@@ -157,7 +160,7 @@ class AmiSupervisor:
         log.info("ami.connected", host=info.host, port=info.port, ami_version=info.ami_version)
         warn_if_legacy(info.ami_version)
         try:
-            await self._subscribe(link)
+            await self._subscribe(link, legacy=is_legacy(info.ami_version))
             self._set_connected(True)
             reason = await self._watch(link)
         except (AmiConnectionError, OSError) as exc:
@@ -167,7 +170,7 @@ class AmiSupervisor:
             await self._on_link_lost()  # state from before the gap is not trusted
         return _SessionEnd(reason, healthy=self._now() - started >= HEALTHY_SESSION)
 
-    async def _subscribe(self, link: AmiLink) -> None:
+    async def _subscribe(self, link: AmiLink, *, legacy: bool = False) -> None:
         """Only the call class, and only the events the daemon uses (per session: re-sent).
 
         An action Asterisk leaves unanswered (a loaded or odd PBX) leaves its state unknown,
@@ -178,7 +181,8 @@ class AmiSupervisor:
             return
         timeout = self._config.ping_timeout
         actions = [{"Action": "Events", "EventMask": "call"}]
-        actions += [{"Action": "Filter", "Operation": "Add", "Filter": f} for f in EVENT_FILTERS]
+        filters = EVENT_FILTERS + (LEGACY_FILTERS if legacy else ())
+        actions += [{"Action": "Filter", "Operation": "Add", "Filter": f} for f in filters]
         for action in actions:
             try:
                 answer = await link.send_action(action, timeout)

@@ -175,6 +175,8 @@ class CallTracker:
             return self.forget_all()
         if event.kind is ChannelEventKind.HANGUP:
             return self._hangup(event)
+        if event.kind is ChannelEventKind.DIAL_LEGACY:
+            return self._dialled(event)
         if event.kind not in _DETECTION_KINDS:
             return []  # dial and bridge events are for the outcome tracker
         is_root = event.uniqueid == event.linkedid
@@ -255,6 +257,27 @@ class CallTracker:
             call.early_legs.append((extension, event.channel))
             return []
         return [LegRinging(call.call_id, extension, event.channel)]
+
+    def _dialled(self, event: ChannelEvent) -> list[Decision]:
+        """AMI 1.x: a channel created by a Dial is a leg, never an inbound caller.
+
+        Without Linkedid each channel looked like its own call; an outbound trunk leg born
+        in an inbound context with no caller number yet waits for one (NewCallerid). Its
+        Dial says it was dialled: it is dropped, and when the dialler is a tracked inbound
+        call the dialled channel rings for it.
+        """
+        decisions: list[Decision] = []
+        dialled = self._calls.get(event.uniqueid)
+        if dialled is not None and dialled.number is None:
+            del self._calls[dialled.call_id]
+            decisions.append(
+                ChannelSkipped(
+                    dialled.call_id, SkipReason.NOT_INBOUND, "", dialled.root_channel, dialled.did
+                )
+            )
+        if event.linkedid in self._calls:
+            decisions.extend(self._new_leg(event))
+        return decisions
 
     def _hangup(self, event: ChannelEvent) -> list[Decision]:
         if event.uniqueid != event.linkedid:
