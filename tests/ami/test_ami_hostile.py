@@ -239,3 +239,23 @@ async def test_a_server_that_drops_at_once_still_meets_a_growing_backoff(
             await asyncio.gather(task, return_exceptions=True)
     attempts = [line["attempt"] for line in events(logs, "ami.reconnect_scheduled")]
     assert attempts[:4] == [1, 2, 3, 4]
+
+
+# ---- point 1 (sibling): a busy link is not a dead link ----
+
+
+async def test_a_link_busy_with_events_is_alive_though_its_pong_is_late(
+    ami: FakeAmiServer, kommo: FakeKommo
+) -> None:
+    ami.unanswered = {"ping"}  # the Pong is stuck behind a flood, as far as the daemon can tell
+    config = make_config(ami, kommo, ami={"ping_interval": 0.2, "ping_timeout": 0.2})
+    noise = format_message({"Event": "Newchannel", "Privilege": "call,all", "Uniqueid": ""})
+    with capture_logs() as logs:
+        async with running_daemon(config) as daemon:
+            for _ in range(30):  # 1.5 s of traffic: several Pings go unanswered meanwhile
+                ami.emit_raw(noise)
+                await asyncio.sleep(0.05)
+            assert daemon.ami_connected and ami.logins == 1
+            await wait_for(lambda: not daemon.ami_connected, timeout=2)  # silence: dead
+    lost = events(logs, "ami.disconnected")
+    assert lost[0]["reason"] == "no answer to Ping within 0.2 s"
