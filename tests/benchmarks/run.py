@@ -26,6 +26,7 @@ import bench_latency  # noqa: E402
 import bench_logging  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_outcome  # noqa: E402
+import bench_reconnect  # noqa: E402
 from common import Report  # noqa: E402
 
 BENCHMARKS = {
@@ -38,6 +39,7 @@ BENCHMARKS = {
     "logging": bench_logging,
     "cluster": bench_cluster,
     "flood": bench_flood,
+    "reconnect": bench_reconnect,
 }
 
 

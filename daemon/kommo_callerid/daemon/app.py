@@ -58,9 +58,10 @@ EXIT_CONFIG = 3
 
 #: Events waiting for the call tracker; beyond this AMI events are dropped and counted.
 EVENT_QUEUE_SIZE = 10_000
-#: Of ``shutdown_timeout``, the seconds kept for cancelling what is left and closing the
-#: clients, so the whole stop fits in it at any backlog.
-STOP_RESERVE = 0.25
+#: Of ``shutdown_timeout``, the share kept for cancelling what is left and closing the
+#: clients (at most STOP_RESERVE_MAX s), so the whole stop fits in it at any backlog.
+STOP_RESERVE_SHARE = 0.2
+STOP_RESERVE_MAX = 1.0
 STATS_INTERVAL = 60.0
 
 
@@ -290,7 +291,8 @@ class Daemon:
 
     async def _shutdown(self, running: _Running) -> None:
         loop = asyncio.get_running_loop()
-        grace_ends = loop.time() + self.config.daemon.shutdown_timeout - STOP_RESERVE
+        timeout = self.config.daemon.shutdown_timeout
+        grace_ends = loop.time() + timeout - min(STOP_RESERVE_MAX, STOP_RESERVE_SHARE * timeout)
         self.systemd.stopping()
         await self._stop_http(running)
         for task in running.background:
