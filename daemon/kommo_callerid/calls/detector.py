@@ -189,7 +189,9 @@ class CallTracker:
     def expire(self, now: float) -> list[Decision]:
         """Forget calls older than ``max_age`` (their Hangup was lost)."""
         decisions: list[Decision] = []
-        for call in list(self._calls.values()):
+        # Only the oldest are looked at: no copy of the table (this runs for every new call).
+        while self._calls:
+            call = next(iter(self._calls.values()))
             if now - call.started_at < self._max_age:
                 break  # insertion order is start order
             decisions.extend(self._forget(call))

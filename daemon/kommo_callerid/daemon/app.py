@@ -63,6 +63,8 @@ EVENT_QUEUE_SIZE = 10_000
 STOP_RESERVE_SHARE = 0.2
 STOP_RESERVE_MAX = 1.0
 STATS_INTERVAL = 60.0
+#: Events handled before the intake lets other tasks run.
+CONSUME_BATCH = 256
 
 
 @dataclass
@@ -320,6 +322,10 @@ class Daemon:
                 notifier.handle(decision)
             for call in running.outcomes.feed(event):
                 self._journal(call)
+            if running.events % CONSUME_BATCH == 0:
+                # queue.get() does not yield while events wait: in a flood the stop request,
+                # the HTTP endpoint and the notifications would wait for the whole backlog.
+                await asyncio.sleep(0)
 
     def _journal(self, call: FinishedCall) -> None:
         try:
