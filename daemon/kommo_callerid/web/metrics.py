@@ -29,7 +29,7 @@ from kommo_callerid.web.stats import DISCARD_REASONS, StatsView, status_label
 PREFIX = "kommo_callerid_"
 #: Label values shown at 0 before they first happen, so rate() and alerts see the series.
 SKIP_REASONS = tuple(str(reason) for reason in SkipReason)
-DROP_REASONS = ("ttl", "rejected")
+DROP_REASONS = ("ttl", "rejected", "shed")
 CALLERID_RESULTS = tuple(str(answer) for answer in Answer)
 
 
