@@ -114,11 +114,6 @@ class KommoTransport:
     def table_sizes(self) -> dict[str, int]:
         return {"limiter_waiting": self._limiter.waiting, "error_log_keys": len(self._error_logged)}
 
-    @property
-    def expired_in_queue(self) -> int:
-        """Requests whose deadline passed while they waited for the rate limit (never sent)."""
-        return self._limiter.expired
-
     async def close(self) -> None:
         self._closed = True
         if self._session is not None:
