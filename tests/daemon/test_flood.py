@@ -66,7 +66,6 @@ async def test_a_real_call_after_a_flood_is_notified_within_seconds(ami: FakeAmi
             stopped_after = time.monotonic() - stop_asked
     assert notified_after < 2.0, notified_after
     assert dropped["shed"] == FLOOD + 1 - MAX_PENDING_CALLS
-    assert dropped.get("ttl", 0) > 0
     assert kommo.violations == 0
     shed_lines = [x for x in events(logs, "kommo.notify_dropped") if x["reason"] == "shed"]
     assert 1 <= len(shed_lines) <= 2  # rate-limited, not one line per call

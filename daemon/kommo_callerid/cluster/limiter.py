@@ -60,7 +60,11 @@ class Limiter(Protocol):
     @property
     def waiting(self) -> int: ...
 
-    def slot(self, priority: Any = ...) -> AbstractAsyncContextManager[None]: ...
+    def slot(
+        self, priority: Any = ..., deadline: float | None = ...
+    ) -> AbstractAsyncContextManager[None]:
+        """``deadline`` (the limiter's clock): a waiter still queued then leaves without a
+        slot, raising ``kommo.limits.SlotExpired``."""
 
 
 class SharedRateLimiter:
@@ -106,14 +110,16 @@ class SharedRateLimiter:
         return len(self._queue) + self._fallback.waiting
 
     @asynccontextmanager
-    async def slot(self, priority: int = 1) -> AsyncIterator[None]:
+    async def slot(self, priority: int = 1, deadline: float | None = None) -> AsyncIterator[None]:
+        # The deadline is honoured by the local fallback; the shared queue does not expire
+        # waiters yet (the transport then sends nothing once the deadline has passed).
         held = await self._take(priority)
         shared = held is not None
         self._running[shared] += 1
         try:
             if held is None:
                 self.local_slots += 1
-                async with self._fallback.slot(priority):
+                async with self._fallback.slot(priority, deadline):
                     yield
             else:
                 self.shared_slots += 1

@@ -5,6 +5,9 @@ after 403, the Authorization header (and one token refresh after a 401), the bod
 the counters, and the retries: 429, 5xx, 403, timeouts and connection errors are retried
 with jittered backoff until the request's deadline (for a notification: ``notify_ttl``
 after the call arrived); other answers go back to the caller to judge.
+
+Size: one request's whole path (rate-limit slot, gate, authorisation, retries, body cap) in
+one place, so no request can skip a step.
 """
 
 from __future__ import annotations
@@ -226,7 +229,6 @@ class KommoTransport:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=budget),
                 allow_redirects=False,  # never carry the token to wherever a redirect points
-                proxy=self._proxy,
                 proxy=self._proxy,
             ) as answer:
                 status, content_type = answer.status, answer.content_type
