@@ -25,11 +25,12 @@ Sleep = Callable[[float], Awaitable[None]]
 
 class Priority(IntEnum):
     """Lower goes first: a token refresh serves every request; a notification is worth more
-    than a lookup that may be cached."""
+    than a lookup that may be cached; the call journal, durable, can always wait a little."""
 
     AUTH = -1
     NOTIFY = 0
     LOOKUP = 1
+    JOURNAL = 2
 
 
 class SlotExpired(Exception):
