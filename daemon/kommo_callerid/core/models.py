@@ -246,3 +246,62 @@ class FinishedCall:
     did: str | None
     #: ``call_result``: a short human line (who answered and transfers, or why missed).
     result: str
+
+
+@dataclass(frozen=True, slots=True)
+class JournalCall:
+    """One finished call as Kommo's ``POST /api/v4/calls`` takes it: built by ``journal/``
+    from a :class:`FinishedCall` and the configuration, sent by ``kommo/``."""
+
+    #: The call id (Kommo's ``uniq``).
+    uniq: str
+    direction: CallDirection
+    phone: str
+    duration: int
+    status: CallStatus
+    result: str
+    #: ``responsible_user_id`` and ``created_by``; None: Kommo picks.
+    responsible_user_id: int | None
+    #: Unix time of the call's start.
+    created_at: int
+    #: The recording's URL, or "".
+    link: str
+    source: str
+
+
+class JournalVerdict(StrEnum):
+    """What Kommo made of one journal request."""
+
+    ATTACHED = "attached"  # the call is in an entity's timeline
+    UNKNOWN = "unknown"  # no contact or company has this number
+    REJECTED = "rejected"  # Kommo refused it; sending it again will not help
+    RETRY = "retry"  # no usable answer (outage, 5xx, 429, token): try again later
+
+
+@dataclass(frozen=True, slots=True)
+class JournalAnswer:
+    """Kommo's answer for one :class:`JournalCall` (or one follow-up request)."""
+
+    uniq: str
+    verdict: JournalVerdict
+    entity_type: EntityType | None = None
+    entity_id: int | None = None
+    #: The attached entity's responsible user, when Kommo says.
+    responsible_user_id: int | None = None
+    #: Kommo's words for a refusal or failure.
+    detail: str = ""
+    #: The HTTP status, None when no answer came.
+    status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackTask:
+    """A call-back task after a missed call (``POST /api/v4/tasks``, task type 1 = call)."""
+
+    uniq: str
+    entity_type: EntityType
+    entity_id: int
+    responsible_user_id: int | None
+    #: Unix time of the deadline.
+    complete_till: int
+    text: str

@@ -163,6 +163,11 @@ class KommoClient:
         await self._http.close()
 
     @property
+    def transport(self) -> KommoTransport:
+        """The one transport (rate limit, gate, token) for the other Kommo endpoints."""
+        return self._http
+
+    @property
     def cache_size(self) -> int:
         return len(self._cache)
 

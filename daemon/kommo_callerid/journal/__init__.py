@@ -1,0 +1,1 @@
+"""The call journal: finished calls written to a durable outbox, then sent to Kommo."""

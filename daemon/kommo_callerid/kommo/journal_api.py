@@ -1,0 +1,299 @@
+"""The call journal's Kommo endpoints: ``POST /api/v4/calls`` (in batches), an incoming lead
+for an unknown caller (``POST /api/v4/leads/unsorted/sip``) and a call-back task
+(``POST /api/v4/tasks``).
+
+Every request goes through the one transport (its rate limiter, 429/403 gate and token) with
+:attr:`Priority.JOURNAL`, the lowest, and a single attempt: the journal is durable and does
+its own, slower backoff, so a journal request never holds a slot a notification could use.
+Raw Kommo JSON stays here; the journal gets :class:`JournalAnswer` values.
+
+Kommo's documentation (amocrm.ru/developers/content/crm_platform/calls-api) describes the
+batch call, the attach rule (a contact or company with the number; its one active lead and
+no customer: the lead; its one customer and no active lead: the customer) and that a number
+without an entity is not added. It names no batch limit for calls; other v4 batch methods
+take 50 at most, so :data:`MAX_BATCH` is 50. An unattachable call comes back as an item of
+``errors`` (matched by ``request_id``); should Kommo refuse the whole batch with a 400
+instead, every call is sent again alone, so one bad number never sinks the others.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from kommo_callerid.core.models import (
+    CallbackTask,
+    DeadlineReached,
+    EntityType,
+    JournalAnswer,
+    JournalCall,
+    JournalVerdict,
+    KommoError,
+)
+from kommo_callerid.kommo.limits import Clock, Priority
+from kommo_callerid.kommo.parse import Response, error_detail
+from kommo_callerid.kommo.transport import KommoTransport
+
+log = structlog.get_logger(__name__)
+
+CALLS_PATH = "/api/v4/calls"
+UNSORTED_SIP_PATH = "/api/v4/leads/unsorted/sip"
+TASKS_PATH = "/api/v4/tasks"
+#: Calls per ``POST /api/v4/calls``.
+MAX_BATCH = 50
+TASK_TYPE_CALL = 1
+
+_ENTITY_TYPES = {
+    "contact": EntityType.CONTACT,
+    "contacts": EntityType.CONTACT,
+    "lead": EntityType.LEAD,
+    "leads": EntityType.LEAD,
+    "company": EntityType.COMPANY,
+    "companies": EntityType.COMPANY,
+    "customer": EntityType.CUSTOMER,
+    "customers": EntityType.CUSTOMER,
+}
+#: ``entity_type`` as ``POST /api/v4/tasks`` wants it.
+TASK_ENTITY = {
+    EntityType.CONTACT: "contacts",
+    EntityType.LEAD: "leads",
+    EntityType.COMPANY: "companies",
+    EntityType.CUSTOMER: "customers",
+}
+
+
+class KommoJournal:
+    """Fills the journal's ``CallLog`` protocol with Kommo requests."""
+
+    def __init__(
+        self, transport: KommoTransport, *, timeout: float, clock: Clock = time.monotonic
+    ) -> None:
+        self._http = transport
+        self._timeout = timeout
+        self._clock = clock
+
+    async def add_calls(self, calls: Sequence[JournalCall]) -> list[JournalAnswer]:
+        """One answer per call, in order; at most :data:`MAX_BATCH` calls per request."""
+        answers: list[JournalAnswer] = []
+        for start in range(0, len(calls), MAX_BATCH):
+            answers.extend(await self._add_batch(calls[start : start + MAX_BATCH]))
+        return answers
+
+    async def add_unsorted(
+        self, call: JournalCall, *, pipeline_id: int, service_code: str
+    ) -> JournalAnswer:
+        """An incoming lead carrying the call; ATTACHED answers name the lead."""
+        body = [_unsorted_item(call, pipeline_id, service_code)]
+        response = await self._post(UNSORTED_SIP_PATH, body)
+        if isinstance(response, JournalAnswer):
+            return _for(response, call.uniq)
+        if not 200 <= response.status < 300:
+            return self._refused(response, call.uniq)
+        data = _json(response)
+        unsorted = _first(_embedded(data, "unsorted"))
+        leads = _embedded(unsorted, "leads") if unsorted else []
+        lead_id = _int(_first(leads).get("id")) if leads else None
+        if lead_id is None:
+            return self._odd(response, call.uniq, "no lead in the answer")
+        return JournalAnswer(call.uniq, JournalVerdict.ATTACHED, EntityType.LEAD, lead_id)
+
+    async def add_task(self, task: CallbackTask) -> JournalAnswer:
+        """A call-back task; ATTACHED answers carry the task's id as ``entity_id``."""
+        item: dict[str, Any] = {
+            "task_type_id": TASK_TYPE_CALL,
+            "text": task.text,
+            "complete_till": task.complete_till,
+            "entity_id": task.entity_id,
+            "entity_type": TASK_ENTITY[task.entity_type],
+            "request_id": task.uniq,
+        }
+        if task.responsible_user_id is not None:
+            item["responsible_user_id"] = task.responsible_user_id
+        response = await self._post(TASKS_PATH, [item])
+        if isinstance(response, JournalAnswer):
+            return _for(response, task.uniq)
+        if not 200 <= response.status < 300:
+            return self._refused(response, task.uniq)
+        task_id = _int(_first(_embedded(_json(response), "tasks")).get("id"))
+        if task_id is None:
+            return self._odd(response, task.uniq, "no task in the answer")
+        return JournalAnswer(task.uniq, JournalVerdict.ATTACHED, task.entity_type, task_id)
+
+    async def _add_batch(self, calls: Sequence[JournalCall]) -> list[JournalAnswer]:
+        body = [_call_item(call, index) for index, call in enumerate(calls)]
+        response = await self._post(CALLS_PATH, body)
+        if isinstance(response, JournalAnswer):
+            return [_for(response, call.uniq) for call in calls]
+        if response.status == 400 and len(calls) > 1:
+            # The whole batch refused for one call's sake: find it by sending each alone.
+            return [answer for call in calls for answer in await self._add_batch([call])]
+        if response.status == 400:
+            return [_single_refusal(response, calls[0].uniq)]
+        if not 200 <= response.status < 300:
+            return [self._refused(response, call.uniq) for call in calls]
+        return _batch_answers(_json(response), calls)
+
+    async def _post(self, path: str, body: Any) -> Response | JournalAnswer:
+        """The answer, or a RETRY answer when none came (logged as ``kommo.error``)."""
+        try:
+            return await self._http.request(
+                "POST",
+                path,
+                payload=body,
+                priority=Priority.JOURNAL,
+                deadline=self._clock() + self._timeout,
+                max_attempts=1,
+            )
+        except DeadlineReached as exc:
+            detail, status = exc.detail, exc.status
+        except KommoError as exc:  # unusable credentials or an oversized answer: later
+            detail, status = exc.detail, exc.status
+        log.warning("kommo.error", status=status, endpoint=path, detail=detail)
+        return JournalAnswer("", JournalVerdict.RETRY, detail=detail, status=status)
+
+    def _refused(self, response: Response, uniq: str) -> JournalAnswer:
+        detail = error_detail(response)
+        log.warning("kommo.error", status=response.status, endpoint=response.path, detail=detail)
+        verdict = _verdict_for_status(response.status)
+        return JournalAnswer(uniq, verdict, detail=detail, status=response.status)
+
+    def _odd(self, response: Response, uniq: str, detail: str) -> JournalAnswer:
+        log.warning("kommo.error", status=response.status, endpoint=response.path, detail=detail)
+        return JournalAnswer(uniq, JournalVerdict.RETRY, detail=detail, status=response.status)
+
+
+def _call_item(call: JournalCall, index: int) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "direction": str(call.direction),
+        "uniq": call.uniq,
+        "duration": call.duration,
+        "source": call.source,
+        "phone": call.phone,
+        "call_status": int(call.status),
+        "call_result": call.result,
+        "created_at": call.created_at,
+        "request_id": str(index),
+    }
+    if call.link:
+        item["link"] = call.link
+    if call.responsible_user_id is not None:
+        item["responsible_user_id"] = call.responsible_user_id
+        item["created_by"] = call.responsible_user_id
+    return item
+
+
+def _unsorted_item(call: JournalCall, pipeline_id: int, service_code: str) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "is_call_event_needed": True,
+        "uniq": call.uniq,
+        "duration": call.duration,
+        "service_code": service_code,
+        "link": call.link,
+        "phone": call.phone,
+        "called_at": call.created_at,
+        "from": call.phone,
+    }
+    item: dict[str, Any] = {
+        "source_name": call.source,
+        "source_uid": call.uniq,
+        "created_at": call.created_at,
+        "metadata": metadata,
+        "_embedded": {
+            "leads": [{"name": f"Call from {call.phone}"}],
+            "contacts": [
+                {
+                    "name": call.phone,
+                    "custom_fields_values": [
+                        {"field_code": "PHONE", "values": [{"value": call.phone}]}
+                    ],
+                }
+            ],
+        },
+    }
+    if pipeline_id:
+        item["pipeline_id"] = pipeline_id
+    return item
+
+
+def _batch_answers(data: Any, calls: Sequence[JournalCall]) -> list[JournalAnswer]:
+    """Match ``_embedded.calls`` and ``errors`` to the calls by ``request_id``."""
+    answers: dict[int, JournalAnswer] = {}
+    for item in _embedded(data, "calls"):
+        index = _int(item.get("request_id"))
+        if index is None or not 0 <= index < len(calls):
+            continue
+        entity = item.get("_embedded", {}).get("entity") if isinstance(item, dict) else None
+        answers[index] = JournalAnswer(
+            calls[index].uniq,
+            JournalVerdict.ATTACHED,
+            _ENTITY_TYPES.get(str(item.get("entity_type"))),
+            _int(item.get("entity_id")),
+            _int(entity.get("responsible_user_id")) if isinstance(entity, dict) else None,
+        )
+    errors = data.get("errors") if isinstance(data, dict) else None
+    for error in errors if isinstance(errors, list) else []:
+        index = _int(error.get("request_id")) if isinstance(error, dict) else None
+        if index is None or not 0 <= index < len(calls) or index in answers:
+            continue
+        answers[index] = _error_item(error, calls[index].uniq)
+    missing = JournalVerdict.RETRY
+    return [
+        answers.get(i, JournalAnswer(call.uniq, missing, detail="not in Kommo's answer"))
+        for i, call in enumerate(calls)
+    ]
+
+
+def _error_item(error: dict[str, Any], uniq: str) -> JournalAnswer:
+    status = _int(error.get("status"))
+    words = " ".join(str(error.get(key, "")) for key in ("title", "detail")).strip()
+    not_found = status in (204, 404) or "not found" in words.lower()
+    verdict = JournalVerdict.UNKNOWN if not_found else JournalVerdict.REJECTED
+    return JournalAnswer(uniq, verdict, detail=words or "refused", status=status)
+
+
+def _single_refusal(response: Response, uniq: str) -> JournalAnswer:
+    detail = error_detail(response)
+    not_found = "not found" in detail.lower()
+    verdict = JournalVerdict.UNKNOWN if not_found else JournalVerdict.REJECTED
+    log.warning("kommo.error", status=400, endpoint=response.path, detail=detail)
+    return JournalAnswer(uniq, verdict, detail=detail, status=400)
+
+
+def _verdict_for_status(status: int) -> JournalVerdict:
+    if status in (401, 403, 429) or status >= 500:
+        return JournalVerdict.RETRY
+    return JournalVerdict.REJECTED
+
+
+def _for(answer: JournalAnswer, uniq: str) -> JournalAnswer:
+    return JournalAnswer(uniq, answer.verdict, detail=answer.detail, status=answer.status)
+
+
+def _json(response: Response) -> Any:
+    try:
+        return json.loads(response.body) if response.body.strip() else None
+    except ValueError:
+        return None
+
+
+def _embedded(data: Any, key: str) -> list[dict[str, Any]]:
+    embedded = data.get("_embedded") if isinstance(data, dict) else None
+    items = embedded.get(key) if isinstance(embedded, dict) else None
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+def _first(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return items[0] if items else {}
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
