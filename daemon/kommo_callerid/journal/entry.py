@@ -65,6 +65,8 @@ class JournalEntry:
     next_try: float = 0.0
     entity_type: str | None = None
     entity_id: int | None = None
+    #: The attached entity's responsible user, when Kommo said (the call-back task's owner).
+    entity_responsible_id: int | None = None
     reason: str | None = None
     detail: str = ""
     sent_at: float | None = None

@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS records (
     answered_by TEXT, extension TEXT, did TEXT, result TEXT NOT NULL,
     responsible_user_id INTEGER, link TEXT NOT NULL, recorded_at REAL NOT NULL,
     state TEXT NOT NULL, attempts INTEGER NOT NULL, next_try REAL NOT NULL,
-    entity_type TEXT, entity_id INTEGER, reason TEXT, detail TEXT NOT NULL,
+    entity_type TEXT, entity_id INTEGER, entity_responsible_id INTEGER,
+    reason TEXT, detail TEXT NOT NULL,
     sent_at REAL, followup TEXT, lead_id INTEGER, task_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS records_due ON records (state, next_try);
@@ -211,7 +212,7 @@ class AsyncOutbox:
 
     def __init__(self, path: Path, *, capacity: int = DEFAULT_CAPACITY) -> None:
         self.path = path
-        self._capacity = capacity
+        self.capacity = capacity
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-db")
         self._outbox: Outbox | None = None
         #: Records per state after the last write (read by /healthz, /metrics, ``stats``).
@@ -220,7 +221,7 @@ class AsyncOutbox:
     async def open(self) -> None:
         """Raises :class:`OutboxError` (a sentence) when the database is unusable."""
         try:
-            self._outbox = await self._run(lambda: Outbox.open(self.path, capacity=self._capacity))
+            self._outbox = await self._run(lambda: Outbox.open(self.path, capacity=self.capacity))
             await self.refresh_counts()
         except OutboxError:
             self._executor.shutdown(wait=True)

@@ -37,6 +37,12 @@ from kommo_callerid.sim.kommo_data import (
     search_by_phone,
     search_contacts,
 )
+from kommo_callerid.sim.kommo_journal import (
+    CALLS_PATH,
+    TASKS_PATH,
+    UNSORTED_SIP_PATH,
+    FakeJournal,
+)
 
 __all__ = [
     "ACCOUNT_PATH",
@@ -171,6 +177,11 @@ class FakeKommo:
             ("POST", EVENTS_PATH): self._events,
             ("GET", ACCOUNT_PATH): self._account,
         }
+        #: The call journal's endpoints (and what they received).
+        self.journal = FakeJournal(self.dataset)
+        self._routes[("POST", CALLS_PATH)] = self.journal.add_calls
+        self._routes[("POST", UNSORTED_SIP_PATH)] = self.journal.add_unsorted
+        self._routes[("POST", TASKS_PATH)] = self.journal.add_tasks
 
     @property
     def base_url(self) -> str:

@@ -1,0 +1,371 @@
+"""The journal's sender: finished calls into the outbox, then from the outbox to Kommo.
+
+``record`` (the daemon's ``journal_sink``) only queues the call and wakes the loop; the loop
+commits whatever arrived in one transaction, and only then sends, in batches, the records
+that are due. Kommo's verdict per record is stored before the next step: attached (maybe
+with a follow-up still to make: an incoming lead for an unknown caller, a call-back task
+after a missed call), dropped (rejected, unknown, expired), or tried again after a capped,
+jittered backoff until ``retain`` has passed. The loop sleeps until a record arrives or one
+falls due; it never polls.
+
+Size: the record lifecycle (write, send, follow up, back off, expire) kept in one loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import structlog
+
+from kommo_callerid.core.config import JournalConfig, NotifyConfig
+from kommo_callerid.core.models import (
+    CallbackTask,
+    CallDirection,
+    EntityType,
+    FinishedCall,
+    JournalAnswer,
+    JournalCall,
+    JournalVerdict,
+    LatencyHistogram,
+)
+from kommo_callerid.journal.entry import (
+    DropReason,
+    Followup,
+    JournalEntry,
+    State,
+    as_kommo_call,
+    build_entry,
+)
+from kommo_callerid.journal.outbox import HISTORY_SECONDS, AsyncOutbox
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+#: Records taken from the outbox per step (Kommo takes up to 50 calls per request).
+BATCH_SIZE = 50
+RETRY_BASE = 2.0
+RETRY_CAP = 300.0
+#: After an unexpected error (the database, a bug), the loop waits this long and goes on.
+ERROR_PAUSE = 5.0
+
+
+class CallLog(Protocol):
+    """What the journal needs from Kommo (the daemon fills it with the Kommo client)."""
+
+    async def add_calls(self, calls: Sequence[JournalCall]) -> list[JournalAnswer]: ...
+
+    async def add_unsorted(
+        self, call: JournalCall, *, pipeline_id: int, service_code: str
+    ) -> JournalAnswer: ...
+
+    async def add_task(self, task: CallbackTask) -> JournalAnswer: ...
+
+
+@dataclass
+class JournalStats:
+    recorded: int = 0
+    sent: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    unsorted: int = 0
+    tasks: int = 0
+    #: Seconds from a record written (the call's end) to Kommo accepting it.
+    accept_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+def retry_after(attempts: int) -> float:
+    """Full-jitter backoff after ``attempts`` failed tries: 1-2 s, 2-4 s ... capped at 5 min."""
+    ceiling = min(RETRY_CAP, RETRY_BASE * 2 ** max(0, attempts - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+class JournalSender:
+    def __init__(
+        self,
+        outbox: AsyncOutbox,
+        kommo: CallLog,
+        journal: JournalConfig,
+        notify: NotifyConfig,
+        *,
+        clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.outbox = outbox
+        self._kommo = kommo
+        self._journal = journal
+        self._notify = notify
+        self._clock = clock
+        self._sleep = sleep
+        self.stats = JournalStats()
+        self._incoming: list[JournalEntry] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Records not yet accepted: in the outbox, and arrived but not yet written."""
+        return self.outbox.counts["pending"] + len(self._incoming)
+
+    def reconfigure(self, journal: JournalConfig, notify: NotifyConfig) -> None:
+        """SIGHUP: later records follow the new settings (the database stays)."""
+        self._journal, self._notify = journal, notify
+
+    def record(self, call: FinishedCall) -> None:
+        """The daemon's journal sink: queue a finished call for the outbox (never blocks)."""
+        entry = build_entry(call, self._journal, self._notify, self._clock())
+        if entry is None:
+            return
+        self._incoming.append(entry)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="journal-sender")
+
+    async def close(self, timeout: float) -> None:
+        """Write what arrived, let a request in flight finish (up to ``timeout``), stop."""
+        self._stopping = True
+        self._wake.set()
+        task = self._task
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        with contextlib.suppress(Exception):  # the database failing now: logged below
+            await self._write_incoming()
+        await self.outbox.close()
+
+    async def _run(self) -> None:
+        await self.outbox.prune(self._clock() - HISTORY_SECONDS)
+        while not self._stopping:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("journal.error", retry_in=ERROR_PAUSE)
+                await self._idle(self._clock() + ERROR_PAUSE)
+
+    async def _step(self) -> None:
+        await self._write_incoming()
+        due = await self.outbox.due(self._clock(), BATCH_SIZE)
+        if due and not self._stopping:
+            await self._send(due)
+        elif not self._stopping:
+            await self._idle(await self.outbox.next_try())
+
+    async def _write_incoming(self) -> None:
+        self._wake.clear()
+        if not self._incoming:
+            return
+        entries, self._incoming = self._incoming, []
+        written, refused = await self.outbox.insert(entries)
+        for entry in written:
+            self.stats.recorded += 1
+            log.info(
+                "journal.recorded",
+                call_id=entry.call_id,
+                caller=entry.phone,
+                direction=str(entry.direction),
+                status=int(entry.status),
+                duration=entry.duration,
+                answered_by=entry.answered_by,
+            )
+        for call_id in refused:
+            self._count_drop(DropReason.FULL)
+            log.warning(
+                "journal.dropped",
+                call_id=call_id,
+                reason=str(DropReason.FULL),
+                detail=f"the outbox holds {self.outbox.capacity} unsent records already",
+            )
+
+    async def _idle(self, next_try: float | None) -> None:
+        """Sleep until a record arrives or ``next_try`` (None: until a record arrives)."""
+        delay = None if next_try is None else next_try - self._clock()
+        if delay is not None and delay <= 0:
+            return
+        waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wake.wait())}
+        if delay is not None:
+            waits.add(asyncio.ensure_future(self._sleep(delay)))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _send(self, due: list[JournalEntry]) -> None:
+        now = self._clock()
+        expired = [entry for entry in due if now >= entry.recorded_at + self._journal.retain]
+        live = [entry for entry in due if entry not in expired]
+        updated = [self._expire(entry) for entry in expired]
+        calls = [entry for entry in live if entry.state is State.PENDING]
+        if calls:
+            updated.extend(await self._send_calls(calls))
+        for entry in live:
+            if entry.state is State.FOLLOWUP:
+                updated.append(await self._follow_up(entry))
+        await self.outbox.update(updated)
+
+    async def _send_calls(self, entries: list[JournalEntry]) -> list[JournalEntry]:
+        started = time.monotonic()
+        source = self._journal.source
+        answers = await self._kommo.add_calls([as_kommo_call(e, source) for e in entries])
+        now = self._clock()
+        updated = [self._after_call(e, a, now) for e, a in zip(entries, answers, strict=True)]
+        accepted = [e for e in updated if e.state in (State.SENT, State.FOLLOWUP)]
+        if accepted:
+            self.stats.sent += len(accepted)
+            for entry in accepted:
+                self.stats.accept_latency.observe(max(0.0, now - entry.recorded_at))
+            log.info(
+                "journal.sent",
+                count=len(accepted),
+                ms=round((time.monotonic() - started) * 1000, 1),
+                calls=[
+                    {"call_id": e.call_id, "entity_type": e.entity_type, "entity_id": e.entity_id}
+                    for e in accepted
+                ],
+            )
+        return updated
+
+    def _after_call(self, entry: JournalEntry, answer: JournalAnswer, now: float) -> JournalEntry:
+        verdict = answer.verdict
+        if verdict is JournalVerdict.ATTACHED:
+            task = self._journal.missed_task and entry.missed and answer.entity_id is not None
+            return replace(
+                entry,
+                state=State.FOLLOWUP if task else State.SENT,
+                followup=Followup.TASK if task else None,
+                entity_type=str(answer.entity_type) if answer.entity_type else None,
+                entity_id=answer.entity_id,
+                entity_responsible_id=answer.responsible_user_id,
+                attempts=entry.attempts + 1,
+                sent_at=now,
+                next_try=now,
+            )
+        if verdict is JournalVerdict.UNKNOWN:
+            if self._journal.unknown == "unsorted" and entry.direction is CallDirection.INBOUND:
+                return replace(
+                    entry,
+                    state=State.FOLLOWUP,
+                    followup=Followup.UNSORTED,
+                    attempts=entry.attempts + 1,
+                    next_try=now,
+                )
+            return self._drop(entry, DropReason.UNKNOWN, answer.detail or "no entity has it")
+        if verdict is JournalVerdict.REJECTED:
+            return self._drop(entry, DropReason.REJECTED, answer.detail)
+        return self._later(entry, answer.detail, now)
+
+    async def _follow_up(self, entry: JournalEntry) -> JournalEntry:
+        if entry.followup is Followup.UNSORTED:
+            answer = await self._kommo.add_unsorted(
+                as_kommo_call(entry, self._journal.source),
+                pipeline_id=self._journal.pipeline_id,
+                service_code=self._journal.source,
+            )
+        else:
+            answer = await self._kommo.add_task(self._task_for(entry))
+        now = self._clock()
+        if answer.verdict is JournalVerdict.RETRY:
+            return self._later(entry, answer.detail, now)
+        if answer.verdict is not JournalVerdict.ATTACHED:
+            return self._follow_up_refused(entry, answer.detail)
+        if entry.followup is Followup.UNSORTED:
+            self.stats.unsorted += 1
+            self.stats.sent += 1
+            self.stats.accept_latency.observe(max(0.0, now - entry.recorded_at))
+            log.info("journal.unsorted", call_id=entry.call_id, lead_id=answer.entity_id)
+            return replace(
+                entry,
+                state=State.SENT,
+                followup=None,
+                entity_type=str(EntityType.LEAD),
+                entity_id=answer.entity_id,
+                lead_id=answer.entity_id,
+                sent_at=now,
+            )
+        self.stats.tasks += 1
+        log.info(
+            "journal.task_created",
+            call_id=entry.call_id,
+            task_id=answer.entity_id,
+            responsible_user_id=self._task_responsible(entry),
+        )
+        return replace(entry, state=State.SENT, followup=None, task_id=answer.entity_id)
+
+    def _task_for(self, entry: JournalEntry) -> CallbackTask:
+        deadline = entry.ended_at + self._journal.missed_task_deadline
+        return CallbackTask(
+            uniq=entry.call_id,
+            entity_type=EntityType(entry.entity_type or EntityType.CONTACT),
+            entity_id=entry.entity_id or 0,
+            responsible_user_id=self._task_responsible(entry),
+            complete_till=int(deadline),
+            text=f"Call back {entry.phone}: missed call ({entry.result})",
+        )
+
+    @staticmethod
+    def _task_responsible(entry: JournalEntry) -> int | None:
+        if entry.entity_responsible_id is not None:
+            return entry.entity_responsible_id
+        return entry.responsible_user_id
+
+    def _follow_up_refused(self, entry: JournalEntry, detail: str) -> JournalEntry:
+        if entry.followup is Followup.UNSORTED:
+            return self._drop(entry, DropReason.REJECTED, detail)
+        # The call is in Kommo already: only the task is lost; the record stays sent.
+        self._log_drop(entry, DropReason.REJECTED, f"call-back task refused: {detail}")
+        return replace(entry, state=State.SENT, followup=None, detail=f"task refused: {detail}")
+
+    def _later(self, entry: JournalEntry, detail: str, now: float) -> JournalEntry:
+        attempts = entry.attempts + 1
+        give_up_at = entry.recorded_at + self._journal.retain
+        next_try = min(now + retry_after(attempts), give_up_at)
+        return replace(entry, attempts=attempts, next_try=next_try, detail=detail)
+
+    def _expire(self, entry: JournalEntry) -> JournalEntry:
+        detail = f"not accepted within retain ({self._journal.retain:g} s)"
+        if entry.detail:
+            detail = f"{detail}; last answer: {entry.detail}"
+        if entry.state is State.FOLLOWUP and entry.followup is Followup.TASK:
+            self._log_drop(entry, DropReason.EXPIRED, f"call-back task: {detail}")
+            return replace(entry, state=State.SENT, followup=None, detail=f"task expired: {detail}")
+        return self._drop(entry, DropReason.EXPIRED, detail)
+
+    def _drop(self, entry: JournalEntry, reason: DropReason, detail: str) -> JournalEntry:
+        self._log_drop(entry, reason, detail)
+        return replace(
+            entry,
+            state=State.DROPPED,
+            followup=None,
+            reason=str(reason),
+            detail=detail,
+            attempts=entry.attempts + 1,
+        )
+
+    def _log_drop(self, entry: JournalEntry, reason: DropReason, detail: str) -> None:
+        self._count_drop(reason)
+        log.warning(
+            "journal.dropped",
+            call_id=entry.call_id,
+            caller=entry.phone,
+            reason=str(reason),
+            detail=detail,
+            attempts=entry.attempts + 1,
+        )
+
+    def _count_drop(self, reason: DropReason) -> None:
+        self.stats.dropped[str(reason)] += 1
