@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +23,17 @@ from kommo_callerid.sim.kommo_app import FakeKommo
 ROOT = Path(__file__).resolve().parents[1]
 RECORDINGS = ROOT / "tests" / "data" / "ami-recordings"
 
+#: The call journal is on by default and its default database is under /var/lib: every test
+#: daemon gets its own database in one temporary folder, removed when the tests end.
+_JOURNALS = Path(tempfile.mkdtemp(prefix="kommo-callerid-tests-"))
+atexit.register(shutil.rmtree, _JOURNALS, True)
+_journal_numbers = itertools.count(1)
+
+
+def temp_journal() -> str:
+    """A fresh journal database path for one test daemon."""
+    return str(_JOURNALS / f"journal-{next(_journal_numbers)}.sqlite3")
+
 
 def make_config(ami: FakeAmiServer, kommo: FakeKommo, /, **sections: dict[str, Any]) -> Config:
     data: dict[str, Any] = {
@@ -32,6 +47,7 @@ def make_config(ami: FakeAmiServer, kommo: FakeKommo, /, **sections: dict[str, A
         "kommo": {"base_url": kommo.base_url, "access_token": kommo.token},
         "notify": {"fallback_after": 0.3},
         "daemon": {"shutdown_timeout": 2.0},
+        "journal": {"database": temp_journal()},
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}

@@ -162,6 +162,7 @@ async def test_sigterm_lets_in_flight_notifications_finish_and_talks_to_systemd(
         f'[ami]\nport = {ami.port}\nusername = "{DEMO_USERNAME}"\nsecret = "{DEMO_SECRET}"\n'
         f'[kommo]\nbase_url = "{kommo.base_url}"\naccess_token = "{kommo.token}"\n'
         '[notify]\nto = ["did"]\n[notify.dids]\n"5551000" = [7]\n[log]\nformat = "json"\n'
+        f'[journal]\ndatabase = "{tmp_path / "journal.sqlite3"}"\n'
     )
     kommo.set_delay(EVENTS_PATH, 1.0)
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"}

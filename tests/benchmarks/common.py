@@ -8,9 +8,12 @@ memory are the child's alone.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +39,9 @@ BENCH_USERS = {DEMO_USERNAME: AmiUser(DEMO_SECRET, read=frozenset({"all"}))}
 #: calls make 45 Newchannel (5 % of the cycle), 25 NewCallerid and 45 Hangup events.
 INTERNAL_PER_CYCLE = 19
 CYCLE_EVENTS = 900
+#: The journal's databases of the benchmark daemons (its default path is under /var/lib).
+JOURNALS = Path(tempfile.mkdtemp(prefix="kommo-callerid-bench-"))
+atexit.register(shutil.rmtree, JOURNALS, True)
 KNOWN_CALLERS = ("18305803077", "14155550199", "442079460958", "74951234567", "16465550123")
 
 
@@ -140,6 +146,7 @@ def daemon_config(
         "ami": {"port": ami_server.port, "username": DEMO_USERNAME, "secret": DEMO_SECRET},
         "kommo": {"base_url": kommo_server.base_url, "access_token": kommo_server.token},
         "log": {"level": "info", "format": "json"},
+        "journal": {"database": str(JOURNALS / f"journal-{time.monotonic_ns()}.sqlite3")},
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}

@@ -41,6 +41,9 @@ fallback_after = 0.3
 
 [log]
 format = "json"
+
+[journal]
+database = "{tmp_path / "journal.sqlite3"}"
 """
     )
     return path

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -39,7 +42,7 @@ SETTLE_TIMEOUT = 10.0
 
 
 def demo_config(
-    ami_port: int, kommo_url: str, kommo_token: str, *, raw: bool = False
+    ami_port: int, kommo_url: str, kommo_token: str, *, journal: str, raw: bool = False
 ) -> dict[str, Any]:
     return {
         "ami": {
@@ -53,6 +56,7 @@ def demo_config(
         "notify": {"extensions": AGENT_USERS, "fallback_after": 1.0},
         "log": {"format": "json" if raw else "auto"},
         "daemon": {"shutdown_timeout": 2.0},
+        "journal": {"database": journal, "unknown": "unsorted"},
     }
 
 
@@ -92,7 +96,9 @@ def _install_view(view: DemoView) -> None:
 
 async def _demo(count: int, raw: bool) -> int:
     async with FakeAmiServer() as ami, FakeKommo(demo_dataset()) as kommo:
-        config = from_mapping(demo_config(ami.port, kommo.base_url, kommo.token, raw=raw))
+        journal = Path(tempfile.mkdtemp(prefix="kommo-callerid-demo-")) / "journal.sqlite3"
+        settings = demo_config(ami.port, kommo.base_url, kommo.token, journal=str(journal), raw=raw)
+        config = from_mapping(settings)
         configure_logging(config.log, secrets=[DEMO_SECRET, kommo.token])
         view = None if raw else DemoView(sys.stdout)
         if view is not None:
@@ -114,6 +120,8 @@ async def _demo(count: int, raw: bool) -> int:
         all_notified = await _wait_for(notified, SETTLE_TIMEOUT)
         for call in calls:
             await ami.play(call.hangups)
+        await asyncio.sleep(CALL_SPACING)  # the calls end; then their journal records go out
+        await _wait_for(lambda: not daemon.table_sizes().get("journal_pending"), SETTLE_TIMEOUT)
         daemon.stop.set()
         exit_code = await serving
         inbound = sum(_is_caller(call) for call in calls)
@@ -123,9 +131,12 @@ async def _demo(count: int, raw: bool) -> int:
             print(
                 f"\ndemo: {inbound} inbound calls placed ({len(calls) - inbound} more to skip); "
                 f"the Kommo simulator received {len(kommo.events)} notifications for "
-                f"{len({e.phone_number for e in kommo.events})} callers",
+                f"{len({e.phone_number for e in kommo.events})} callers; "
+                f"the call journal: {len(kommo.journal.calls)} calls in Kommo's timelines, "
+                f"{len(kommo.journal.unsorted)} incoming leads",
                 file=sys.stdout,
             )
+        shutil.rmtree(journal.parent, ignore_errors=True)
     if exit_code == EXIT_OK and not all_notified:
         return EXIT_FAILURE
     return exit_code

@@ -39,10 +39,13 @@ from kommo_callerid.core.models import (
     KommoError,
 )
 from kommo_callerid.daemon.cluster import Cluster
+from kommo_callerid.daemon.journal import open_journal
 from kommo_callerid.daemon.notifier import CallNotifier, TaskOwner
 from kommo_callerid.daemon.outcomes import DebugJournalSink, JournalSink
 from kommo_callerid.daemon.reload import ConfigReloader
 from kommo_callerid.daemon.systemd import SystemdNotifier
+from kommo_callerid.journal.outbox import OutboxError
+from kommo_callerid.journal.sender import JournalSender
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.web.callerid import CallerIdService
 from kommo_callerid.web.metrics import MetricsExporter
@@ -90,6 +93,8 @@ class _Running:
     callerid: CallerIdService | None = None
     http: HttpServer | None = None
     cluster: Cluster | None = None
+    #: The call journal's sender; None when ``[journal] enabled`` is false.
+    journal: JournalSender | None = None
 
 
 class Daemon:
@@ -164,7 +169,14 @@ class Daemon:
             )
             if not await self._credentials_usable(kommo):
                 return EXIT_CONFIG
-            running = await self._startup(kommo, cluster)
+            try:
+                journal = await open_journal(self.config, kommo)
+            except OutboxError as exc:
+                log.error("journal.unusable", detail=str(exc))
+                return EXIT_CONFIG
+            if journal is not None:
+                stack.push_async_callback(journal.close, self.config.daemon.shutdown_timeout)
+            running = await self._startup(kommo, cluster, journal)
             if running is None:
                 return EXIT_CONFIG  # http.listen_failed says why
             exit_code = await self._main_loop(running)
@@ -192,7 +204,15 @@ class Daemon:
             pass  # Kommo unreachable for now: the calls' retries will cope
         return True
 
-    async def _startup(self, kommo: KommoClient, cluster: Cluster | None) -> _Running | None:
+    def record_finished_call(self, call: FinishedCall) -> None:
+        """The journal sink: a finished call goes to the outbox (nothing when disabled)."""
+        running = self._running
+        if running is not None and running.journal is not None:
+            running.journal.record(call)
+
+    async def _startup(
+        self, kommo: KommoClient, cluster: Cluster | None, journal: JournalSender | None
+    ) -> _Running | None:
         loop = asyncio.get_running_loop()
         cfg = self.config
         queue: asyncio.Queue[ChannelEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
@@ -228,6 +248,7 @@ class Daemon:
                 wall_offset=time.time() - loop.time(),
             ),
             cluster=cluster,
+            journal=journal,
         )
         self._running = running
         if cluster is not None:
@@ -243,6 +264,8 @@ class Daemon:
         ]
         if cluster is not None:
             running.background.append(asyncio.create_task(cluster.link.watch(), name="cluster"))
+        if journal is not None:
+            journal.start()  # owned by the sender; stopped by journal.close on the way out
         log.info(
             "daemon.started",
             version=__version__,
@@ -394,7 +417,20 @@ class Daemon:
             started_at=running.started_at,
             cluster_up=running.cluster.link.ok if running.cluster else None,
             kommo_waiting=running.kommo.table_sizes().get("limiter_waiting", 0),
+            **self._journal_view(running.journal),
         )
+
+    @staticmethod
+    def _journal_view(journal: JournalSender | None) -> dict[str, Any]:
+        if journal is None:
+            return {}
+        return {
+            "journal_enabled": True,
+            "journal_recorded": journal.stats.recorded,
+            "journal_pending": journal.pending,
+            "journal_sent": journal.stats.sent,
+            "journal_dropped": dict(journal.stats.dropped),
+        }
 
     async def _start_http(self, running: _Running) -> bool:
         """Bind before READY=1, so a monitor that sees the service up can scrape it."""
@@ -432,6 +468,7 @@ class Daemon:
                 "ami_reconnects": running.supervisor.reconnects,
                 "queue_depth": running.queue.qsize(),
                 **({"cluster": running.cluster.health} if running.cluster else {}),
+                "journal_pending": running.journal.pending if running.journal else None,
             },
         )
 

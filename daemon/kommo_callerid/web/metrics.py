@@ -31,6 +31,7 @@ PREFIX = "kommo_callerid_"
 SKIP_REASONS = tuple(str(reason) for reason in SkipReason)
 DROP_REASONS = ("ttl", "rejected", "shed")
 CALLERID_RESULTS = tuple(str(answer) for answer in Answer)
+JOURNAL_DROP_REASONS = ("rejected", "expired", "unknown", "full")
 
 
 class MetricsExporter:
@@ -66,6 +67,7 @@ class DaemonCollector:
                 "1 while Redis answers (cluster), 0 while degraded.",
                 int(view.cluster_up),
             )
+        yield from _journal(view)
 
 
 def _ami(view: StatsView) -> Iterator[Metric]:
@@ -158,6 +160,23 @@ def _callerid(view: StatsView) -> Iterator[Metric]:
         "callerid_background_lookups",
         "Lookups /callerid stopped waiting for, still running to fill the cache.",
         view.callerid_background,
+    )
+
+
+def _journal(view: StatsView) -> Iterator[Metric]:
+    yield _counter(
+        "journal_recorded", "Finished calls written to the journal's outbox.", view.journal_recorded
+    )
+    yield _gauge(
+        "journal_pending", "Journal records not yet accepted by Kommo.", view.journal_pending
+    )
+    yield _counter("journal_sent", "Journal records Kommo accepted.", view.journal_sent)
+    yield _labelled_counter(
+        "journal_dropped",
+        "Journal records given up, by reason: rejected, expired, unknown (skip), full.",
+        "reason",
+        view.journal_dropped,
+        JOURNAL_DROP_REASONS if view.journal_enabled else (),
     )
 
 

@@ -7,7 +7,7 @@ already keep, so the hot path pays for nothing and the two can never disagree.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kommo_callerid.core.models import AmiCounters, LatencyHistogram
@@ -49,6 +49,13 @@ class StatsView:
     kommo_waiting: int = 0
     #: With [cluster]: True while Redis answers, False while degraded; None without.
     cluster_up: bool | None = None
+    #: The call journal (all 0 when it is disabled): records written by this process, not yet
+    #: accepted (outbox), accepted by Kommo, and given up by reason.
+    journal_enabled: bool = False
+    journal_recorded: int = 0
+    journal_pending: int = 0
+    journal_sent: int = 0
+    journal_dropped: Mapping[str, int] = field(default_factory=dict)
 
 
 def log_fields(view: StatsView) -> dict[str, Any]:
@@ -82,6 +89,10 @@ def log_fields(view: StatsView) -> dict[str, Any]:
         },
         "cache_entries": view.cache_entries,
         "callerid_answers": dict(view.callerid_answers),
+        "journal_recorded": view.journal_recorded,
+        "journal_pending": view.journal_pending,
+        "journal_sent": view.journal_sent,
+        "journal_dropped": sum(view.journal_dropped.values()),
     }
 
 
