@@ -15,6 +15,7 @@ from typing import Any
 
 from kommo_callerid.core.config import Config
 from kommo_callerid.core.config_load import from_mapping
+from kommo_callerid.core.models import CallDirection, CallStatus, FinishedCall
 from kommo_callerid.daemon.app import EXIT_OK, Daemon
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo
@@ -121,3 +122,35 @@ def run_as_nobody(action: Callable[[], object]) -> str:
         verdict = pipe.read().decode()
     os.waitpid(pid, 0)
     return verdict
+
+
+def finished_call(
+    linkedid: str,
+    phone: str,
+    *,
+    status: CallStatus = CallStatus.ANSWERED,
+    direction: CallDirection = CallDirection.INBOUND,
+    duration: int = 42,
+    answered_by: str | None = "100",
+    did: str | None = "5551000",
+    extension: str | None = None,
+    started_at: float = 1_780_000_000.0,
+    pbx: str = "",
+) -> FinishedCall:
+    """A hand-built finished call, as the outcome tracker makes them (journal tests)."""
+    answered = status is CallStatus.ANSWERED
+    return FinishedCall(
+        call_id=f"{pbx}/{linkedid}" if pbx else linkedid,
+        pbx=pbx,
+        linkedid=linkedid,
+        uniqueid=linkedid,
+        direction=direction,
+        phone=phone,
+        started_at=started_at,
+        duration=duration if answered else 0,
+        status=status,
+        answered_by=answered_by if answered else None,
+        extension=extension,
+        did=did if direction is CallDirection.INBOUND else None,
+        result=f"answered by {answered_by}" if answered else "caller hung up after 20 s",
+    )

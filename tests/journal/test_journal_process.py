@@ -1,0 +1,137 @@
+"""``kommo-callerid run`` in a process of its own: SIGKILL loses no record, and an unusable
+database stops the start with exit 3 and a sentence."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from kommo_callerid.core.config import JournalConfig, NotifyConfig
+from kommo_callerid.journal.entry import JournalEntry, build_entry
+from kommo_callerid.journal.outbox import Outbox
+from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
+from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
+from kommo_callerid.sim.kommo_journal import CALLS_PATH
+
+from support import finished_call, wait_for
+
+CALLERS = ("18305803077", "14155550199", "12125550142", "442079460958", "16465550123")
+#: Root writes read-only files; without these capabilities it cannot.
+NO_OVERRIDE = ["--bounding-set", "-dac_override,-dac_read_search"]
+
+
+def write_config(tmp_path: Path, ami: FakeAmiServer, kommo: FakeKommo, database: Path) -> Path:
+    path = tmp_path / "cfg.toml"
+    path.write_text(
+        f'[ami]\nport = {ami.port}\nusername = "{DEMO_USERNAME}"\nsecret = "{DEMO_SECRET}"\n'
+        f'[kommo]\nbase_url = "{kommo.base_url}"\naccess_token = "{kommo.token}"\n'
+        f'[log]\nformat = "json"\n[journal]\ndatabase = "{database}"\n'
+    )
+    return path
+
+
+async def start(config: Path, *wrapper: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("KOMMO_CALLERID_CONFIG", None)
+    command = [*wrapper, sys.executable, "-m", "kommo_callerid", "run", "-c", str(config)]
+    return await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+
+
+def pending_records(count: int) -> list[JournalEntry]:
+    entries = []
+    for n in range(count):
+        call = finished_call(f"1780000000.{n}", "+" + CALLERS[n % len(CALLERS)])
+        built = build_entry(call, JournalConfig(), NotifyConfig(), now=time.time())
+        assert built is not None
+        entries.append(built)
+    return entries
+
+
+async def test_sigkill_with_50_records_pending_then_all_delivered_exactly_once(
+    tmp_path: Path, ami: FakeAmiServer
+) -> None:
+    database = tmp_path / "journal.sqlite3"
+    outbox = Outbox.open(database)
+    assert len(outbox.insert(pending_records(50))[0]) == 50
+    outbox.close()
+    async with FakeKommo(demo_dataset()) as kommo:
+        config = write_config(tmp_path, ami, kommo, database)
+        kommo.journal.down = True
+        first = await start(config)
+        try:
+            await wait_for(lambda: kommo.requests_to(CALLS_PATH) >= 1, 10)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            await first.communicate()
+        assert first.returncode == -signal.SIGKILL
+        assert kommo.journal.calls == []
+        reopened = Outbox.open(database)
+        assert reopened.counts() == {"pending": 50, "sent": 0, "dropped": 0}
+        reopened.close()
+
+        kommo.journal.down = False
+        second = await start(config)
+        try:
+            await wait_for(lambda: len(kommo.journal.calls) >= 50, 20)
+            await asyncio.sleep(0.5)  # nothing more arrives
+        finally:
+            second.send_signal(signal.SIGTERM)
+            stdout, _ = await asyncio.wait_for(second.communicate(), 10)
+    assert second.returncode == 0
+    delivered = Counter(kommo.journal.uniqs())
+    assert len(delivered) == 50 and set(delivered.values()) == {1}
+    lines = [json.loads(line) for line in stdout.decode().splitlines()]
+    sent = sum(line["count"] for line in lines if line["event"] == "journal.sent")
+    assert sent == 50
+    assert Outbox.open(database).counts() == {"pending": 0, "sent": 50, "dropped": 0}
+
+
+async def exit_code_and_output(config: Path, *wrapper: str) -> tuple[int | None, str]:
+    proc = await start(config, *wrapper)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 20)
+    return proc.returncode, stdout.decode() + stderr.decode()
+
+
+@pytest.mark.parametrize("damage", ["read-only", "full-disk", "corrupt"])
+async def test_an_unusable_database_at_start_exits_3_with_a_sentence(
+    tmp_path: Path, ami: FakeAmiServer, damage: str
+) -> None:
+    (tmp_path / "db").mkdir()
+    database = tmp_path / "db" / "journal.sqlite3"
+    wrapper: list[str] = []
+    if damage == "read-only":
+        Outbox.open(database).close()
+        database.chmod(0o400)
+        database.parent.chmod(0o500)  # no new -wal file either
+        if os.geteuid() == 0:
+            if shutil.which("setpriv") is None:
+                pytest.skip("root without setpriv writes read-only files")
+            wrapper = ["setpriv", *NO_OVERRIDE]
+    elif damage == "full-disk":
+        if shutil.which("prlimit") is None:
+            pytest.skip("prlimit (util-linux) simulates the full disk")
+        wrapper = ["prlimit", "--fsize=0", "--"]  # every file write fails: EFBIG
+    else:
+        database.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4096)
+    try:
+        async with FakeKommo(demo_dataset()) as kommo:
+            config = write_config(tmp_path, ami, kommo, database)
+            code, output = await exit_code_and_output(config, *wrapper)
+    finally:
+        database.parent.chmod(0o700)
+    assert code == 3, output
+    unusable = [json.loads(line) for line in output.splitlines() if "journal.unusable" in line]
+    assert len(unusable) == 1
+    assert unusable[0]["detail"].startswith(f"The call journal's database {database} cannot")
+    assert ami.logins == 0  # stopped before the AMI was touched
