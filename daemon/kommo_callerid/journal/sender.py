@@ -223,7 +223,11 @@ class JournalSender:
         source = self._journal.source
         answers = await self._kommo.add_calls([as_kommo_call(e, source) for e in entries])
         now = self._clock()
-        updated = [self._after_call(e, a, now) for e, a in zip(entries, answers, strict=True)]
+        # One backoff for the whole batch, so records that failed together retry together.
+        backoff = retry_after(1 + min(entry.attempts for entry in entries))
+        updated = [
+            self._after_call(e, a, now, backoff) for e, a in zip(entries, answers, strict=True)
+        ]
         accepted = [e for e in updated if e.state in (State.SENT, State.FOLLOWUP)]
         if accepted:
             self.stats.sent += len(accepted)
@@ -240,7 +244,9 @@ class JournalSender:
             )
         return updated
 
-    def _after_call(self, entry: JournalEntry, answer: JournalAnswer, now: float) -> JournalEntry:
+    def _after_call(
+        self, entry: JournalEntry, answer: JournalAnswer, now: float, backoff: float
+    ) -> JournalEntry:
         verdict = answer.verdict
         if verdict is JournalVerdict.ATTACHED:
             task = self._journal.missed_task and entry.missed and answer.entity_id is not None
@@ -267,7 +273,7 @@ class JournalSender:
             return self._drop(entry, DropReason.UNKNOWN, answer.detail or "no entity has it")
         if verdict is JournalVerdict.REJECTED:
             return self._drop(entry, DropReason.REJECTED, answer.detail)
-        return self._later(entry, answer.detail, now)
+        return self._later(entry, answer.detail, now, backoff)
 
     async def _follow_up(self, entry: JournalEntry) -> JournalEntry:
         if entry.followup is Followup.UNSORTED:
@@ -280,7 +286,7 @@ class JournalSender:
             answer = await self._kommo.add_task(self._task_for(entry))
         now = self._clock()
         if answer.verdict is JournalVerdict.RETRY:
-            return self._later(entry, answer.detail, now)
+            return self._later(entry, answer.detail, now, retry_after(entry.attempts + 1))
         if answer.verdict is not JournalVerdict.ATTACHED:
             return self._follow_up_refused(entry, answer.detail)
         if entry.followup is Followup.UNSORTED:
@@ -330,10 +336,10 @@ class JournalSender:
         self._log_drop(entry, DropReason.REJECTED, f"call-back task refused: {detail}")
         return replace(entry, state=State.SENT, followup=None, detail=f"task refused: {detail}")
 
-    def _later(self, entry: JournalEntry, detail: str, now: float) -> JournalEntry:
+    def _later(self, entry: JournalEntry, detail: str, now: float, backoff: float) -> JournalEntry:
         attempts = entry.attempts + 1
         give_up_at = entry.recorded_at + self._journal.retain
-        next_try = min(now + retry_after(attempts), give_up_at)
+        next_try = min(now + backoff, give_up_at)
         return replace(entry, attempts=attempts, next_try=next_try, detail=detail)
 
     def _expire(self, entry: JournalEntry) -> JournalEntry:
