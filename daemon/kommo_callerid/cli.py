@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     authorize.add_argument("code", metavar="CODE", help="the code from Kommo (valid 20 minutes)")
+    _add_journal(command, with_config)
     demo = command(
         "demo",
         "run against embedded AMI and Kommo simulators",
@@ -140,6 +141,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--calls", type=int, default=5, metavar="N", help="inbound calls to place")
     demo.add_argument("--json", action="store_true", help="print the raw log, not the story")
     return parser
+
+
+def _add_journal(command: Any, with_config: Any) -> None:
+    journal = with_config(
+        command(
+            "journal",
+            "the call journal's records, newest first ('journal retry': resend dropped)",
+            "Show the call journal's records, newest first: call, direction, status, duration, "
+            "answered by, and what Kommo made of it (pending, sent to which entity, dropped "
+            "and why). 'journal retry' makes dropped records pending again; the running "
+            "daemon sends them within a minute.",
+        )
+    )
+    journal.add_argument(
+        "action", nargs="?", choices=["retry"], help="retry: make dropped records pending again"
+    )
+    journal.add_argument("--pending", action="store_true", help="only records not yet sent")
+    journal.add_argument("--failed", action="store_true", help="only dropped records")
+    journal.add_argument(
+        "--since", type=_duration, metavar="DURATION", help="only calls of the last 90s/15m/2h/1d"
+    )
+    journal.add_argument("--json", action="store_true", help="JSON for scripts")
+
+
+def _duration(text: str) -> float:
+    from kommo_callerid.commands.journal import parse_duration  # noqa: PLC0415
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seconds(text: str) -> float:
@@ -166,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(config, args.config, offline=args.offline, listen=args.listen)
         if args.command == "authorize":
             return _authorize(config, args.code)
+        if args.command == "journal":
+            return _journal(config, args)
         return _lookup(config, args.number)
     except KeyboardInterrupt:
         return EXIT_OK
@@ -242,6 +276,16 @@ def _authorize(config: Config, code: str) -> int:
         return EXIT_FAILURE
     print(f"Tokens saved to {config.kommo.token_file}; start or restart the service now.")
     return EXIT_OK
+
+
+def _journal(config: Config, args: argparse.Namespace) -> int:
+    from kommo_callerid.commands import journal  # noqa: PLC0415
+
+    if args.action == "retry":
+        return journal.retry(config)
+    return journal.show(
+        config, pending=args.pending, failed=args.failed, since=args.since, as_json=args.json
+    )
 
 
 def _lookup(config: Config, number: str) -> int:

@@ -56,6 +56,9 @@ RETRY_BASE = 2.0
 RETRY_CAP = 300.0
 #: After an unexpected error (the database, a bug), the loop waits this long and goes on.
 ERROR_PAUSE = 5.0
+#: With nothing due, the outbox is still looked at this often: ``kommo-callerid journal
+#: retry`` (another process) makes dropped records pending again.
+RECHECK = 60.0
 
 
 class CallLog(Protocol):
@@ -162,7 +165,9 @@ class JournalSender:
         if due and not self._stopping:
             await self._send(due)
         elif not self._stopping:
-            await self._idle(await self.outbox.next_try())
+            next_try = await self.outbox.next_try()
+            recheck = self._clock() + RECHECK
+            await self._idle(recheck if next_try is None else min(next_try, recheck))
 
     async def _write_incoming(self) -> None:
         self._wake.clear()
@@ -190,14 +195,15 @@ class JournalSender:
                 detail=f"the outbox holds {self.outbox.capacity} unsent records already",
             )
 
-    async def _idle(self, next_try: float | None) -> None:
-        """Sleep until a record arrives or ``next_try`` (None: until a record arrives)."""
-        delay = None if next_try is None else next_try - self._clock()
-        if delay is not None and delay <= 0:
+    async def _idle(self, until: float) -> None:
+        """Sleep until a record arrives or the clock reaches ``until``."""
+        delay = until - self._clock()
+        if delay <= 0:
             return
-        waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wake.wait())}
-        if delay is not None:
-            waits.add(asyncio.ensure_future(self._sleep(delay)))
+        waits: set[asyncio.Future[object]] = {
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(self._sleep(delay)),
+        }
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
