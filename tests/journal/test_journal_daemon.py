@@ -1,0 +1,41 @@
+"""The journal inside the daemon: finished calls handed to its sink reach Kommo, and
+/healthz, /metrics and the stats line count them."""
+
+from __future__ import annotations
+
+import aiohttp
+from structlog.testing import capture_logs
+
+from kommo_callerid.core.models import CallStatus
+from kommo_callerid.sim.ami_server import FakeAmiServer
+from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
+
+from support import events, finished_call, make_config, running_daemon, wait_for
+
+
+async def test_sink_to_kommo_with_health_metrics_and_stats(ami: FakeAmiServer) -> None:
+    async with FakeKommo(demo_dataset()) as kommo:
+        kommo.journal.reject_numbers.add("12125550142")
+        config = make_config(ami, kommo, http={"listen": "127.0.0.1:0"})
+        with capture_logs() as logs:
+            async with running_daemon(config) as daemon, aiohttp.ClientSession() as http:
+                base = f"http://127.0.0.1:{daemon.http_port}"
+                kommo.journal.down = True
+                daemon.record_finished_call(finished_call("8.1", "+18305803077"))
+                daemon.record_finished_call(finished_call("8.2", "+12125550142"))
+                await wait_for(lambda: kommo.requests_to("/api/v4/calls") >= 1)
+                async with http.get(f"{base}/healthz") as answer:
+                    assert (await answer.json())["journal_pending"] == 2
+                kommo.journal.down = False
+                miss = finished_call("8.3", "+14155550199", status=CallStatus.NO_ANSWER)
+                daemon.record_finished_call(miss)  # wakes the sender: all three go now
+                await wait_for(lambda: len(kommo.journal.calls) == 2)
+                await wait_for(lambda: daemon._counters(daemon._running)["journal_pending"] == 0)  # type: ignore[arg-type]
+                async with http.get(f"{base}/metrics") as answer:
+                    metrics = await answer.text()
+    assert "kommo_callerid_journal_sent_total 2.0" in metrics
+    assert 'kommo_callerid_journal_dropped_total{reason="rejected"} 1.0' in metrics
+    assert "kommo_callerid_journal_pending 0.0" in metrics
+    [stopped] = events(logs, "daemon.stopped")
+    assert (stopped["journal_sent"], stopped["journal_dropped"]) == (2, 1)
+    assert stopped["journal_recorded"] == 3
