@@ -22,6 +22,7 @@ import bench_cluster  # noqa: E402
 import bench_cpu  # noqa: E402
 import bench_flood  # noqa: E402
 import bench_ingest  # noqa: E402
+import bench_journal  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_logging  # noqa: E402
 import bench_memory  # noqa: E402
@@ -40,6 +41,7 @@ BENCHMARKS = {
     "cluster": bench_cluster,
     "flood": bench_flood,
     "reconnect": bench_reconnect,
+    "journal": bench_journal,
 }
 
 
