@@ -53,8 +53,11 @@ def show(
     states = [State.PENDING, State.FOLLOWUP] if pending else []
     states += [State.DROPPED] if failed else []
     after = None if since is None else time.time() - since
+    if not config.journal.database.exists():
+        print(f"No call journal at {config.journal.database} yet: the daemon creates it.")
+        return EXIT_OK
     try:
-        outbox = Outbox.open(config.journal.database)
+        outbox = Outbox.open(config.journal.database, create=False)
     except OutboxError as exc:
         print(f"kommo-callerid: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -74,7 +77,7 @@ def show(
 def retry(config: Config, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     try:
-        outbox = Outbox.open(config.journal.database)
+        outbox = Outbox.open(config.journal.database, create=False)
     except OutboxError as exc:
         print(f"kommo-callerid: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS records (
     sent_at REAL, followup TEXT, lead_id INTEGER, task_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS records_due ON records (state, next_try);
-CREATE INDEX IF NOT EXISTS records_recorded ON records (recorded_at);
+CREATE INDEX IF NOT EXISTS records_started ON records (started_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -80,8 +80,11 @@ class Outbox:
         self.capacity = capacity
 
     @classmethod
-    def open(cls, path: Path, *, capacity: int = DEFAULT_CAPACITY) -> Outbox:
-        """Open (creating with mode 0600) and prove writable; :class:`OutboxError` if not."""
+    def open(cls, path: Path, *, capacity: int = DEFAULT_CAPACITY, create: bool = True) -> Outbox:
+        """Open (creating with mode 0600 unless ``create`` is false) and prove writable;
+        :class:`OutboxError` if not."""
+        if not create and not path.exists():
+            raise OutboxError(f"There is no call journal at {path} yet: the daemon creates it.")
         try:
             _create_private(path)
             connection = sqlite3.connect(path, isolation_level=None, timeout=5.0)
@@ -155,14 +158,14 @@ class Outbox:
         since: float | None = None,
         limit: int = 1000,
     ) -> list[JournalEntry]:
-        """Records newest first, optionally only in ``states`` and recorded since ``since``."""
+        """Calls newest first, optionally only in ``states`` and started since ``since``."""
         where: list[str] = []
         params: list[Any] = []
         if states:
             where.append(f"state IN ({', '.join('?' * len(states))})")
             params.extend(state.value for state in states)
         if since is not None:
-            where.append("recorded_at >= ?")
+            where.append("started_at >= ?")
             params.append(since)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         cursor = self._db.execute(

@@ -59,6 +59,8 @@ ERROR_PAUSE = 5.0
 #: With nothing due, the outbox is still looked at this often: ``kommo-callerid journal
 #: retry`` (another process) makes dropped records pending again.
 RECHECK = 60.0
+#: Sent and dropped records older than HISTORY_SECONDS are deleted this often.
+PRUNE_INTERVAL = 3600.0
 
 
 class CallLog(Protocol):
@@ -112,6 +114,7 @@ class JournalSender:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._next_prune = 0.0
 
     @property
     def pending(self) -> int:
@@ -149,7 +152,6 @@ class JournalSender:
         await self.outbox.close()
 
     async def _run(self) -> None:
-        await self.outbox.prune(self._clock() - HISTORY_SECONDS)
         while not self._stopping:
             try:
                 await self._step()
@@ -160,6 +162,9 @@ class JournalSender:
                 await self._idle(self._clock() + ERROR_PAUSE)
 
     async def _step(self) -> None:
+        if self._clock() >= self._next_prune:
+            self._next_prune = self._clock() + PRUNE_INTERVAL
+            await self.outbox.prune(self._clock() - HISTORY_SECONDS)
         await self._write_incoming()
         due = await self.outbox.due(self._clock(), BATCH_SIZE)
         if due and not self._stopping:
