@@ -146,6 +146,7 @@ class Daemon:
             "pending": running.notifier.pending_calls,
             "tasks": len(running.call_tasks),
             **running.kommo.table_sizes(),
+            "journal_pending": running.journal.pending if running.journal else 0,
         }
 
     def install_signal_handlers(self) -> None:
