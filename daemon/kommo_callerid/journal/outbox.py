@@ -174,6 +174,15 @@ class Outbox:
         )
         return [_entry(row) for row in cursor]
 
+    def due_now(self, now: float) -> int:
+        """Every unsent record is due at ``now`` (a restart tries at once); how many."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "UPDATE records SET next_try = ? WHERE state IN (?, ?) AND next_try > ?",
+                (now, *_UNSENT, now),
+            )
+        return cursor.rowcount
+
     def retry_dropped(self, now: float) -> int:
         """Dropped records become pending again, with a fresh ``retain``; how many."""
         with self._transaction():
@@ -250,6 +259,9 @@ class AsyncOutbox:
     async def update(self, entries: Sequence[JournalEntry]) -> None:
         await self._call(lambda outbox: outbox.update(entries))
         await self.refresh_counts()
+
+    async def due_now(self, now: float) -> int:
+        return await self._call(lambda outbox: outbox.due_now(now))
 
     async def prune(self, before: float) -> int:
         return await self._call(lambda outbox: outbox.prune(before))

@@ -152,6 +152,10 @@ class JournalSender:
         await self.outbox.close()
 
     async def _run(self) -> None:
+        with contextlib.suppress(Exception):  # the loop below reports a failing database
+            # Whatever waited for a retry when the daemon stopped is tried at once: a restart
+            # is when an operator has fixed something.
+            await self.outbox.due_now(self._clock())
         while not self._stopping:
             try:
                 await self._step()
