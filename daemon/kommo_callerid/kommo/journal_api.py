@@ -46,6 +46,9 @@ TASKS_PATH = "/api/v4/tasks"
 #: Calls per ``POST /api/v4/calls``.
 MAX_BATCH = 50
 TASK_TYPE_CALL = 1
+#: How long a journal request may wait for a slot behind notifications and lookups (then it
+#: is retried later, with the journal's backoff): a backlog of calls must not starve it.
+QUEUE_WAIT = 60.0
 
 _ENTITY_TYPES = {
     "contact": EntityType.CONTACT,
@@ -145,7 +148,7 @@ class KommoJournal:
                 path,
                 payload=body,
                 priority=Priority.JOURNAL,
-                deadline=self._clock() + self._timeout,
+                deadline=self._clock() + QUEUE_WAIT + self._timeout,
                 max_attempts=1,
             )
         except DeadlineReached as exc:
