@@ -8,18 +8,18 @@ after a missed call), dropped (rejected, unknown, expired), or tried again after
 jittered backoff until ``retain`` has passed. The loop sleeps until a record arrives or one
 falls due; it never polls.
 
-Size: the record lifecycle (write, send, follow up, back off, expire) kept in one loop.
+Size: one loop from the sink to Kommo (write, send in batches, follow up), with its logs
+and counters; what an answer does to a record is :mod:`.lifecycle`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
@@ -27,12 +27,9 @@ import structlog
 from kommo_callerid.core.config import JournalConfig, NotifyConfig
 from kommo_callerid.core.models import (
     CallbackTask,
-    CallDirection,
-    EntityType,
     FinishedCall,
     JournalAnswer,
     JournalCall,
-    JournalVerdict,
     LatencyHistogram,
 )
 from kommo_callerid.journal.entry import (
@@ -43,6 +40,15 @@ from kommo_callerid.journal.entry import (
     as_kommo_call,
     build_entry,
 )
+from kommo_callerid.journal.lifecycle import (
+    Step,
+    after_call,
+    after_follow_up,
+    expire,
+    retry_after,
+    task_for,
+    task_responsible,
+)
 from kommo_callerid.journal.outbox import HISTORY_SECONDS, AsyncOutbox
 
 log = structlog.get_logger(__name__)
@@ -52,8 +58,6 @@ Sleep = Callable[[float], Awaitable[None]]
 
 #: Records taken from the outbox per step (Kommo takes up to 50 calls per request).
 BATCH_SIZE = 50
-RETRY_BASE = 2.0
-RETRY_CAP = 300.0
 #: After an unexpected error (the database, a bug), the loop waits this long and goes on.
 ERROR_PAUSE = 5.0
 #: With nothing due, the outbox is still looked at this often: ``kommo-callerid journal
@@ -84,12 +88,6 @@ class JournalStats:
     tasks: int = 0
     #: Seconds from a record written (the call's end) to Kommo accepting it.
     accept_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-
-
-def retry_after(attempts: int) -> float:
-    """Full-jitter backoff after ``attempts`` failed tries: 1-2 s, 2-4 s ... capped at 5 min."""
-    ceiling = min(RETRY_CAP, RETRY_BASE * 2 ** max(0, attempts - 1))
-    return random.uniform(ceiling / 2, ceiling)
 
 
 class JournalSender:
@@ -222,32 +220,34 @@ class JournalSender:
 
     async def _send(self, due: list[JournalEntry]) -> None:
         now = self._clock()
-        expired = [entry for entry in due if now >= entry.recorded_at + self._journal.retain]
-        live = [entry for entry in due if entry not in expired]
-        updated = [self._expire(entry) for entry in expired]
+        retain = self._journal.retain
+        steps = [expire(e, retain) for e in due if now >= e.recorded_at + retain]
+        live = [e for e in due if now < e.recorded_at + retain]
         calls = [entry for entry in live if entry.state is State.PENDING]
         if calls:
-            updated.extend(await self._send_calls(calls))
+            steps.extend(await self._send_calls(calls))
         for entry in live:
             if entry.state is State.FOLLOWUP:
-                updated.append(await self._follow_up(entry))
-        await self.outbox.update(updated)
+                steps.append(await self._follow_up(entry))
+        for step in steps:
+            if step.dropped is not None:
+                self._log_drop(step.entry, *step.dropped)
+        await self.outbox.update([step.entry for step in steps])
 
-    async def _send_calls(self, entries: list[JournalEntry]) -> list[JournalEntry]:
+    async def _send_calls(self, entries: list[JournalEntry]) -> list[Step]:
         started = time.monotonic()
         source = self._journal.source
         answers = await self._kommo.add_calls([as_kommo_call(e, source) for e in entries])
         now = self._clock()
         # One backoff for the whole batch, so records that failed together retry together.
         backoff = retry_after(1 + min(entry.attempts for entry in entries))
-        updated = [
-            self._after_call(e, a, now, backoff) for e, a in zip(entries, answers, strict=True)
+        steps = [
+            after_call(entry, answer, self._journal, now, backoff)
+            for entry, answer in zip(entries, answers, strict=True)
         ]
-        accepted = [e for e in updated if e.state in (State.SENT, State.FOLLOWUP)]
+        accepted = [s.entry for s in steps if s.entry.state in (State.SENT, State.FOLLOWUP)]
         if accepted:
-            self.stats.sent += len(accepted)
-            for entry in accepted:
-                self.stats.accept_latency.observe(max(0.0, now - entry.recorded_at))
+            self._count_sent(accepted, now)
             log.info(
                 "journal.sent",
                 count=len(accepted),
@@ -257,40 +257,9 @@ class JournalSender:
                     for e in accepted
                 ],
             )
-        return updated
+        return steps
 
-    def _after_call(
-        self, entry: JournalEntry, answer: JournalAnswer, now: float, backoff: float
-    ) -> JournalEntry:
-        verdict = answer.verdict
-        if verdict is JournalVerdict.ATTACHED:
-            task = self._journal.missed_task and entry.missed and answer.entity_id is not None
-            return replace(
-                entry,
-                state=State.FOLLOWUP if task else State.SENT,
-                followup=Followup.TASK if task else None,
-                entity_type=str(answer.entity_type) if answer.entity_type else None,
-                entity_id=answer.entity_id,
-                entity_responsible_id=answer.responsible_user_id,
-                attempts=entry.attempts + 1,
-                sent_at=now,
-                next_try=now,
-            )
-        if verdict is JournalVerdict.UNKNOWN:
-            if self._journal.unknown == "unsorted" and entry.direction is CallDirection.INBOUND:
-                return replace(
-                    entry,
-                    state=State.FOLLOWUP,
-                    followup=Followup.UNSORTED,
-                    attempts=entry.attempts + 1,
-                    next_try=now,
-                )
-            return self._drop(entry, DropReason.UNKNOWN, answer.detail or "no entity has it")
-        if verdict is JournalVerdict.REJECTED:
-            return self._drop(entry, DropReason.REJECTED, answer.detail)
-        return self._later(entry, answer.detail, now, backoff)
-
-    async def _follow_up(self, entry: JournalEntry) -> JournalEntry:
+    async def _follow_up(self, entry: JournalEntry) -> Step:
         if entry.followup is Followup.UNSORTED:
             answer = await self._kommo.add_unsorted(
                 as_kommo_call(entry, self._journal.source),
@@ -298,84 +267,29 @@ class JournalSender:
                 service_code=self._journal.source,
             )
         else:
-            answer = await self._kommo.add_task(self._task_for(entry))
+            deadline = self._journal.missed_task_deadline
+            answer = await self._kommo.add_task(task_for(entry, deadline))
         now = self._clock()
-        if answer.verdict is JournalVerdict.RETRY:
-            return self._later(entry, answer.detail, now, retry_after(entry.attempts + 1))
-        if answer.verdict is not JournalVerdict.ATTACHED:
-            return self._follow_up_refused(entry, answer.detail)
-        if entry.followup is Followup.UNSORTED:
+        step = after_follow_up(entry, answer, self._journal, now, retry_after(entry.attempts + 1))
+        done = step.entry
+        if done.lead_id is not None and entry.lead_id is None:
             self.stats.unsorted += 1
-            self.stats.sent += 1
-            self.stats.accept_latency.observe(max(0.0, now - entry.recorded_at))
-            log.info("journal.unsorted", call_id=entry.call_id, lead_id=answer.entity_id)
-            return replace(
-                entry,
-                state=State.SENT,
-                followup=None,
-                entity_type=str(EntityType.LEAD),
-                entity_id=answer.entity_id,
-                lead_id=answer.entity_id,
-                sent_at=now,
+            self._count_sent([done], now)
+            log.info("journal.unsorted", call_id=done.call_id, lead_id=done.lead_id)
+        if done.task_id is not None and entry.task_id is None:
+            self.stats.tasks += 1
+            log.info(
+                "journal.task_created",
+                call_id=done.call_id,
+                task_id=done.task_id,
+                responsible_user_id=task_responsible(done),
             )
-        self.stats.tasks += 1
-        log.info(
-            "journal.task_created",
-            call_id=entry.call_id,
-            task_id=answer.entity_id,
-            responsible_user_id=self._task_responsible(entry),
-        )
-        return replace(entry, state=State.SENT, followup=None, task_id=answer.entity_id)
+        return step
 
-    def _task_for(self, entry: JournalEntry) -> CallbackTask:
-        deadline = entry.ended_at + self._journal.missed_task_deadline
-        return CallbackTask(
-            uniq=entry.call_id,
-            entity_type=EntityType(entry.entity_type or EntityType.CONTACT),
-            entity_id=entry.entity_id or 0,
-            responsible_user_id=self._task_responsible(entry),
-            complete_till=int(deadline),
-            text=f"Call back {entry.phone}: missed call ({entry.result})",
-        )
-
-    @staticmethod
-    def _task_responsible(entry: JournalEntry) -> int | None:
-        if entry.entity_responsible_id is not None:
-            return entry.entity_responsible_id
-        return entry.responsible_user_id
-
-    def _follow_up_refused(self, entry: JournalEntry, detail: str) -> JournalEntry:
-        if entry.followup is Followup.UNSORTED:
-            return self._drop(entry, DropReason.REJECTED, detail)
-        # The call is in Kommo already: only the task is lost; the record stays sent.
-        self._log_drop(entry, DropReason.REJECTED, f"call-back task refused: {detail}")
-        return replace(entry, state=State.SENT, followup=None, detail=f"task refused: {detail}")
-
-    def _later(self, entry: JournalEntry, detail: str, now: float, backoff: float) -> JournalEntry:
-        attempts = entry.attempts + 1
-        give_up_at = entry.recorded_at + self._journal.retain
-        next_try = min(now + backoff, give_up_at)
-        return replace(entry, attempts=attempts, next_try=next_try, detail=detail)
-
-    def _expire(self, entry: JournalEntry) -> JournalEntry:
-        detail = f"not accepted within retain ({self._journal.retain:g} s)"
-        if entry.detail:
-            detail = f"{detail}; last answer: {entry.detail}"
-        if entry.state is State.FOLLOWUP and entry.followup is Followup.TASK:
-            self._log_drop(entry, DropReason.EXPIRED, f"call-back task: {detail}")
-            return replace(entry, state=State.SENT, followup=None, detail=f"task expired: {detail}")
-        return self._drop(entry, DropReason.EXPIRED, detail)
-
-    def _drop(self, entry: JournalEntry, reason: DropReason, detail: str) -> JournalEntry:
-        self._log_drop(entry, reason, detail)
-        return replace(
-            entry,
-            state=State.DROPPED,
-            followup=None,
-            reason=str(reason),
-            detail=detail,
-            attempts=entry.attempts + 1,
-        )
+    def _count_sent(self, entries: list[JournalEntry], now: float) -> None:
+        self.stats.sent += len(entries)
+        for entry in entries:
+            self.stats.accept_latency.observe(max(0.0, now - entry.recorded_at))
 
     def _log_drop(self, entry: JournalEntry, reason: DropReason, detail: str) -> None:
         self._count_drop(reason)
@@ -385,7 +299,7 @@ class JournalSender:
             caller=entry.phone,
             reason=str(reason),
             detail=detail,
-            attempts=entry.attempts + 1,
+            attempts=entry.attempts,
         )
 
     def _count_drop(self, reason: DropReason) -> None:
