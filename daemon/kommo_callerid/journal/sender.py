@@ -6,7 +6,7 @@ that are due. Kommo's verdict per record is stored before the next step: attache
 with a follow-up still to make: an incoming lead for an unknown caller, a call-back task
 after a missed call), dropped (rejected, unknown, expired), or tried again after a capped,
 jittered backoff until ``retain`` has passed. The loop sleeps until a record arrives or one
-falls due; it never polls.
+falls due (with nothing due, it looks at the outbox once a minute, for ``journal retry``).
 
 Size: one loop from the sink to Kommo (write, send in batches, follow up), with its logs
 and counters; what an answer does to a record is :mod:`.lifecycle`.
