@@ -19,8 +19,9 @@ from kommo_callerid.core.config import JournalConfig, NotifyConfig
 from kommo_callerid.journal.entry import JournalEntry, build_entry
 from kommo_callerid.journal.outbox import Outbox
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
-from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
+from kommo_callerid.sim.kommo_app import FakeContact, FakeKommo, KommoDataset, demo_dataset
 from kommo_callerid.sim.kommo_journal import CALLS_PATH
+from kommo_callerid.sim.scenarios import CallScenarios
 
 from support import finished_call, wait_for
 
@@ -95,6 +96,52 @@ async def test_sigkill_with_50_records_pending_then_all_delivered_exactly_once(
     sent = sum(line["count"] for line in lines if line["event"] == "journal.sent")
     assert sent == 50
     assert Outbox.open(database).counts() == {"pending": 0, "sent": 50, "dropped": 0}
+
+
+async def test_calls_the_daemon_journaled_survive_its_sigkill(
+    tmp_path: Path, ami: FakeAmiServer
+) -> None:
+    """The records the daemon itself wrote: 50 calls end while Kommo's journal is down."""
+    database = tmp_path / "journal.sqlite3"
+    calls = CallScenarios().inbound_calls(50)
+    known = tuple(
+        FakeContact(6000 + n, f"Caller {n}", (call.caller_num,), 7, 1_700_000_000)
+        for n, call in enumerate(calls)
+    )
+    async with FakeKommo(KommoDataset(contacts=known)) as kommo:
+        config = write_config(tmp_path, ami, kommo, database)
+        kommo.journal.down = True
+        first = await start(config)
+        try:
+            await ami.wait_logged_in(timeout=10)
+            for call in calls:
+                await ami.play(call.events + call.hangups)
+            await wait_for(lambda: unsent(database) == 50, 20)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            await first.communicate()
+        kommo.journal.down = False
+        second = await start(config)
+        try:
+            await wait_for(lambda: len(kommo.journal.calls) >= 50, 20)
+            await asyncio.sleep(0.5)  # nothing more arrives
+        finally:
+            second.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(second.communicate(), 10)
+    assert second.returncode == 0
+    delivered = Counter(kommo.journal.uniqs())
+    assert sorted(delivered) == sorted(call.linkedid for call in calls)
+    assert set(delivered.values()) == {1}
+
+
+def unsent(database: Path) -> int:
+    if not database.exists():
+        return 0
+    outbox = Outbox.open(database)
+    try:
+        return outbox.counts()["pending"]
+    finally:
+        outbox.close()
 
 
 async def exit_code_and_output(config: Path, *wrapper: str) -> tuple[int | None, str]:

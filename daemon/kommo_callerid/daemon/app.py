@@ -119,7 +119,10 @@ class Daemon:
         self._on_secret = on_secret
         self.stop = stop or asyncio.Event()
         self.systemd = systemd or SystemdNotifier()
-        self.journal_sink = journal_sink or DebugJournalSink()
+        #: Where finished calls go; None: the call journal's outbox when ``[journal] enabled``,
+        #: else a debug line.
+        self.journal_sink = journal_sink
+        self._debug_sink = DebugJournalSink()
         self._running: _Running | None = None
 
     @property
@@ -206,10 +209,16 @@ class Daemon:
         return True
 
     def record_finished_call(self, call: FinishedCall) -> None:
-        """The journal sink: a finished call goes to the outbox (nothing when disabled)."""
+        """Hand one finished call to the journal sink (what call intake does at a call's end)."""
+        self._journal(call)
+
+    def _sink(self) -> JournalSink:
+        if self.journal_sink is not None:
+            return self.journal_sink
         running = self._running
         if running is not None and running.journal is not None:
-            running.journal.record(call)
+            return running.journal
+        return self._debug_sink
 
     async def _startup(
         self, kommo: KommoClient, cluster: Cluster | None, journal: JournalSender | None
@@ -354,7 +363,7 @@ class Daemon:
 
     def _journal(self, call: FinishedCall) -> None:
         try:
-            self.journal_sink.record(call)
+            self._sink().record(call)
         except Exception:  # a sink's bug must not stop call intake
             log.exception("journal.record_failed", call_id=call.call_id)
 
