@@ -216,3 +216,24 @@ async def test_a_record_kommo_never_takes_expires_after_retain(tmp_path: Path) -
     [dropped] = events(logs, "journal.dropped")
     assert dropped["reason"] == "expired" and "retain" in dropped["detail"]
     assert clock.now >= 1_780_000_900.0
+
+
+async def test_a_full_outbox_refuses_new_records_and_says_so(tmp_path: Path) -> None:
+    async with FakeKommo(demo_dataset()) as fake:
+        fake.journal.down = True
+        config = KommoConfig(base_url=fake.base_url, access_token=SecretStr(fake.token))
+        async with KommoClient(config, CacheConfig()) as kommo:
+            outbox = AsyncOutbox(tmp_path / "j.db", capacity=2)
+            await outbox.open()
+            api = KommoJournal(kommo.transport, timeout=config.timeout)
+            sender = JournalSender(outbox, api, JournalConfig(), NOTIFY)
+            sender.start()
+            with capture_logs() as logs:
+                for n in range(3):
+                    sender.record(finished_call(f"9.{n}", JOHN))
+                await wait_for(lambda: sender.stats.dropped["full"] == 1)
+            await sender.close(1.0)
+    [full] = events(logs, "journal.dropped")
+    assert (full["call_id"], full["reason"]) == ("9.2", "full")
+    assert "2 unsent records" in full["detail"]
+    assert outbox.counts["pending"] == 2
