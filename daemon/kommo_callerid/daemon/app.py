@@ -178,7 +178,7 @@ class Daemon:
             except OutboxError as exc:
                 log.error("journal.unusable", detail=str(exc))
                 return EXIT_CONFIG
-            if journal is not None:
+            if journal is not None:  # closed by _shutdown; this covers a failed start
                 stack.push_async_callback(journal.close, self.config.daemon.shutdown_timeout)
             running = await self._startup(kommo, cluster, journal)
             if running is None:
@@ -336,7 +336,9 @@ class Daemon:
         await asyncio.gather(*running.background, return_exceptions=True)
         running.notifier.hand_back_calls()
         in_flight = len(running.call_tasks)
-        cancelled = await running.call_tasks.drain(max(0.0, grace_ends - loop.time()))
+        grace = max(0.0, grace_ends - loop.time())
+        journal = running.journal.close(grace) if running.journal else asyncio.sleep(0)
+        cancelled, _ = await asyncio.gather(running.call_tasks.drain(grace), journal)
         log.info(
             "daemon.stopped",
             in_flight_at_stop=in_flight,

@@ -113,6 +113,7 @@ class JournalSender:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._next_prune = 0.0
+        self._closed = False
 
     @property
     def pending(self) -> int:
@@ -135,7 +136,11 @@ class JournalSender:
         self._task = asyncio.create_task(self._run(), name="journal-sender")
 
     async def close(self, timeout: float) -> None:
-        """Write what arrived, let a request in flight finish (up to ``timeout``), stop."""
+        """Write what arrived, let a request in flight finish (up to ``timeout``), stop.
+        A second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self._stopping = True
         self._wake.set()
         task = self._task
@@ -145,8 +150,11 @@ class JournalSender:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        with contextlib.suppress(Exception):  # the database failing now: logged below
+        unwritten = len(self._incoming)
+        try:
             await self._write_incoming()
+        except Exception:  # the disk failed on the way out: say what is lost
+            log.exception("journal.error", lost=unwritten)
         await self.outbox.close()
 
     async def _run(self) -> None:
