@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 from structlog.testing import capture_logs
 
@@ -11,6 +13,8 @@ from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
 
 from support import events, finished_call, make_config, running_daemon, wait_for
+
+LOCAL = {"listen": "127.0.0.1:0"}
 
 
 async def test_sink_to_kommo_with_health_metrics_and_stats(ami: FakeAmiServer) -> None:
@@ -39,3 +43,17 @@ async def test_sink_to_kommo_with_health_metrics_and_stats(ami: FakeAmiServer) -
     [stopped] = events(logs, "daemon.stopped")
     assert (stopped["journal_sent"], stopped["journal_dropped"]) == (2, 1)
     assert stopped["journal_recorded"] == 3
+
+
+async def test_disabled_journal_opens_no_database(ami: FakeAmiServer, tmp_path: Path) -> None:
+    database = tmp_path / "journal.sqlite3"
+    async with FakeKommo(demo_dataset()) as kommo:
+        config = make_config(
+            ami, kommo, journal={"enabled": False, "database": str(database)}, http=LOCAL
+        )
+        async with running_daemon(config) as daemon, aiohttp.ClientSession() as http:
+            daemon.record_finished_call(finished_call("10.1", "+18305803077"))  # a debug line
+            async with http.get(f"http://127.0.0.1:{daemon.http_port}/healthz") as answer:
+                assert (await answer.json())["journal_pending"] is None
+    assert not database.exists()
+    assert kommo.journal.calls == []
