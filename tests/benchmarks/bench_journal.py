@@ -90,7 +90,9 @@ async def _with_journal(folder: Path, work: Any) -> None:
         async with KommoClient(config, CacheConfig()) as kommo:
             outbox = AsyncOutbox(folder / f"journal-{time.monotonic_ns()}.sqlite3")
             await outbox.open()
-            api = KommoJournal(kommo.transport, timeout=config.timeout)
+            api = KommoJournal(
+                kommo.transport, timeout=config.timeout, rate_limit=config.rate_limit
+            )
             journal = JournalSender(outbox, api, JournalConfig(), NotifyConfig())
             journal.start()
             try:

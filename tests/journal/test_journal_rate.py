@@ -53,7 +53,9 @@ async def notification_latencies(
             if with_journal:
                 outbox = AsyncOutbox(tmp_path / f"rate-{time.monotonic_ns()}.db")
                 await outbox.open()
-                api = KommoJournal(kommo.transport, timeout=config.timeout)
+                api = KommoJournal(
+                    kommo.transport, timeout=config.timeout, rate_limit=config.rate_limit
+                )
                 journal = JournalSender(outbox, api, JournalConfig(), NotifyConfig())
                 journal.start()
                 for n in range(200):  # 200 calls end within one (scaled) second

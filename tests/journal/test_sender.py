@@ -45,7 +45,7 @@ async def journal_for(
     async with KommoClient(config, CacheConfig()) as kommo:
         outbox = AsyncOutbox(database)
         await outbox.open()
-        api = KommoJournal(kommo.transport, timeout=config.timeout)
+        api = KommoJournal(kommo.transport, timeout=config.timeout, rate_limit=config.rate_limit)
         journal_config = JournalConfig(database=database, **settings)
         timing: dict[str, Any] = {"clock": clock, "sleep": clock.sleep} if clock else {}
         sender = JournalSender(outbox, api, journal_config, NOTIFY, **timing)
@@ -225,7 +225,9 @@ async def test_a_full_outbox_refuses_new_records_and_says_so(tmp_path: Path) -> 
         async with KommoClient(config, CacheConfig()) as kommo:
             outbox = AsyncOutbox(tmp_path / "j.db", capacity=2)
             await outbox.open()
-            api = KommoJournal(kommo.transport, timeout=config.timeout)
+            api = KommoJournal(
+                kommo.transport, timeout=config.timeout, rate_limit=config.rate_limit
+            )
             sender = JournalSender(outbox, api, JournalConfig(), NOTIFY)
             sender.start()
             with capture_logs() as logs:

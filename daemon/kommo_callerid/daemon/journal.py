@@ -17,5 +17,7 @@ async def open_journal(config: Config, kommo: KommoClient) -> JournalSender | No
         return None
     outbox = AsyncOutbox(config.journal.database)
     await outbox.open()
-    api = KommoJournal(kommo.transport, timeout=config.kommo.timeout)
+    api = KommoJournal(
+        kommo.transport, timeout=config.kommo.timeout, rate_limit=config.kommo.rate_limit
+    )
     return JournalSender(outbox, api, config.journal, config.notify)

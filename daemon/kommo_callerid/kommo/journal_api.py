@@ -18,6 +18,7 @@ instead, every call is sent again alone, so one bad number never sinks the other
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ from kommo_callerid.core.models import (
     JournalVerdict,
     KommoError,
 )
-from kommo_callerid.kommo.limits import Clock, Priority
+from kommo_callerid.kommo.limits import Clock, Priority, Sleep
 from kommo_callerid.kommo.parse import Response, error_detail
 from kommo_callerid.kommo.transport import KommoTransport
 
@@ -49,6 +50,9 @@ TASK_TYPE_CALL = 1
 #: How long a journal request may wait for a slot behind notifications and lookups (then it
 #: is retried later, with the journal's backoff): a backlog of calls must not starve it.
 QUEUE_WAIT = 60.0
+#: Requests per second of the rate limit the journal leaves to notifications and lookups, so
+#: a notification arriving after a journal burst finds the window open, not used up.
+HEADROOM = 2.0
 
 _ENTITY_TYPES = {
     "contact": EntityType.CONTACT,
@@ -73,11 +77,21 @@ class KommoJournal:
     """Fills the journal's ``CallLog`` protocol with Kommo requests."""
 
     def __init__(
-        self, transport: KommoTransport, *, timeout: float, clock: Clock = time.monotonic
+        self,
+        transport: KommoTransport,
+        *,
+        timeout: float,
+        rate_limit: float,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._http = transport
         self._timeout = timeout
         self._clock = clock
+        self._sleep = sleep
+        #: The journal's own pace: at most ``rate_limit - HEADROOM`` requests per second.
+        self._interval = 1.0 / max(rate_limit - HEADROOM, min(rate_limit, 1.0))
+        self._last_request = float("-inf")
 
     async def add_calls(self, calls: Sequence[JournalCall]) -> list[JournalAnswer]:
         """One answer per call, in order; at most :data:`MAX_BATCH` calls per request."""
@@ -142,6 +156,10 @@ class KommoJournal:
 
     async def _post(self, path: str, body: Any) -> Response | JournalAnswer:
         """The answer, or a RETRY answer when none came (logged as ``kommo.error``)."""
+        wait = self._last_request + self._interval - self._clock()
+        if wait > 0:
+            await self._sleep(wait)
+        self._last_request = self._clock()
         try:
             return await self._http.request(
                 "POST",
