@@ -17,9 +17,11 @@ from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiSer
 from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
 from kommo_callerid.sim.scenarios import CallScenarios
 
-from support import wait_for
+from support import temp_journal, wait_for
 
 UNKNOWN = "13125550100"  # nobody in the demo dataset: only the DID users can be notified
+#: The call journal's database (on by default; its default path is under /var/lib).
+JOURNAL = temp_journal()
 
 
 def config_text(
@@ -41,6 +43,9 @@ access_token = "{kommo.token}"
 to = ["did"]
 fallback = "none"
 {notify}
+
+[journal]
+database = "{JOURNAL}"
 
 [log]
 format = "{fmt}"

@@ -300,6 +300,8 @@ class Daemon:
         running.outcomes.reconfigure(
             calls.inbound_contexts, calls.outbound_contexts, calls.min_digits, calls.default_region
         )
+        if running.journal is not None:  # [journal] database needs a restart (the reload plan)
+            running.journal.reconfigure(config.journal, config.notify)
         if running.callerid is not None:
             running.callerid.reconfigure(calls)
         if config.log != old.log and self._relog is not None:

@@ -126,6 +126,8 @@ class JournalSender:
 
     def record(self, call: FinishedCall) -> None:
         """The daemon's journal sink: queue a finished call for the outbox (never blocks)."""
+        if not self._journal.enabled:  # switched off by a reload: what is pending still goes
+            return
         entry = build_entry(call, self._journal, self._notify, self._clock())
         if entry is None:
             return
