@@ -2,9 +2,11 @@
 a call's end (the record handed to the journal) to Kommo accepting it, p50/p99, idle and
 under a 100-call burst (target: the burst fully journaled in <= 5 s, <= 7 requests/s).
 
-Runs the journal's real parts in this process — the SQLite outbox (WAL, synchronous=FULL, on
-this disk), the sender, the Kommo client's transport and rate limiter — against the fake
-Kommo over loopback with its strict 7/s limit.
+The first three run the journal's real parts in this process — the SQLite outbox (WAL,
+synchronous=FULL, on this disk), the sender, the Kommo client's transport and rate limiter —
+against the fake Kommo over loopback with its strict 7/s limit. The last runs the whole
+daemon in its own process: 100 calls arrive and are notified, then all hang up within one
+second; measured from each call's last Hangup on the AMI wire to Kommo accepting its record.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from common import Report, percentile
+from common import BENCH_USERS, Child, PbxMix, Report, call_bytes, daemon_config, percentile
 from pydantic import SecretStr
 
 from kommo_callerid.core.config import CacheConfig, JournalConfig, KommoConfig, NotifyConfig
@@ -26,7 +28,14 @@ from kommo_callerid.journal.outbox import AsyncOutbox
 from kommo_callerid.journal.sender import JournalSender
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.kommo.journal_api import KommoJournal
-from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
+from kommo_callerid.sim.ami_server import FakeAmiServer
+from kommo_callerid.sim.kommo_app import (
+    BY_PHONE_PATH,
+    FakeContact,
+    FakeKommo,
+    KommoDataset,
+    demo_dataset,
+)
 
 KOMMO_RATE = 7
 CALLERS = ("+18305803077", "+14155550199", "+442079460958", "+12125550142", "+16465550123")
@@ -159,3 +168,59 @@ async def run(report: Report, quick: bool) -> None:
 
         for work in (throughput, idle, burst):
             await _with_journal(folder, work)
+    await _through_the_daemon(report, 20 if quick else 100)
+
+
+async def _through_the_daemon(report: Report, calls: int) -> None:
+    mix = PbxMix()
+    callers = [f"1646{5550000 + n:07d}" for n in range(calls)]
+    known = KommoDataset(
+        contacts=tuple(
+            FakeContact(7000 + n, f"Caller {n}", (caller,), 8375357, 1_700_000_000)
+            for n, caller in enumerate(callers)
+        )
+    )
+    burst = [mix.inbound(caller, agents=("100",)) for caller in callers]
+    async with (
+        FakeAmiServer(users=BENCH_USERS) as ami,
+        FakeKommo(known, rate_limit=KOMMO_RATE) as kommo,
+    ):
+        config = daemon_config(ami, kommo, notify={"dids": {"5551000": [7]}})
+        async with Child("daemon", config) as child:
+            ami.emit_raw(b"".join(call_bytes(call.events) for call in burst))
+            deadline = time.monotonic() + 60 + 3 * calls / KOMMO_RATE
+            while time.monotonic() < deadline:  # every call notified and looked up
+                tables = await child.ask("stats")
+                if kommo.requests_to(BY_PHONE_PATH) >= calls and tables["limiter_waiting"] == 0:
+                    break
+                await asyncio.sleep(0.2)
+            hung_up: dict[str, float] = {}
+            started = time.monotonic()
+            for tenth in range(10):  # every call ends within one second
+                for call in burst[tenth::10]:
+                    ami.emit_raw(call_bytes(call.hangups))
+                    hung_up[call.linkedid] = time.monotonic()
+                await asyncio.sleep(0.1)
+            while time.monotonic() < started + 60:
+                if len(kommo.journal.calls) >= calls:
+                    break
+                await asyncio.sleep(0.01)
+            took = time.monotonic() - started
+    arrival = {record.order: record.at for record in kommo.requests}
+    ms = [(arrival[c.order] - hung_up[c.uniq]) * 1000 for c in kommo.journal.calls]
+    journal_times = sorted(r.at for r in kommo.requests if r.at >= started)
+    most = max(
+        (sum(1 for t in journal_times if s <= t < s + 1.0) for s in journal_times), default=0
+    )
+    report.add(
+        f"journal through the daemon: {calls} calls hang up within 1 s (p50 / p99 to accepted)",
+        f"{percentile(ms, 0.5):.0f} / {percentile(ms, 0.99):.0f} ms",
+    )
+    report.add(
+        f"journal through the daemon: {calls}-call burst fully journaled",
+        f"{len(kommo.journal.calls)} of {calls} in {took:.2f} s, "
+        f"{len(kommo.journal.batches)} requests, most in any second {most}, "
+        f"violations {kommo.violations}",
+        "<= 5 s, <= 7 req/s",
+        len(kommo.journal.calls) == calls and took <= 5 and kommo.violations == 0,
+    )
