@@ -131,6 +131,9 @@ class JournalSender:
         entry = build_entry(call, self._journal, self._notify, self._clock())
         if entry is None:
             return
+        if len(self._incoming) >= self.outbox.capacity:  # the database has failed for a while
+            self._refused([entry.call_id])
+            return
         self._incoming.append(entry)
         self._wake.set()
 
@@ -191,7 +194,11 @@ class JournalSender:
         if not self._incoming:
             return
         entries, self._incoming = self._incoming, []
-        written, refused = await self.outbox.insert(entries)
+        try:
+            written, refused = await self.outbox.insert(entries)
+        except Exception:  # the database failed (disk full?): keep them for the next try
+            self._incoming[:0] = entries
+            raise
         for entry in written:
             self.stats.recorded += 1
             log.info(
@@ -203,7 +210,10 @@ class JournalSender:
                 duration=entry.duration,
                 answered_by=entry.answered_by,
             )
-        for call_id in refused:
+        self._refused(refused)
+
+    def _refused(self, call_ids: list[str]) -> None:
+        for call_id in call_ids:
             self._count_drop(DropReason.FULL)
             log.warning(
                 "journal.dropped",
