@@ -262,7 +262,7 @@ class Daemon:
         )
         self._running = running
         if cluster is not None:
-            self.journal_sink = cluster.journal_sink(self.journal_sink, call_tasks)
+            self.journal_sink = cluster.journal_sink(self._sink(), call_tasks)
         if cfg.http.listen and not await self._start_http(running):
             self._running = None
             return None
