@@ -35,6 +35,8 @@ to = ["did", "responsible"]
 [cluster]
 redis_url = "{redis_url}"
 node = "doomed"
+[journal]
+database = "{path.parent / "journal.sqlite3"}"
 [log]
 format = "json"
 """,

@@ -75,7 +75,7 @@ async def test_200_calls_journaled_while_100_notifications_fly(tmp_path: Path) -
     for fake in (quiet, busy):
         assert fake.violations == 0
         assert most_in_any_window([r.at for r in fake.requests]) <= RATE
-        assert fake.requests_to(EVENTS_PATH) == 100
+        assert len(fake.events) == 100  # (waiting notifications may share a request)
     assert 4 <= busy.requests_to(CALLS_PATH) <= 8  # 200 records in batches of up to 50
     # Priority: no journal request went out while a notification was waiting.
     last_notification = max(r.order for r in busy.requests if r.path == EVENTS_PATH)
