@@ -1,6 +1,6 @@
 """The AMI side: one Asterisk Manager session per :class:`AmiClient`, channel events into a queue.
 
-The link is panoramisk's, cut down to one session in :mod:`.ami_protocol` (which lists the
+The link is panoramisk's, cut down to one session in :mod:`.protocol` (which lists the
 panoramisk 1.4 faults it works around). This module turns it into typed results: session info
 or :class:`AmiLoginError` / :class:`AmiConnectionError`, :class:`~.models.ChannelEvent` on the
 queue, event counters, and the reason the link ended. It never reconnects or pings on its own:

@@ -1,7 +1,7 @@
 """The one owner of AMI reconnects: connect, log in, run the session, and after any loss wait
 a capped, jittered, doubling delay before the next try.
 
-panoramisk's own reconnect timer is switched off in ``ami_protocol.py``; this loop is the
+panoramisk's own reconnect timer is switched off in ``ami/protocol.py``; this loop is the
 only thing that ever opens a new AMI connection. A wrong secret on the very first login is a
 configuration error (the daemon exits 3, so systemd does not restart-loop); after the daemon
 has once been connected it is retried, because an admin may be editing manager.conf.

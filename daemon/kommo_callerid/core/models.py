@@ -1,7 +1,7 @@
 """Typed values that cross module boundaries.
 
-Raw panoramisk messages stay in ``ami.py``/``ami_protocol.py`` and raw Kommo JSON in the
-``kommo*.py`` modules; everything else in the daemon speaks these types.
+Raw panoramisk messages stay in the ``ami/`` room and raw Kommo JSON in the
+``kommo/`` room; everything else in the daemon speaks these types.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ OAuth rules that matter (Kommo's refresh tokens are single-use):
 
 * the token file, when present, wins over the config's first ``refresh_token``;
 * concurrent refreshes collapse into one (one task, every caller awaits it);
-* a refresh's answer is saved to disk (atomically, durably; see :mod:`kommo_tokens`) before
+* a refresh's answer is saved to disk (atomically, durably; see :mod:`.tokens`) before
   the new access token is used — with no ``await`` between the answer and the save;
 * a new pair that could not be saved (disk full) is used from memory — once Kommo answered,
   it is the only valid pair — and its save is retried every :data:`SAVE_RETRY` seconds; it is

@@ -1,8 +1,8 @@
 """The Kommo API client: caller lookups and call notifications.
 
-Raw Kommo JSON stays behind this module (read by :mod:`kommo_callerid.kommo_parse`); callers
+Raw Kommo JSON stays behind this module (read by :mod:`kommo_callerid.kommo.parse`); callers
 get :mod:`kommo_callerid.models` types. HTTP — rate limit, retries, authorisation — is
-:mod:`kommo_callerid.kommo_http`; this module decides what an answer means.
+:mod:`kommo_callerid.kommo.transport`; this module decides what an answer means.
 
 Size: every Kommo endpoint the product uses and what its answers mean.
 """
