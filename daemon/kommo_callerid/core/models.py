@@ -56,6 +56,8 @@ class ChannelEvent:
     cause: int = 0
     #: BridgeEnter / BridgeLeave: ``BridgeUniqueid``.
     bridge_id: str = ""
+    #: The PBX it came from (its ``[ami.NAME]``); "" for the one unnamed ``[ami]``.
+    pbx: str = ""
 
     @classmethod
     def link_lost(cls, at: float) -> ChannelEvent:
