@@ -10,13 +10,25 @@ from __future__ import annotations
 import ipaddress
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from kommo_callerid.core.config_sources import ENV_PREFIX, CommaListEnvSource, CredentialsSource
+
+if TYPE_CHECKING:
+    from kommo_callerid.core.pbx_config import PbxConfig
 
 Seconds = float
 # Upper bounds: every number has one, so a typo cannot mean "never" (inf is refused too).
@@ -285,6 +297,19 @@ class Config(BaseSettings):
     daemon: DaemonConfig = DaemonConfig()
     journal: JournalConfig = JournalConfig()
     cluster: ClusterConfig = ClusterConfig()
+    _pbxs: tuple[PbxConfig, ...] = PrivateAttr(default=())
+
+    @property
+    def pbxs(self) -> tuple[PbxConfig, ...]:
+        """Every PBX to watch: the ``[ami.NAME]`` tables, or the one unnamed ``[ami]`` ("")."""
+        return self._pbxs
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _several_pbxs(cls, data: Any, handler: ModelWrapValidatorHandler[Config]) -> Config:
+        from kommo_callerid.core.pbx_config import validate_with_pbxs  # noqa: PLC0415 (cycle)
+
+        return validate_with_pbxs(data, handler)
 
     @classmethod
     def settings_customise_sources(

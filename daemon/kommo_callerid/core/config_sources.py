@@ -8,6 +8,7 @@ that cannot be read is a :class:`ConfigError` naming the file.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_origin
@@ -26,6 +27,10 @@ CREDENTIAL_FILES: Mapping[str, tuple[str, str]] = {
     "kommo_proxy": ("kommo", "proxy"),  # a proxy URL with its user:password
     "redis_password": ("cluster", "redis_password"),
 }
+#: A PBX name: what ``[ami.NAME]``, ``ami_secret_NAME`` and ``NAME/KEY`` may use.
+PBX_NAME = re.compile(r"[a-z0-9_-]+")
+#: The credential file of one PBX's AMI secret: ``ami_secret_NAME``.
+PBX_SECRET_PREFIX = "ami_secret_"  # noqa: S105  (a file name, not a secret)
 
 
 class ConfigError(Exception):
@@ -47,7 +52,27 @@ class CredentialsSource(PydanticBaseSettingsSource):
             path = Path(directory) / name
             if path.is_file():
                 found.setdefault(section, {})[key] = _read_credential(path)
+        for name, values in pbx_credentials(Path(directory)).items():
+            found.setdefault("ami", {})[name] = values
         return found
+
+
+class CredentialOnly(dict[str, str]):
+    """A secret from ``ami_secret_NAME`` for a PBX neither the file nor the environment names.
+
+    Merged into a configured ``[ami.NAME]`` it becomes a plain dict (the settings merge
+    copies); left alone it is ignored, so a stale credential file never turns a PBX on.
+    """
+
+
+def pbx_credentials(directory: Path) -> dict[str, CredentialOnly]:
+    """``ami_secret_NAME`` files -> ``{NAME: {"secret": ...}}`` (systemd ``LoadCredential=``)."""
+    found: dict[str, CredentialOnly] = {}
+    for path in sorted(directory.glob(PBX_SECRET_PREFIX + "*")):
+        name = path.name.removeprefix(PBX_SECRET_PREFIX)
+        if PBX_NAME.fullmatch(name) and path.is_file():
+            found[name] = CredentialOnly(secret=_read_credential(path))
+    return found
 
 
 def _read_credential(path: Path) -> str:
