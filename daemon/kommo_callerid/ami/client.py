@@ -64,9 +64,12 @@ class AmiClient:
         *,
         clock: Callable[[], float] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        pbx: str = "",
     ) -> None:
         self._config = config
         self._queue = queue
+        #: Stamped on every event: the same Linkedid on two PBXs is two calls.
+        self._pbx = pbx
         self._clock = clock or _loop_time
         self._ssl_context = ssl_context
         self._counters = AmiCounters()
@@ -260,7 +263,7 @@ class AmiClient:
         if kind is ChannelEventKind.DIAL_LEGACY and fields.get("subevent", "").lower() != "begin":
             return  # AMI 1.x Dial End: how a dial ended, unused
         self._counters.received += 1
-        event = _channel_event(kind, fields, self._clock())
+        event = _channel_event(kind, fields, self._clock(), self._pbx)
         if event is None:
             self._count_invalid("no Uniqueid")
             return
@@ -306,7 +309,7 @@ def _loop_time() -> float:
 
 
 def _channel_event(
-    kind: ChannelEventKind, fields: Mapping[str, str], received_at: float
+    kind: ChannelEventKind, fields: Mapping[str, str], received_at: float, pbx: str = ""
 ) -> ChannelEvent | None:
     """The event, or None without a Uniqueid (it could not be tied to any call).
 
@@ -334,6 +337,7 @@ def _channel_event(
         dial_status=fields.get("dialstatus", ""),
         cause=_int(fields.get("cause", "")),
         bridge_id=fields.get("bridgeuniqueid", ""),
+        pbx=pbx,
     )
 
 

@@ -13,16 +13,19 @@ from kommo_callerid.core.models import AmiCounters, ChannelEvent
 class AmiSessions:
     """Makes the supervisor's AMI clients, one per session, and sums their counters."""
 
-    def __init__(self, config: AmiConfig, queue: asyncio.Queue[ChannelEvent]) -> None:
+    def __init__(
+        self, config: AmiConfig, queue: asyncio.Queue[ChannelEvent], pbx: str = ""
+    ) -> None:
         self._config = config
         self._queue = queue
+        self._pbx = pbx
         self._current: AmiClient | None = None
         self._closed = AmiCounters()
 
     def new_client(self) -> AmiClient:
         if self._current is not None:
             self._closed = _add(self._closed, self._current.counters)
-        self._current = AmiClient(self._config, self._queue)
+        self._current = AmiClient(self._config, self._queue, pbx=self._pbx)
         return self._current
 
     def totals(self) -> AmiCounters:

@@ -51,6 +51,8 @@ class CallStarted:
     did: str
     channel: str
     started_at: float
+    #: The PBX's name; "" for the one unnamed ``[ami]``.
+    pbx: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ class ChannelSkipped:
     number: str
     channel: str
     exten: str
+    pbx: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,11 @@ def normalize_number(raw: str, default_region: str = "") -> str | None:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
+def call_id_of(pbx: str, linkedid: str) -> str:
+    """A call's id in logs and in Kommo: ``NAME/LINKEDID``, or the Linkedid for one PBX."""
+    return f"{pbx}/{linkedid}" if pbx else linkedid
+
+
 def digit_count(number: str) -> int:
     return sum(ch.isdigit() for ch in number)
 
@@ -123,6 +131,7 @@ def is_withheld(number: str) -> bool:
 
 @dataclass(slots=True)
 class _Call:
+    linkedid: str
     call_id: str
     root_channel: str
     did: str
@@ -145,14 +154,19 @@ class CallTracker:
         default_region: str = "",
         max_calls: int = MAX_TRACKED_CALLS,
         max_age: float = MAX_CALL_AGE,
+        *,
+        pbx: str = "",
     ) -> None:
+        #: Calls are keyed by Linkedid here; their ids carry the PBX (:func:`call_id_of`).
+        self._pbx = pbx
         patterns = "|".join(f"(?:{fnmatch.translate(p)})" for p in inbound_contexts)
         self._inbound = re.compile(patterns) if patterns else None
         self._min_digits = min_digits
         self._region = default_region
         self._max_calls = max_calls
         self._max_age = max_age
-        #: Inbound calls and calls whose root still waits for a caller number, oldest first.
+        #: Inbound calls and calls whose root still waits for a caller number, oldest first,
+        #: by Linkedid.
         self._calls: dict[str, _Call] = {}
 
     def __len__(self) -> int:
@@ -212,8 +226,14 @@ class CallTracker:
         if not self.is_inbound_context(event.context):
             return [self._skip(event, SkipReason.NOT_INBOUND)]
         decisions = self._make_room(event.received_at)
-        call = _Call(event.linkedid, event.channel, event.exten, event.received_at)
-        self._calls[call.call_id] = call
+        call = _Call(
+            event.linkedid,
+            call_id_of(self._pbx, event.linkedid),
+            event.channel,
+            event.exten,
+            event.received_at,
+        )
+        self._calls[call.linkedid] = call
         decisions.extend(self._classify(call, event))
         return decisions
 
@@ -234,11 +254,17 @@ class CallTracker:
         if number is None:
             return self._skip_once(call, event, SkipReason.ANONYMOUS)
         if digit_count(number) < self._min_digits:
-            del self._calls[call.call_id]
+            del self._calls[call.linkedid]
             return [self._skip(event, SkipReason.INTERNAL)]
         call.number = number
         started = CallStarted(
-            call.call_id, number, event.caller_name, call.did, call.root_channel, call.started_at
+            call.call_id,
+            number,
+            event.caller_name,
+            call.did,
+            call.root_channel,
+            call.started_at,
+            self._pbx,
         )
         early = [LegRinging(call.call_id, ext, chan) for ext, chan in call.early_legs]
         call.early_legs.clear()
@@ -290,7 +316,7 @@ class CallTracker:
     # -- helpers --------------------------------------------------------------------------
 
     def _forget(self, call: _Call) -> list[Decision]:
-        del self._calls[call.call_id]
+        del self._calls[call.linkedid]
         if call.number is not None:
             return [CallEnded(call.call_id)]
         if call.skip_logged:
@@ -298,7 +324,12 @@ class CallTracker:
         # It never got a usable number: the caller was anonymous after all.
         return [
             ChannelSkipped(
-                call.call_id, SkipReason.ANONYMOUS, call.raw_number, call.root_channel, call.did
+                call.call_id,
+                SkipReason.ANONYMOUS,
+                call.raw_number,
+                call.root_channel,
+                call.did,
+                self._pbx,
             )
         ]
 
@@ -314,7 +345,7 @@ class CallTracker:
         call.skip_logged = True
         return [self._skip(event, reason)]
 
-    @staticmethod
-    def _skip(event: ChannelEvent, reason: SkipReason, number: str = "") -> ChannelSkipped:
+    def _skip(self, event: ChannelEvent, reason: SkipReason, number: str = "") -> ChannelSkipped:
         number = number or event.caller_num
-        return ChannelSkipped(event.linkedid, reason, number, event.channel, event.exten)
+        call_id = call_id_of(self._pbx, event.linkedid)
+        return ChannelSkipped(call_id, reason, number, event.channel, event.exten, self._pbx)

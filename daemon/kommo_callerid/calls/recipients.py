@@ -8,9 +8,25 @@ expected, ``fallback = "all"`` sends one notification to everyone and closes the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 from kommo_callerid.core.config import NotifyConfig, Recipient
+
+T = TypeVar("T")
+
+
+def for_pbx(mapping: Mapping[str, T], pbx: str, key: str) -> T | None:
+    """``[notify.extensions]`` / ``[notify.dids]`` lookup: ``NAME/KEY`` first, then ``KEY``.
+
+    Extension 101 on two PBXs is two people: ``north/101`` names north's only; a bare ``101``
+    applies to every PBX without a ``NAME/101`` of its own.
+    """
+    if pbx:
+        scoped = mapping.get(f"{pbx}/{key}")
+        if scoped is not None:
+            return scoped
+    return mapping.get(key)
 
 
 class CallRecipients:

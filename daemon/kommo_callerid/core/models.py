@@ -60,8 +60,8 @@ class ChannelEvent:
     pbx: str = ""
 
     @classmethod
-    def link_lost(cls, at: float) -> ChannelEvent:
-        return cls(ChannelEventKind.LINK_LOST, "", "", "", "", "", "", "", at)
+    def link_lost(cls, at: float, pbx: str = "") -> ChannelEvent:
+        return cls(ChannelEventKind.LINK_LOST, "", "", "", "", "", "", "", at, pbx=pbx)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from kommo_callerid.calls.detector import (
     LegRinging,
     SkipReason,
 )
-from kommo_callerid.calls.recipients import CallRecipients
+from kommo_callerid.calls.recipients import CallRecipients, for_pbx
 from kommo_callerid.core.config import CallsConfig, NotifyConfig, Recipient
 from kommo_callerid.core.models import KommoError, LatencyHistogram, LookupResult, NotifyOutcome
 from kommo_callerid.daemon.ownership import NOTIFY, ClaimPort, ClaimsPort, hold
@@ -138,7 +138,14 @@ class _ActiveCall:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def bound(self) -> Any:
-        return bound_contextvars(call_id=self.call.call_id, caller=self.call.number)
+        return _bound_call(self.call.call_id, self.call.number, self.call.pbx)
+
+
+def _bound_call(call_id: str, caller: str, pbx: str) -> Any:
+    """A call line's fields; ``pbx`` only with several PBXs (one unnamed PBX logs as before)."""
+    if pbx:
+        return bound_contextvars(call_id=call_id, caller=caller, pbx=pbx)
+    return bound_contextvars(call_id=call_id, caller=caller)
 
 
 class CallNotifier:
@@ -234,7 +241,7 @@ class CallNotifier:
     def _begin(self, active: _ActiveCall) -> None:
         started = active.call
         with active.bound():
-            did_users = self._notify.dids.get(started.did, ())
+            did_users = for_pbx(self._notify.dids, started.pbx, started.did) or ()
             self._send(active, active.recipients.offer(Recipient.DID, did_users))
             self._spawn(active, self._lookup(active), f"lookup-{started.call_id}")
             if active.recipients.waits_for_ringing:
@@ -294,14 +301,14 @@ class CallNotifier:
         if not active.owned:
             active.early_legs.append(leg)
             return
-        user = self._notify.extensions.get(leg.extension)
+        user = for_pbx(self._notify.extensions, active.call.pbx, leg.extension)
         with active.bound():
             log.info("call.ringing", extension=leg.extension, channel=leg.channel, user=user)
             self._send(active, active.recipients.offer(Recipient.RINGING, [user]))
 
     def _skipped(self, skipped: ChannelSkipped) -> None:
         self.stats.skipped[skipped.reason] += 1
-        with bound_contextvars(call_id=skipped.call_id, caller=skipped.number):
+        with _bound_call(skipped.call_id, skipped.number, skipped.pbx):
             log.info(
                 "call.skipped",
                 reason=str(skipped.reason),

@@ -1,0 +1,46 @@
+"""Several PBXs, one call pipeline: a :class:`CallTracker` per PBX behind one ``feed``.
+
+Each PBX has its own tracker, so the same Linkedid on two PBXs is two calls, a lost link
+forgets only its own PBX's calls, each PBX keeps its own inbound contexts, and a flood on
+one PBX never evicts another's calls from the tracker's bounded table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from kommo_callerid.calls.detector import CallTracker, Decision
+from kommo_callerid.core.models import ChannelEvent
+
+
+class PbxCallTrackers:
+    """The call tracker interface (``feed``, ``expire``, ``len``) over one tracker per PBX."""
+
+    def __init__(self, trackers: Iterable[tuple[str, CallTracker]]) -> None:
+        self._trackers = dict(trackers)
+
+    @classmethod
+    def build(
+        cls,
+        pbxs: Iterable[tuple[str, Iterable[str]]],
+        min_digits: int,
+        default_region: str = "",
+    ) -> PbxCallTrackers:
+        """One tracker per (name, inbound contexts)."""
+        return cls(
+            (name, CallTracker(contexts, min_digits, default_region, pbx=name))
+            for name, contexts in pbxs
+        )
+
+    def __len__(self) -> int:
+        return sum(len(tracker) for tracker in self._trackers.values())
+
+    def feed(self, event: ChannelEvent) -> list[Decision]:
+        tracker = self._trackers.get(event.pbx)
+        return tracker.feed(event) if tracker is not None else []
+
+    def expire(self, now: float) -> list[Decision]:
+        decisions: list[Decision] = []
+        for tracker in self._trackers.values():
+            decisions.extend(tracker.expire(now))
+        return decisions
