@@ -1,6 +1,7 @@
-"""Several PBXs, one call pipeline: a :class:`CallTracker` per PBX behind one ``feed``.
+"""Several PBXs, one call pipeline: a :class:`CallTracker` and an :class:`OutcomeTracker` per
+PBX, each kind behind one ``feed``.
 
-Each PBX has its own tracker, so the same Linkedid on two PBXs is two calls, a lost link
+Each PBX has its own trackers, so the same Linkedid on two PBXs is two calls, a lost link
 forgets only its own PBX's calls, each PBX keeps its own inbound contexts, and a flood on
 one PBX never evicts another's calls from the tracker's bounded table.
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from kommo_callerid.calls.detector import CallTracker, Decision
-from kommo_callerid.core.models import ChannelEvent
+from kommo_callerid.calls.outcome import OutcomeTracker
+from kommo_callerid.core.models import ChannelEvent, FinishedCall
 
 
 class PbxCallTrackers:
@@ -35,6 +37,14 @@ class PbxCallTrackers:
     def __len__(self) -> int:
         return sum(len(tracker) for tracker in self._trackers.values())
 
+    def reconfigure(
+        self, pbxs: Iterable[tuple[str, Iterable[str]]], min_digits: int, default_region: str = ""
+    ) -> None:
+        """New rules (SIGHUP) for the PBXs already running; a new PBX needs a restart."""
+        for name, contexts in pbxs:
+            if (tracker := self._trackers.get(name)) is not None:
+                tracker.reconfigure(contexts, min_digits, default_region)
+
     def feed(self, event: ChannelEvent) -> list[Decision]:
         tracker = self._trackers.get(event.pbx)
         return tracker.feed(event) if tracker is not None else []
@@ -44,3 +54,56 @@ class PbxCallTrackers:
         for tracker in self._trackers.values():
             decisions.extend(tracker.expire(now))
         return decisions
+
+
+class PbxOutcomeTrackers:
+    """The outcome tracker interface (``feed``, ``expire``, ``len``) over one per PBX."""
+
+    def __init__(self, trackers: Iterable[tuple[str, OutcomeTracker]]) -> None:
+        self._trackers = dict(trackers)
+
+    @classmethod
+    def build(
+        cls,
+        pbxs: Iterable[tuple[str, Iterable[str], Iterable[str]]],
+        min_digits: int,
+        default_region: str = "",
+        *,
+        wall_offset: float = 0.0,
+    ) -> PbxOutcomeTrackers:
+        """One tracker per (name, inbound contexts, outbound contexts)."""
+        return cls(
+            (
+                name,
+                OutcomeTracker(
+                    inbound,
+                    outbound,
+                    min_digits,
+                    default_region,
+                    pbx=name,
+                    wall_offset=wall_offset,
+                ),
+            )
+            for name, inbound, outbound in pbxs
+        )
+
+    def __len__(self) -> int:
+        return sum(len(tracker) for tracker in self._trackers.values())
+
+    def reconfigure(
+        self,
+        pbxs: Iterable[tuple[str, Iterable[str], Iterable[str]]],
+        min_digits: int,
+        default_region: str = "",
+    ) -> None:
+        """New rules (SIGHUP) for the PBXs already running; a new PBX needs a restart."""
+        for name, inbound, outbound in pbxs:
+            if (tracker := self._trackers.get(name)) is not None:
+                tracker.reconfigure(inbound, outbound, min_digits, default_region)
+
+    def feed(self, event: ChannelEvent) -> list[FinishedCall]:
+        tracker = self._trackers.get(event.pbx)
+        return tracker.feed(event) if tracker is not None else []
+
+    def expire(self, now: float) -> int:
+        return sum(tracker.expire(now) for tracker in self._trackers.values())

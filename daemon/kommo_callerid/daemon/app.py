@@ -24,10 +24,7 @@ from typing import Any, Literal
 import structlog
 
 from kommo_callerid import __version__
-from kommo_callerid.ami.sessions import AmiSessions
-from kommo_callerid.ami.supervisor import AmiSupervisor
-from kommo_callerid.calls.detector import CallTracker
-from kommo_callerid.calls.outcome import OutcomeTracker
+from kommo_callerid.calls.pbx_calls import PbxCallTrackers, PbxOutcomeTrackers
 from kommo_callerid.cluster.link import ClusterStartError
 from kommo_callerid.core.config import Config, LogConfig
 from kommo_callerid.core.models import (
@@ -40,6 +37,7 @@ from kommo_callerid.core.models import (
 )
 from kommo_callerid.daemon.cluster import Cluster
 from kommo_callerid.daemon.journal import open_journal
+from kommo_callerid.daemon.links import PbxLinks
 from kommo_callerid.daemon.notifier import CallNotifier, TaskOwner
 from kommo_callerid.daemon.outcomes import DebugJournalSink, JournalSink
 from kommo_callerid.daemon.reload import ConfigReloader
@@ -76,14 +74,14 @@ class _Running:
     """What startup builds and shutdown takes apart."""
 
     queue: asyncio.Queue[ChannelEvent]
-    tracker: CallTracker
+    tracker: PbxCallTrackers
     notifier: CallNotifier
-    supervisor: AmiSupervisor
+    #: One supervised AMI link per PBX.
+    links: PbxLinks
     call_tasks: TaskOwner
     kommo: KommoClient
-    ami_sessions: AmiSessions
     #: What each call was, when it ends (for the call journal).
-    outcomes: OutcomeTracker
+    outcomes: PbxOutcomeTrackers
     background: list[asyncio.Task[None]] = field(default_factory=list)
     events: int = 0
     #: ``loop.time()`` of the last AMI event taken off the queue (for /healthz).
@@ -127,7 +125,7 @@ class Daemon:
 
     @property
     def ami_connected(self) -> bool:
-        return self._running is not None and self._running.supervisor.connected
+        return self._running is not None and self._running.links.connected
 
     @property
     def http_port(self) -> int | None:
@@ -227,11 +225,12 @@ class Daemon:
         cfg = self.config
         queue: asyncio.Queue[ChannelEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         call_tasks = TaskOwner()
-        ami_sessions = AmiSessions(cfg.ami, queue)
         running = _Running(
             queue=queue,
-            tracker=CallTracker(
-                cfg.calls.inbound_contexts, cfg.calls.min_digits, cfg.calls.default_region
+            tracker=PbxCallTrackers.build(
+                ((pbx.name, pbx.inbound_contexts) for pbx in cfg.pbxs),
+                cfg.calls.min_digits,
+                cfg.calls.default_region,
             ),
             notifier=CallNotifier(
                 kommo,
@@ -241,18 +240,11 @@ class Daemon:
                 loop.time,
                 claims=cluster.claims if cluster else None,
             ),
-            supervisor=AmiSupervisor(
-                cfg.ami,
-                ami_sessions.new_client,
-                on_state=self._ami_state_changed,
-                on_link_lost=lambda: queue.put(ChannelEvent.link_lost(loop.time())),
-            ),
+            links=PbxLinks(cfg.pbxs, queue, on_state=self._ami_state_changed, clock=loop.time),
             call_tasks=call_tasks,
             kommo=kommo,
-            ami_sessions=ami_sessions,
-            outcomes=OutcomeTracker(
-                cfg.calls.inbound_contexts,
-                cfg.calls.outbound_contexts,
+            outcomes=PbxOutcomeTrackers.build(
+                ((pbx.name, pbx.inbound_contexts, pbx.outbound_contexts) for pbx in cfg.pbxs),
                 cfg.calls.min_digits,
                 cfg.calls.default_region,
                 wall_offset=time.time() - loop.time(),
@@ -267,7 +259,7 @@ class Daemon:
             self._running = None
             return None
         running.background = [
-            asyncio.create_task(running.supervisor.run(), name="ami-supervisor"),
+            *running.links.start(),
             asyncio.create_task(self._consume(running), name="call-intake"),
             asyncio.create_task(self._housekeeping(running), name="housekeeping"),
             asyncio.create_task(self._reloader(running).run(self.reload), name="config-reload"),
@@ -279,7 +271,7 @@ class Daemon:
         log.info(
             "daemon.started",
             version=__version__,
-            ami=f"{cfg.ami.host}:{cfg.ami.port}",
+            ami=running.links.where(),
             kommo=cfg.kommo.base_url,
             inbound_contexts=list(cfg.calls.inbound_contexts),
         )
@@ -296,9 +288,16 @@ class Daemon:
         old, self.config = self.config, config
         calls = config.calls
         running.notifier.reconfigure(config.notify, calls)
-        running.tracker.reconfigure(calls.inbound_contexts, calls.min_digits, calls.default_region)
+        pbxs = config.pbxs  # each PBX's contexts: its own, or the reloaded [calls] ones
+        running.tracker.reconfigure(
+            ((pbx.name, pbx.inbound_contexts) for pbx in pbxs),
+            calls.min_digits,
+            calls.default_region,
+        )
         running.outcomes.reconfigure(
-            calls.inbound_contexts, calls.outbound_contexts, calls.min_digits, calls.default_region
+            ((pbx.name, pbx.inbound_contexts, pbx.outbound_contexts) for pbx in pbxs),
+            calls.min_digits,
+            calls.default_region,
         )
         if running.journal is not None:  # [journal] database needs a restart (the reload plan)
             running.journal.reconfigure(config.journal, config.notify)
@@ -406,9 +405,9 @@ class Daemon:
         notifier, kommo = running.notifier.stats, running.kommo.stats
         callerid = running.callerid
         return StatsView(
-            ami_connected=running.supervisor.connected,
-            ami_reconnects=running.supervisor.reconnects,
-            ami_events=running.ami_sessions.totals(),
+            ami_connected=running.links.connected,
+            ami_reconnects=running.links.reconnects,
+            ami_events=running.links.totals(),
             events_processed=running.events,
             queue_depth=running.queue.qsize(),
             tracked_calls=len(running.tracker),
@@ -432,6 +431,7 @@ class Daemon:
             cluster_up=running.cluster.link.ok if running.cluster else None,
             kommo_waiting=running.kommo.table_sizes().get("limiter_waiting", 0),
             **self._journal_view(running.journal),
+            pbx_links=running.links.stats() if running.links.named else (),
         )
 
     @staticmethod
@@ -472,14 +472,16 @@ class Daemon:
     def _health(self, running: _Running) -> Health:
         now = asyncio.get_running_loop().time()
         last = running.last_event_at
+        pbx = {"pbx": running.links.states()} if running.links.named else {}
         return Health(
-            ami_connected=running.supervisor.connected,
+            ami_connected=running.links.connected,
             kommo=str(running.kommo.health),
             facts={
+                **pbx,
                 "version": __version__,
                 "uptime_seconds": round(time.monotonic() - running.started_monotonic, 1),
                 "last_event_age_seconds": None if last is None else round(now - last, 1),
-                "ami_reconnects": running.supervisor.reconnects,
+                "ami_reconnects": running.links.reconnects,
                 "queue_depth": running.queue.qsize(),
                 **({"cluster": running.cluster.health} if running.cluster else {}),
                 "journal_pending": running.journal.pending if running.journal else None,
@@ -489,6 +491,11 @@ class Daemon:
     @staticmethod
     def _status_line(counters: dict[str, Any]) -> str:
         ami = "connected" if counters["ami_connected"] else "disconnected"
+        if "pbx" in counters:  # several PBXs: each one's state
+            ami = ", ".join(
+                f"{name} {'connected' if link['connected'] else 'disconnected'}"
+                for name, link in counters["pbx"].items()
+            )
         return (
             f"AMI {ami}; calls {counters['calls_incoming']}; "
             f"notified {counters['notifications_sent']}; "

@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import (
 
 from kommo_callerid import __version__
 from kommo_callerid.calls.detector import SkipReason
-from kommo_callerid.core.models import LatencyHistogram
+from kommo_callerid.core.models import AmiCounters, LatencyHistogram
 from kommo_callerid.web.callerid import Answer
 from kommo_callerid.web.stats import DISCARD_REASONS, StatsView, status_label
 
@@ -71,22 +71,43 @@ class DaemonCollector:
 
 
 def _ami(view: StatsView) -> Iterator[Metric]:
-    yield _gauge("ami_connected", "1 while logged in to AMI, else 0.", int(view.ami_connected))
-    yield _counter("ami_reconnects", "AMI reconnect attempts.", view.ami_reconnects)
-    yield _counter(
-        "ami_events_received",
-        "Newchannel, NewCallerid and Hangup events read from Asterisk.",
-        view.ami_events.received,
-    )
-    discarded = {reason: getattr(view.ami_events, reason) for reason in DISCARD_REASONS}
-    yield _labelled_counter(
-        "ami_events_discarded",
-        "AMI events read but not used: dropped (queue full), invalid, oversized, garbage.",
-        "reason",
-        discarded,
-        DISCARD_REASONS,
-    )
+    if view.pbx_links:  # several PBXs: the AMI series carry pbx="NAME"
+        rows = [
+            (link.name, link.connected, link.reconnects, link.events) for link in view.pbx_links
+        ]
+        yield from _ami_links("pbx", rows)
+    else:
+        yield from _ami_links("", [("", view.ami_connected, view.ami_reconnects, view.ami_events)])
     yield _gauge("event_queue_depth", "AMI events waiting for the call tracker.", view.queue_depth)
+
+
+def _ami_links(label: str, rows: list[tuple[str, bool, int, AmiCounters]]) -> Iterator[Metric]:
+    """The AMI series; without a label (one unnamed PBX) exactly as before PBXs had names."""
+    labels = [label] if label else []
+    connected = GaugeMetricFamily(
+        PREFIX + "ami_connected", "1 while logged in to AMI, else 0.", labels=labels
+    )
+    reconnects = CounterMetricFamily(
+        PREFIX + "ami_reconnects", "AMI reconnect attempts.", labels=labels
+    )
+    received = CounterMetricFamily(
+        PREFIX + "ami_events_received",
+        "Newchannel, NewCallerid and Hangup events read from Asterisk.",
+        labels=labels,
+    )
+    discarded = CounterMetricFamily(
+        PREFIX + "ami_events_discarded",
+        "AMI events read but not used: dropped (queue full), invalid, oversized, garbage.",
+        labels=[*labels, "reason"],
+    )
+    for name, is_connected, reconnect_count, events in rows:
+        values = [name] if label else []
+        connected.add_metric(values, int(is_connected))
+        reconnects.add_metric(values, reconnect_count)
+        received.add_metric(values, events.received)
+        for reason in sorted(DISCARD_REASONS):
+            discarded.add_metric([*values, reason], getattr(events, reason))
+    yield from (connected, reconnects, received, discarded)
 
 
 def _calls(view: StatsView) -> Iterator[Metric]:

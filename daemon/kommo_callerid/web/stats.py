@@ -17,6 +17,16 @@ DISCARD_REASONS = ("dropped", "invalid", "oversized", "garbage")
 
 
 @dataclass(frozen=True, slots=True)
+class PbxLinkStats:
+    """One PBX's AMI link at one moment (``/metrics`` labels, the ``stats`` line)."""
+
+    name: str
+    connected: bool
+    reconnects: int
+    events: AmiCounters
+
+
+@dataclass(frozen=True, slots=True)
 class StatsView:
     """The counters at one moment. Histograms are the live objects (read, never written)."""
 
@@ -56,6 +66,8 @@ class StatsView:
     journal_pending: int = 0
     journal_sent: int = 0
     journal_dropped: Mapping[str, int] = field(default_factory=dict)
+    #: Per PBX, with several (``[ami.NAME]``); empty for the one unnamed ``[ami]``.
+    pbx_links: tuple[PbxLinkStats, ...] = ()
 
 
 def log_fields(view: StatsView) -> dict[str, Any]:
@@ -93,6 +105,23 @@ def log_fields(view: StatsView) -> dict[str, Any]:
         "journal_pending": view.journal_pending,
         "journal_sent": view.journal_sent,
         "journal_dropped": sum(view.journal_dropped.values()),
+        **_pbx_fields(view.pbx_links),
+    }
+
+
+def _pbx_fields(links: tuple[PbxLinkStats, ...]) -> dict[str, Any]:
+    """With several PBXs, ``pbx``: each one's link (the totals above sum them)."""
+    if not links:
+        return {}
+    return {
+        "pbx": {
+            link.name: {
+                "connected": link.connected,
+                "reconnects": link.reconnects,
+                "events_received": link.events.received,
+            }
+            for link in links
+        }
     }
 
 
