@@ -218,6 +218,7 @@ def secrets_of(config: Config) -> list[str]:
     """Every secret value, so the log chain can scrub them should one ever slip through."""
     return [
         config.ami.secret.get_secret_value(),
+        *(pbx.ami.secret.get_secret_value() for pbx in config.pbxs),
         config.kommo.access_token.get_secret_value(),
         config.kommo.client_secret.get_secret_value(),
         config.kommo.refresh_token.get_secret_value(),
@@ -242,7 +243,9 @@ def _run(config: Config, path: Path) -> int:
 def _check(config: Config, cli_path: str | None, *, offline: bool, listen: float) -> int:
     path = resolve_config_path(cli_path)
     print(f"Configuration {path}: valid")
-    print(f"  AMI:      {config.ami.username}@{config.ami.host}:{config.ami.port}")
+    for pbx in config.pbxs:
+        ami, label = pbx.ami, f"AMI {pbx.name}:" if pbx.name else "AMI:"
+        print(f"  {label:<9} {ami.username}@{ami.host}:{ami.port}")
     mode = "OAuth" if config.kommo.oauth else "long-lived token"
     print(f"  Kommo:    {config.kommo.base_url} ({mode}, lookup: {config.kommo.lookup})")
     print(f"  Inbound contexts: {', '.join(config.calls.inbound_contexts)}")

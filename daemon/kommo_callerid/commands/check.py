@@ -20,7 +20,7 @@ from kommo_callerid.ami.supervisor import EVENT_FILTERS
 from kommo_callerid.commands.check_cluster import check_cluster
 from kommo_callerid.commands.check_kommo import check_kommo
 from kommo_callerid.commands.report import Report
-from kommo_callerid.core.config import AmiConfig, Config
+from kommo_callerid.core.config import Config
 from kommo_callerid.core.models import (
     AmiActionRefused,
     AmiConnectionError,
@@ -28,6 +28,7 @@ from kommo_callerid.core.models import (
     ChannelEvent,
     ChannelEventKind,
 )
+from kommo_callerid.core.pbx_config import PbxConfig
 
 #: Seconds check listens to AMI by default (``--listen``).
 DEFAULT_LISTEN = 5.0
@@ -59,48 +60,59 @@ async def run_online_checks(
     """Every online check, printed as it goes; True when nothing failed (warnings allowed)."""
     report = report or Report()
     report.heading("Online checks:")
-    await check_ami(config, listen, report)
+    for pbx in config.pbxs:  # one after the other, so each PBX's lines stay together
+        await check_ami(pbx, listen, report)
     await check_kommo(config, report)
     await check_cluster(config, report)
     report.summary()
     return report.all_well
 
 
-async def check_ami(config: Config, listen: float, report: Report) -> None:
-    ami = config.ami
+async def check_ami(pbx: PbxConfig, listen: float, report: Report) -> None:
+    """One PBX's AMI; its lines say ``AMI north:`` with several PBXs, ``AMI:`` with one."""
+    ami, who = pbx.ami, _who(pbx)
     queue: asyncio.Queue[ChannelEvent] = asyncio.Queue(maxsize=_QUEUE_SIZE)
-    client = AmiClient(ami, queue)
+    client = AmiClient(ami, queue, pbx=pbx.name)
     try:
         info = await client.connect()
         report.ok(
-            f"AMI: logged in to {info.host}:{info.port} as {ami.username!r} "
+            f"{who}: logged in to {info.host}:{info.port} as {ami.username!r} "
             f"(banner: Asterisk Call Manager/{info.ami_version})"
         )
-        await _check_filter(client, ami, report)
+        await _check_filter(client, pbx, report)
         seen = await _listen(client, queue, listen, ami.connect_timeout)
-        _judge_call_class(seen, ami.username, report)
-        _report_contexts(seen, config.calls.inbound_contexts, report)
+        _judge_call_class(seen, pbx, report)
+        _report_contexts(seen, pbx, report)
     except AmiLoginError as exc:
-        report.fail(f"AMI: login as {ami.username!r} refused ({exc})", _login_fix(ami.username))
+        report.fail(f"{who}: login as {ami.username!r} refused ({exc})", _login_fix(pbx))
     except (AmiConnectionError, OSError, TimeoutError) as exc:
-        report.fail(f"AMI: {exc or type(exc).__name__}", _connect_fix(ami))
+        report.fail(f"{who}: {exc or type(exc).__name__}", _connect_fix(pbx))
     finally:
         await client.close()
 
 
-async def _check_filter(client: AmiClient, ami: AmiConfig, report: Report) -> None:
+def _who(pbx: PbxConfig) -> str:
+    return f"AMI {pbx.name}" if pbx.name else "AMI"
+
+
+def _section(pbx: PbxConfig) -> str:
+    return f"[ami.{pbx.name}]" if pbx.name else "[ami]"
+
+
+async def _check_filter(client: AmiClient, pbx: PbxConfig, report: Report) -> None:
     """The daemon's own filters: harmless here, they let through what check counts."""
+    ami, who = pbx.ami, _who(pbx)
     try:
         for expression in EVENT_FILTERS:
             await client.add_filter(expression, ami.connect_timeout)
     except AmiActionRefused as exc:
         report.fail(
-            f"AMI: Filter refused ({exc}): Asterisk will send every event and the daemon "
+            f"{who}: Filter refused ({exc}): Asterisk will send every event and the daemon "
             "filters them itself, at a CPU cost on a busy PBX",
             f"add write = system to [{ami.username}] in {_MANAGER_CONF}; {_RELOAD}",
         )
         return
-    report.ok("AMI: Filter allowed (Asterisk sends only Newchannel, NewCallerid, Hangup)")
+    report.ok(f"{who}: Filter allowed (Asterisk sends only Newchannel, NewCallerid, Hangup)")
 
 
 async def _listen(
@@ -140,39 +152,45 @@ def _note(event: ChannelEvent, seen: Observation) -> None:
         seen.contexts.setdefault(event.context, Counter())[role] += 1
 
 
-def _judge_call_class(seen: Observation, username: str, report: Report) -> None:
+def _judge_call_class(seen: Observation, pbx: PbxConfig, report: Report) -> None:
+    username, who = pbx.ami.username, _who(pbx)
     window = f"{seen.seconds:g} s"
     if seen.call_events:
-        report.ok(f"AMI: read = call works ({seen.call_events} call events in {window})")
+        report.ok(f"{who}: read = call works ({seen.call_events} call events in {window})")
         return
     test_call = "make a test call while `kommo-callerid check --listen 30` runs"
     before, after = seen.channels_before, seen.channels_after
     if before is None or after is None:
         report.warn(
-            f"AMI: no call events in {window}, and the user may not list channels "
+            f"{who}: no call events in {window}, and the user may not list channels "
             f"(CoreShowChannels: {seen.channels_refused}): no traffic to judge read = call by",
             test_call,
         )
     elif before != after:
         report.fail(
-            f"AMI: channels started or ended during {window} but no call event came: "
+            f"{who}: channels started or ended during {window} but no call event came: "
             f"the AMI user {username!r} lacks read = call",
             f"add read = call to [{username}] in {_MANAGER_CONF}; {_RELOAD}",
         )
     elif before:
         report.warn(
-            f"AMI: {len(before)} active channels but no call events in {window}: "
+            f"{who}: {len(before)} active channels but no call events in {window}: "
             "the user may lack read = call (calls already talking send none)",
             f"{test_call}; if it shows none, add read = call to [{username}] in {_MANAGER_CONF}",
         )
     else:
-        report.warn(f"AMI: no traffic to judge read = call by (no channels in {window})", test_call)
+        report.warn(
+            f"{who}: no traffic to judge read = call by (no channels in {window})", test_call
+        )
 
 
-def _report_contexts(seen: Observation, patterns: tuple[str, ...], report: Report) -> None:
+def _report_contexts(seen: Observation, pbx: PbxConfig, report: Report) -> None:
     if not seen.contexts:
         return
-    report.info(f"Contexts of new channels in {seen.seconds:g} s (inbound = [calls] patterns):")
+    patterns = pbx.inbound_contexts
+    where = f"{_section(pbx)} or [calls]" if pbx.name else "[calls]"
+    title = f"contexts of new channels in {seen.seconds:g} s (inbound = {where} patterns):"
+    report.info(f"{pbx.name}: {title}" if pbx.name else title.capitalize())
     for context, roles in sorted(seen.contexts.items()):
         pattern = next((p for p in patterns if fnmatch.fnmatchcase(context, p)), None)
         verdict = f"inbound (matches {pattern!r})" if pattern else "not inbound"
@@ -182,21 +200,25 @@ def _report_contexts(seen: Observation, patterns: tuple[str, ...], report: Repor
     if starts and not any(fnmatch.fnmatchcase(c, p) for c in starts for p in patterns):
         report.info(
             "  no call started in an inbound context: if calls from outside arrive in one of "
-            "these, add it to [calls] inbound_contexts"
+            f"these, add it to {where} inbound_contexts"
         )
 
 
-def _login_fix(username: str) -> str:
+def _login_fix(pbx: PbxConfig) -> str:
+    username = pbx.ami.username
+    credential = f"ami_secret_{pbx.name}" if pbx.name else "ami_secret"
     return (
-        f"make [ami] username and secret (or the ami_secret credential file) match a "
+        f"make {_section(pbx)} username and secret (or the {credential} credential file) match a "
         f"[{username}] section in {_MANAGER_CONF}; its permit= must allow this host "
         f"(Asterisk says Authentication failed for a denied IP too); {_RELOAD}"
     )
 
 
-def _connect_fix(ami: AmiConfig) -> str:
+def _connect_fix(pbx: PbxConfig) -> str:
+    ami = pbx.ami
     return (
-        f"check [ami] host/port/tls ({ami.host}:{ami.port}, tls={str(ami.tls).lower()}) and "
+        f"check {_section(pbx)} host/port/tls "
+        f"({ami.host}:{ami.port}, tls={str(ami.tls).lower()}) and "
         f"that Asterisk runs with enabled = yes, port and bindaddr in [general] of "
         f"{_MANAGER_CONF}"
     )
