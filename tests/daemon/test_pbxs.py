@@ -71,6 +71,8 @@ def pbx_config(
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
+    for name in pbxs:  # a test may give a PBX its own keys: keep its port
+        data["ami"][name] = {"port": pbxs[name].port, **sections.get("ami", {}).get(name, {})}
     return from_mapping(data)
 
 
@@ -144,9 +146,11 @@ async def burst_latencies(
 async def test_a_hung_pbx_never_delays_another(
     north: FakeAmiServer, south: FakeAmiServer, kommo: FakeKommo
 ) -> None:
+    # South's waits are long, so anything that waited on them would show as a second's delay.
     config = pbx_config(
         {"north": north, "south": south},
         kommo,
+        ami={"south": {"ping_timeout": 1.0, "connect_timeout": 1.5}},
         notify={"to": ["did"], "dids": {DID: [7]}},
     )
     scenarios = CallScenarios()
@@ -158,13 +162,17 @@ async def test_a_hung_pbx_never_delays_another(
         hung = await burst_latencies(north, kommo, scenarios.inbound_calls(50, did=DID))
         assert not daemon.ami_connected  # south stayed down all along
     assert len(hung) == 50
-    p95 = {
-        name: statistics.quantiles(run, n=20)[-1] * 1000
-        for name, run in (("ok", healthy), ("hung", hung))
+    figures = {
+        name: summary_ms(run) for name, run in (("both healthy", healthy), ("south hung", hung))
     }
-    print(f"north latency p95: both healthy {p95['ok']:.1f} ms, south hung {p95['hung']:.1f} ms")
-    # A delay from the hung PBX would be at least its ping or connect timeout (0.3-0.5 s).
-    assert p95["hung"] < p95["ok"] + 250
+    print("\nnorth, 50 calls, notification latency:", figures)
+    assert figures["south hung"]["p95"] < figures["both healthy"]["p95"] + 500
+
+
+def summary_ms(seconds: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(seconds, n=20)
+    ms = {"p50": statistics.median(seconds), "p95": cuts[-1], "max": max(seconds)}
+    return {name: round(value * 1000, 1) for name, value in ms.items()}
 
 
 async def test_health_and_metrics_per_pbx(
