@@ -96,6 +96,18 @@ async def test_the_same_linkedid_on_two_pbxs_is_two_calls(
     assert notified == {f"north/{linkedid}", f"south/{linkedid}"}
     connected = {line.get("pbx") for line in events(logs, "ami.connected")}
     assert connected == {"north", "south"}
+    (stopped,) = events(logs, "daemon.stopped")
+    assert set(stopped["pbx"]) == {"north", "south"}
+    assert stopped["pbx"]["north"]["events_received"] == len(north_call.events)
+
+
+async def test_a_wrong_secret_on_one_pbx_at_start_exits_3(
+    north: FakeAmiServer, south: FakeAmiServer, kommo: FakeKommo
+) -> None:
+    config = pbx_config({"north": north, "south": south}, kommo, ami={"south": {"secret": "no"}})
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        assert await Daemon(config).serve() == 3
+    assert [line.get("pbx") for line in events(logs, "ami.login_failed")] == ["south"]
 
 
 async def test_extension_keys_route_per_pbx(
