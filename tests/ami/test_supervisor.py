@@ -70,7 +70,7 @@ async def test_twenty_drops_twenty_reconnects_every_call_notified_once(
             await wait_for(lambda: not daemon.ami_connected)
         assert task_counts[-1] == task_counts[1], task_counts  # no task growth
         assert len(running.tracker) <= 1  # only the last, still-ringing call
-        assert running.supervisor.reconnects == 20
+        assert running.links.reconnects == 20
     assert ami.logins == 21
     assert sorted(e.phone_number for e in kommo.events) == sorted(numbers)  # each exactly once
 
