@@ -245,7 +245,9 @@ def _check(config: Config, cli_path: str | None, *, offline: bool, listen: float
     print(f"Configuration {path}: valid")
     for pbx in config.pbxs:
         ami, label = pbx.ami, f"AMI {pbx.name}:" if pbx.name else "AMI:"
-        print(f"  {label:<9} {ami.username}@{ami.host}:{ami.port}")
+        own = pbx.inbound_contexts != config.calls.inbound_contexts
+        inbound = f" (inbound contexts: {', '.join(pbx.inbound_contexts)})" if own else ""
+        print(f"  {label:<9} {ami.username}@{ami.host}:{ami.port}{inbound}")
     mode = "OAuth" if config.kommo.oauth else "long-lived token"
     print(f"  Kommo:    {config.kommo.base_url} ({mode}, lookup: {config.kommo.lookup})")
     print(f"  Inbound contexts: {', '.join(config.calls.inbound_contexts)}")

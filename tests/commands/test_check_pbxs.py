@@ -50,3 +50,26 @@ access_token = "{kommo.token}"
     assert f"FAIL AMI south: login as {DEMO_USERNAME!r} refused" in out
     assert "make [ami.south] username and secret (or the ami_secret_south credential file)" in out
     assert DEMO_SECRET not in out
+
+
+def test_offline_check_lists_every_pbx(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cfg.toml"
+    path.write_text(
+        """
+[ami]
+secret = "s"
+[ami.north]
+host = "10.0.0.5"
+[ami.south]
+host = "10.0.1.5"
+inbound_contexts = ["from-pstn*"]
+
+[kommo]
+base_url = "https://acme.kommo.com"
+access_token = "tok"
+"""
+    )
+    assert main(["check", "-c", str(path), "--offline"]) == 0
+    out = capsys.readouterr().out
+    assert "AMI north: kommo-callerid@10.0.0.5:5038\n" in out
+    assert "AMI south: kommo-callerid@10.0.1.5:5038 (inbound contexts: from-pstn*)" in out
