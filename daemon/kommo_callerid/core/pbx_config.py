@@ -64,7 +64,8 @@ class _PbxTables(BaseModel):
 def validate_with_pbxs(data: Any, build: Callable[[Any], Config]) -> Config:
     """Split the named tables off ``[ami]``, build the config, then attach its PBXs."""
     if not isinstance(data, Mapping) or not isinstance(data.get("ami"), Mapping):
-        return build(data)
+        config = build(data)  # a Config, or an AmiConfig object given in code
+        return config if config.pbxs else _attach(config, (_unnamed(config),))
     defaults = {k: v for k, v in data["ami"].items() if not isinstance(v, Mapping)}
     named = {
         k: v
