@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
 import time
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,6 +17,7 @@ from structlog.testing import capture_logs
 
 from kommo_callerid.core.config import Config, from_mapping
 from kommo_callerid.daemon.app import Daemon
+from kommo_callerid.daemon.systemd import SystemdNotifier
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
 from kommo_callerid.sim.scenarios import CallScenarios, SyntheticCall
@@ -212,3 +215,30 @@ async def test_health_and_metrics_per_pbx(
 async def health(client: aiohttp.ClientSession, daemon: Daemon) -> tuple[int, dict[str, Any]]:
     async with client.get(f"http://127.0.0.1:{daemon.http_port}/healthz") as answer:
         return answer.status, await answer.json()
+
+
+async def test_systemd_status_names_each_pbx(
+    north: FakeAmiServer, south: FakeAmiServer, kommo: FakeKommo, tmp_path: Path
+) -> None:
+    config = pbx_config({"north": north, "south": south}, kommo)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(tmp_path / "notify"))
+        sock.setblocking(False)
+        daemon = Daemon(
+            config, systemd=SystemdNotifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})
+        )
+        serving = asyncio.create_task(daemon.serve())
+        await wait_for(lambda: daemon.ami_connected)
+        south.hang()
+        await wait_for(lambda: not daemon.ami_connected, timeout=3)
+        daemon.stop.set()
+        assert await serving == 0
+        messages = []
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                break
+    statuses = [line for message in messages for line in message.splitlines() if "AMI" in line]
+    assert "STATUS=AMI north connected, south connected; calls 0; notified 0; dropped 0" in statuses
+    assert any(s.startswith("STATUS=AMI north connected, south disconnected;") for s in statuses)
