@@ -12,7 +12,16 @@ NEW = ChannelEventKind.NEWCHANNEL
 
 def root(pbx: str, linkedid: str = "1700000000.1", context: str = "from-trunk") -> ChannelEvent:
     return ChannelEvent(
-        NEW, "PJSIP/carrier-1", linkedid, linkedid, "18305803077", "", context, "5551000", 0.0, pbx
+        NEW,
+        "PJSIP/carrier-1",
+        linkedid,
+        linkedid,
+        "18305803077",
+        "",
+        context,
+        "5551000",
+        0.0,
+        pbx=pbx,
     )
 
 

@@ -16,6 +16,7 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from kommo_callerid.core.config import Config, from_mapping
+from kommo_callerid.core.models import FinishedCall
 from kommo_callerid.daemon.app import Daemon
 from kommo_callerid.daemon.systemd import SystemdNotifier
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
@@ -242,3 +243,35 @@ async def test_systemd_status_names_each_pbx(
     statuses = [line for message in messages for line in message.splitlines() if "AMI" in line]
     assert "STATUS=AMI north connected, south connected; calls 0; notified 0; dropped 0" in statuses
     assert any(s.startswith("STATUS=AMI north connected, south disconnected;") for s in statuses)
+
+
+class CollectingSink:
+    def __init__(self) -> None:
+        self.calls: list[FinishedCall] = []
+
+    def record(self, call: FinishedCall) -> None:
+        self.calls.append(call)
+
+
+async def test_finished_calls_carry_their_pbx(
+    north: FakeAmiServer, south: FakeAmiServer, kommo: FakeKommo
+) -> None:
+    north_call = CallScenarios().inbound("18305803077", agents=("101",))
+    south_call = CallScenarios().inbound("14155550199", agents=("101",))
+    sink = CollectingSink()
+    config = pbx_config({"north": north, "south": south}, kommo)
+    daemon = Daemon(config, journal_sink=sink)
+    serving = asyncio.create_task(daemon.serve())
+    await wait_for(lambda: daemon.ami_connected)
+    for pbx, call in ((north, north_call), (south, south_call)):
+        await pbx.play(call.events)
+        await pbx.play(call.hangups)
+    await wait_for(lambda: len(sink.calls) == 2)
+    daemon.stop.set()
+    assert await serving == 0
+    linkedid = north_call.linkedid
+    finished = {(call.pbx, call.call_id, call.phone) for call in sink.calls}
+    assert finished == {
+        ("north", f"north/{linkedid}", "18305803077"),
+        ("south", f"south/{linkedid}", "14155550199"),
+    }
