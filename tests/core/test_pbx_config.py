@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kommo_callerid.core.config import Config, ConfigError, load_config
+from kommo_callerid.core.config import Config
+from kommo_callerid.core.config_load import ConfigError, load_config
 
 KOMMO = """
 [kommo]

@@ -15,7 +15,8 @@ import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from kommo_callerid.core.config import Config, from_mapping
+from kommo_callerid.core.config import Config
+from kommo_callerid.core.config_load import from_mapping
 from kommo_callerid.core.models import FinishedCall
 from kommo_callerid.daemon.app import Daemon
 from kommo_callerid.daemon.systemd import SystemdNotifier
