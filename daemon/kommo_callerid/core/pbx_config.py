@@ -14,7 +14,7 @@ environment (``KOMMO_CALLERID_AMI__NORTH__HOST``) and credentials have been merg
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -149,3 +149,59 @@ def _unknown_pbx(names: set[str]) -> str:
 
 def _error(loc: tuple[str, ...], message: str, value: Any) -> InitErrorDetails:
     return {"type": "value_error", "loc": loc, "input": value, "ctx": {"error": message}}
+
+
+@dataclass(frozen=True, slots=True)
+class PbxReload:
+    """SIGHUP with several PBXs: what the running links keep and what changed."""
+
+    #: The running PBXs: their AMI settings as started, their contexts from the new file.
+    pbxs: tuple[PbxConfig, ...]
+    applied: tuple[str, ...]
+    restart_needed: tuple[str, ...]
+
+
+def reload_pbxs(old: Config, new: Config) -> PbxReload:
+    """A link keeps its AMI keys until a restart (``ami.NAME.KEY``, a PBX added or removed:
+    ``ami.NAME``); a PBX's contexts apply at once. The unnamed ``[ami]``'s keys and the
+    ``[calls]`` contexts are the reload's own business (``ami.KEY``, ``calls.KEY``)."""
+    fresh = {pbx.name: pbx for pbx in new.pbxs}
+    running: list[PbxConfig] = []
+    applied: list[str] = []
+    fixed: list[str] = []
+    for pbx in old.pbxs:
+        new_pbx = fresh.pop(pbx.name, None)
+        if new_pbx is None:
+            fixed.append(_section_key(pbx.name))
+            running.append(pbx)
+            continue
+        if pbx.name:
+            fixed.extend(_changed_ami_keys(pbx, new_pbx))
+            applied.extend(
+                f"ami.{pbx.name}.{key}"
+                for key in CONTEXT_KEYS
+                if getattr(pbx, key) != getattr(new_pbx, key)
+            )
+        contexts = {key: getattr(new_pbx, key) for key in CONTEXT_KEYS}
+        running.append(replace(pbx, **contexts))
+    fixed.extend(_section_key(name) for name in fresh)  # PBXs the new file adds
+    return PbxReload(tuple(running), tuple(applied), tuple(fixed))
+
+
+def with_pbxs(config: Config, pbxs: tuple[PbxConfig, ...]) -> Config:
+    """A copy of ``config`` whose PBXs are ``pbxs`` (what the running links use)."""
+    copy = config.model_copy()
+    copy._pbxs = pbxs  # the copy is ours until returned
+    return copy
+
+
+def _changed_ami_keys(old: PbxConfig, new: PbxConfig) -> list[str]:
+    return [
+        f"ami.{old.name}.{key}"
+        for key in type(old.ami).model_fields
+        if getattr(old.ami, key) != getattr(new.ami, key)
+    ]
+
+
+def _section_key(name: str) -> str:
+    return f"ami.{name}" if name else "ami"

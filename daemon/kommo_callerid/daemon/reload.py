@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from kommo_callerid.core.config import Config
 from kommo_callerid.core.config_load import ConfigError, load_config
+from kommo_callerid.core.pbx_config import reload_pbxs, with_pbxs
 
 log = structlog.get_logger(__name__)
 
@@ -73,7 +74,9 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     }
     running = new.model_copy(update=updates)
     applied = tuple(key for key in changed if is_live(key))
-    return ReloadPlan(running, applied, tuple(fixed))
+    pbxs = reload_pbxs(old, new)  # [ami.NAME] tables: the links keep theirs
+    running = with_pbxs(running, pbxs.pbxs)
+    return ReloadPlan(running, applied + pbxs.applied, (*fixed, *pbxs.restart_needed))
 
 
 class ConfigReloader:
