@@ -5,6 +5,9 @@ Pure: no I/O, no clock of its own (time comes in on the events), no aiohttp, no 
 One inbound call makes many Newchannel events (trunk leg, Local ``;1``/``;2`` halves, every
 agent phone); they share the Linkedid, and the call's root channel is the one whose Uniqueid
 equals its Linkedid. :class:`CallTracker` turns that stream into a few decisions.
+
+Size: one PBX's call state machine (roots, legs, caller-id updates, hangups) with the number
+rules it applies; split, one invariant (a call's table entry) would span files.
 """
 
 from __future__ import annotations

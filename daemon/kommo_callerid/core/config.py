@@ -2,7 +2,10 @@
 
 Reading it (TOML file, ``KOMMO_CALLERID_<SECTION>__<KEY>`` env overrides, systemd credentials)
 and turning mistakes into sentences lives in :mod:`kommo_callerid.core.config_load`; the extra
-settings sources in :mod:`kommo_callerid.core.config_sources`.
+settings sources in :mod:`kommo_callerid.core.config_sources`; several PBXs
+(``[ami.NAME]``) in :mod:`kommo_callerid.core.pbx_config`.
+
+Size: every section of the contract's configuration in one schema, so a key is found in one file.
 """
 
 from __future__ import annotations
