@@ -73,3 +73,28 @@ access_token = "tok"
     out = capsys.readouterr().out
     assert "AMI north: kommo-callerid@10.0.0.5:5038\n" in out
     assert "AMI south: kommo-callerid@10.0.1.5:5038 (inbound contexts: from-pstn*)" in out
+
+
+def test_offline_check_judges_each_pbx_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cfg.toml"
+    path.write_text(
+        """
+[ami.north]
+secret = "change-me"
+[ami.south]
+secret = "a-real-one"
+
+[kommo]
+base_url = "https://acme.kommo.com"
+access_token = "tok"
+"""
+    )
+    path.chmod(0o644)
+    assert main(["check", "-c", str(path), "--offline"]) == 0
+    out = capsys.readouterr().out
+    assert "WARN [ami.north] secret is still the example value" in out
+    assert "ami_secret_north credential file" in out
+    assert "[ami] secret is still" not in out and "[ami.south] secret is still" not in out
+    assert "holds [kommo] access_token, [ami.north] secret, [ami.south] secret" in out

@@ -42,12 +42,18 @@ def check_local(config: Config, config_path: Path, report: Report) -> None:
 
 
 def _example_values(config: Config, report: Report) -> None:
-    if config.ami.secret.get_secret_value() in PLACEHOLDERS:
-        report.warn(
-            "[ami] secret is still the example value",
-            "set it to the secret of the AMI user in /etc/asterisk/manager.conf "
-            "(better: in the ami_secret credential file)",
-        )
+    for pbx in config.pbxs:  # with [ami.NAME] tables, each PBX's own secret
+        if pbx.ami.secret.get_secret_value() in PLACEHOLDERS:
+            section, credential = (
+                (f"[ami.{pbx.name}]", f"ami_secret_{pbx.name}")
+                if pbx.name
+                else ("[ami]", "ami_secret")
+            )
+            report.warn(
+                f"{section} secret is still the example value",
+                "set it to the secret of the AMI user in /etc/asterisk/manager.conf "
+                f"(better: in the {credential} credential file)",
+            )
     token = config.kommo.access_token.get_secret_value()
     if not config.kommo.oauth and token in PLACEHOLDERS:
         report.warn(
@@ -92,6 +98,12 @@ def _inline_secrets(config_path: Path, report: Report) -> None:
         f"[{section}] {key}"
         for section, key in SECRET_KEYS
         if isinstance(raw.get(section), dict) and raw[section].get(key)
+    ]
+    ami = raw["ami"] if isinstance(raw.get("ami"), dict) else {}
+    inline += [
+        f"[ami.{name}] secret"
+        for name, table in ami.items()
+        if isinstance(table, dict) and table.get("secret")
     ]
     proxy = raw.get("kommo", {}).get("proxy") if isinstance(raw.get("kommo"), dict) else None
     if isinstance(proxy, str) and _has_password(proxy):
