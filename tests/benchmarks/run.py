@@ -27,6 +27,7 @@ import bench_latency  # noqa: E402
 import bench_logging  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_outcome  # noqa: E402
+import bench_pbxs  # noqa: E402
 import bench_reconnect  # noqa: E402
 from common import Report  # noqa: E402
 
@@ -42,6 +43,7 @@ BENCHMARKS = {
     "flood": bench_flood,
     "reconnect": bench_reconnect,
     "journal": bench_journal,
+    "pbxs": bench_pbxs,
 }
 
 
