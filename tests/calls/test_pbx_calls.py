@@ -78,3 +78,40 @@ def test_pbx_keys_win_over_bare_keys() -> None:
     assert for_pbx(extensions, "south", "101") == 2  # no south/101: the bare key
     assert for_pbx(extensions, "north", "102") is None  # south/102 is south's only
     assert for_pbx(extensions, "", "101") == 2
+
+
+def test_an_ami_1x_dial_drops_a_dialled_trunk_leg_of_a_named_pbx() -> None:
+    calls = trackers()
+    leg = ChannelEvent(
+        NEW,
+        "SIP/trunk-2",
+        "1700000000.2",
+        "1700000000.2",
+        "",
+        "",
+        "from-trunk",
+        "s",
+        0.0,
+        pbx="north",
+    )
+    assert calls.feed(leg) == []  # waits for its caller number
+    dial = ChannelEvent(
+        ChannelEventKind.DIAL_LEGACY,
+        "SIP/trunk-2",
+        "1700000000.2",
+        "1700000000.1",
+        "",
+        "",
+        "",
+        "18005551234",
+        0.1,
+        pbx="north",
+    )
+    (skipped,) = calls.feed(dial)
+    assert isinstance(skipped, ChannelSkipped)
+    assert (skipped.call_id, skipped.pbx, skipped.reason) == (
+        "north/1700000000.2",
+        "north",
+        SkipReason.NOT_INBOUND,
+    )
+    assert len(calls) == 0

@@ -316,7 +316,7 @@ def _channel_event(
     A Dial started by an Originate has no dialling channel: its DestUniqueid ties it to a call.
     """
     if kind is ChannelEventKind.DIAL_LEGACY:
-        return _legacy_dial(fields, received_at)
+        return _legacy_dial(fields, received_at, pbx)
     uniqueid = fields.get("uniqueid", "")
     dest_uniqueid = fields.get("destuniqueid", "")
     if not (uniqueid or dest_uniqueid):
@@ -345,7 +345,9 @@ def _int(text: str) -> int:
     return int(text) if text.isdigit() else 0
 
 
-def _legacy_dial(fields: Mapping[str, str], received_at: float) -> ChannelEvent | None:
+def _legacy_dial(
+    fields: Mapping[str, str], received_at: float, pbx: str = ""
+) -> ChannelEvent | None:
     """AMI 1.x ``Dial``: its Begin, as an event of the dialled channel tied to the dialler."""
     dialled, dialler = fields.get("destuniqueid", ""), fields.get("uniqueid", "")
     if not dialled or not dialler:
@@ -360,6 +362,7 @@ def _legacy_dial(fields: Mapping[str, str], received_at: float) -> ChannelEvent 
         context="",
         exten=fields.get("dialstring", ""),
         received_at=received_at,
+        pbx=pbx,
     )
 
 

@@ -300,10 +300,15 @@ class CallTracker:
         decisions: list[Decision] = []
         dialled = self._calls.get(event.uniqueid)
         if dialled is not None and dialled.number is None:
-            del self._calls[dialled.call_id]
+            del self._calls[dialled.linkedid]
             decisions.append(
                 ChannelSkipped(
-                    dialled.call_id, SkipReason.NOT_INBOUND, "", dialled.root_channel, dialled.did
+                    dialled.call_id,
+                    SkipReason.NOT_INBOUND,
+                    "",
+                    dialled.root_channel,
+                    dialled.did,
+                    self._pbx,
                 )
             )
         if event.linkedid in self._calls:
