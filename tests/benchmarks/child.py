@@ -69,7 +69,7 @@ def daemon_tables(daemon: Daemon, collect: bool) -> dict[str, Any]:
         **daemon.table_sizes(),
         "sent": notifier.stats.notifications_sent,
         "dropped": dict(notifier.stats.dropped),
-        "ami_dropped": running.ami_sessions.totals().dropped,
+        "ami_dropped": running.links.totals().dropped,
         "rss_mb": rss_mb(),
         "cpu_s": time.process_time(),
     }
