@@ -24,7 +24,7 @@ from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiSer
 from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
 from kommo_callerid.sim.scenarios import CallScenarios, SyntheticCall
 
-from support import events, running_daemon, wait_for
+from support import events, running_daemon, temp_journal, wait_for
 
 DID = "5551000"
 #: Short AMI timers, so a hung PBX goes through ping timeouts and reconnects during a test.
@@ -73,6 +73,7 @@ def pbx_config(
         "kommo": {"base_url": kommo.base_url, "access_token": kommo.token, "rate_limit": 1000},
         "notify": {"fallback_after": 0.3},
         "daemon": {"shutdown_timeout": 2.0},
+        "journal": {"database": temp_journal()},
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
