@@ -24,7 +24,7 @@ async def run(report: Report, quick: bool) -> None:
         config = daemon_config(
             ami,
             kommo,
-            kommo={"rate_limit": 10_000},
+            kommo={"rate_limit": 1000},
             notify={"dids": {"5551000": [7]}, "extensions": {"100": 11, "101": 12}},
         )
         async with Child("daemon", config) as child:

@@ -48,7 +48,7 @@ async def daemon_rate(mix: PbxMix, events: list[WireEvent], filtered: bool) -> t
         config = daemon_config(
             ami,
             kommo,
-            kommo={"rate_limit": 100_000},
+            kommo={"rate_limit": 1000},
             notify={"dids": {MARKER_DID: [7]}},
         )
         async with Child("daemon", config) as child:

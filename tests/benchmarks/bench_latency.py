@@ -84,7 +84,7 @@ async def run(report: Report, quick: bool) -> None:
     mix = PbxMix()
     async with FakeAmiServer(users=BENCH_USERS) as ami, FakeKommo(rate_limit=None) as kommo:
         config = daemon_config(
-            ami, kommo, kommo={"rate_limit": 10_000}, notify={"to": ["responsible"]}
+            ami, kommo, kommo={"rate_limit": 1000}, notify={"to": ["responsible"]}
         )
         async with Child("daemon", config) as child:
             await play_calls(ami, kommo, mix, len(KNOWN_CALLERS), KNOWN_CALLERS.__getitem__)
