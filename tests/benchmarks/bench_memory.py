@@ -29,7 +29,7 @@ async def run(report: Report, quick: bool) -> None:
         config = daemon_config(
             ami,
             kommo,
-            kommo={"rate_limit": 100_000},
+            kommo={"rate_limit": 1000},
             notify={"to": ["did", "responsible"], "dids": {"5551000": [7]}},
         )
         async with Child("daemon", config) as child:
