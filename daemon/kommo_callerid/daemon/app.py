@@ -350,19 +350,27 @@ class Daemon:
 
     async def _consume(self, running: _Running) -> None:
         tracker, notifier, queue = running.tracker, running.notifier, running.queue
-        while True:
+        outcomes = running.outcomes
+        while not self.stop.is_set():
             event = await queue.get()
-            running.events += 1
-            if event.kind is not ChannelEventKind.LINK_LOST:
-                running.last_event_at = event.received_at
-            for decision in tracker.feed(event):
-                notifier.handle(decision)
-            for call in running.outcomes.feed(event):
-                self._journal(call)
-            if running.events % CONSUME_BATCH == 0:
-                # queue.get() does not yield while events wait: in a flood the stop request,
-                # the HTTP endpoint and the notifications would wait for the whole backlog.
-                await asyncio.sleep(0)
+            # A batch: what waits now, up to CONSUME_BATCH events; then the notifier begins the
+            # batch's calls, and the stop request, the HTTP endpoint and the notifications get
+            # their turn (queue.get() does not yield while events wait).
+            taken = 1
+            while True:
+                running.events += 1
+                if event.kind is not ChannelEventKind.LINK_LOST:
+                    running.last_event_at = event.received_at
+                for decision in tracker.feed(event):
+                    notifier.handle(decision)
+                for call in outcomes.feed(event):
+                    self._journal(call)
+                if taken >= CONSUME_BATCH or queue.empty():
+                    break
+                event = queue.get_nowait()
+                taken += 1
+            notifier.end_batch()
+            await asyncio.sleep(0)
 
     def _journal(self, call: FinishedCall) -> None:
         try:
@@ -381,6 +389,8 @@ class Daemon:
                 next_stats += STATS_INTERVAL
                 for decision in running.tracker.expire(loop.time()):
                     running.notifier.handle(decision)
+                running.notifier.end_batch()
+                running.notifier.log_shed()
                 running.outcomes.expire(loop.time())
                 await self._refresh_credentials(running)
                 counters = self._counters(running)

@@ -11,6 +11,14 @@ Work is bounded by design: at most :data:`MAX_PENDING_CALLS` calls may have Komm
 oldest such calls (their tasks cancelled, counted as dropped with reason ``shed``, logged at
 most every :data:`SHED_LOG_INTERVAL` s), so a new call is never stuck behind it.
 
+The intake hands calls over in batches (:meth:`CallNotifier.end_batch`). A call is begun
+(its ``call.incoming`` line, its tasks) when its batch ends; in a flood (more than
+:data:`FLOOD_BATCH` calls in a batch) at most every :data:`FLOOD_BEGIN_INTERVAL` s, so the
+calls shed meanwhile never cost a task or a log line: they, and the ``call.skipped`` lines of
+the flood, are folded into one counted ``calls.folded`` line beside the shed line. The call's
+log fields are bound inside its own tasks, never around the intake (a contextvar binding per
+call was the largest part of the intake's cost).
+
 Size: the contract's notification rules, and the hooks of the cluster's claim on each call
 (its loop is in :mod:`.ownership`).
 """
@@ -24,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
-from structlog.contextvars import bound_contextvars
+from structlog.contextvars import bind_contextvars
 
 from kommo_callerid.calls.detector import (
     CallEnded,
@@ -48,6 +56,10 @@ SEEN_CALLS = 10_000
 MAX_PENDING_CALLS = 1_000
 #: Seconds between two log lines about shed calls (the counter is exact).
 SHED_LOG_INTERVAL = 10.0
+#: Calls detected in one intake batch beyond which the intake is flooded: calls are then
+#: begun at most every FLOOD_BEGIN_INTERVAL s (the rest wait, and the oldest are shed unbegun).
+FLOOD_BATCH = 100
+FLOOD_BEGIN_INTERVAL = 0.5
 
 
 class KommoPort(Protocol):
@@ -137,15 +149,20 @@ class _ActiveCall:
     #: Its Kommo work still running (lookup, notifications, fallback timer).
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    def bound(self) -> Any:
-        return _bound_call(self.call.call_id, self.call.number, self.call.pbx)
+    def bind(self) -> None:
+        """In one of the call's own tasks: its log lines carry the call (a task's context
+        is its own copy, so nothing leaks to the intake)."""
+        bind_contextvars(**self.fields())
+
+    def fields(self) -> dict[str, str]:
+        return _call_fields(self.call.call_id, self.call.number, self.call.pbx)
 
 
-def _bound_call(call_id: str, caller: str, pbx: str) -> Any:
+def _call_fields(call_id: str, caller: str, pbx: str) -> dict[str, str]:
     """A call line's fields; ``pbx`` only with several PBXs (one unnamed PBX logs as before)."""
     if pbx:
-        return bound_contextvars(call_id=call_id, caller=caller, pbx=pbx)
-    return bound_contextvars(call_id=call_id, caller=caller)
+        return {"call_id": call_id, "caller": caller, "pbx": pbx}
+    return {"call_id": call_id, "caller": caller}
 
 
 class CallNotifier:
@@ -172,8 +189,17 @@ class CallNotifier:
         self._seen: OrderedDict[str, None] = OrderedDict()
         #: Calls with Kommo work outstanding, oldest first: the ones shed in a flood.
         self._pending: OrderedDict[str, _ActiveCall] = OrderedDict()
+        #: Calls detected in the intake's current batch, not begun yet (oldest first).
+        self._waiting: OrderedDict[str, _ActiveCall] = OrderedDict()
+        self._begin_timer: asyncio.TimerHandle | None = None
+        self._begun_at = float("-inf")
         self._shed_unlogged = 0
         self._shed_logged_at = float("-inf")
+        #: Lines a flood folded: calls shed before their ``call.incoming``; skipped channels.
+        self._folded_incoming = 0
+        self._folded_skipped: Counter[str] = Counter()
+        #: ``call.skipped`` lines in the intake's current batch (beyond FLOOD_BATCH: folded).
+        self._batch_skips = 0
         self.stats = NotifierStats()
 
     def reconfigure(self, notify_config: NotifyConfig, calls_config: CallsConfig) -> None:
@@ -191,7 +217,37 @@ class CallNotifier:
 
     @property
     def pending_calls(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._waiting)
+
+    @property
+    def flooded(self) -> bool:
+        return len(self._waiting) > FLOOD_BATCH or self._begin_timer is not None
+
+    def end_batch(self) -> None:
+        """The intake's batch is done: begin the calls it detected, at once unless flooded."""
+        self._batch_skips = 0
+        if not self._waiting:
+            if self._folded_skipped:
+                self.log_shed()
+            return
+        since = self._clock() - self._begun_at
+        quiet = len(self._waiting) <= FLOOD_BATCH and self._begin_timer is None
+        if quiet or since >= FLOOD_BEGIN_INTERVAL:
+            self._begin_waiting()
+        elif self._begin_timer is None:
+            loop = asyncio.get_running_loop()
+            self._begin_timer = loop.call_later(FLOOD_BEGIN_INTERVAL - since, self._begin_waiting)
+
+    def _begin_waiting(self) -> None:
+        if self._begin_timer is not None:
+            self._begin_timer.cancel()
+            self._begin_timer = None
+        self._begun_at = self._clock()
+        waiting = list(self._waiting.values())
+        self._waiting.clear()
+        for active in waiting:
+            self._announce(active)
+        self.log_shed()
 
     def handle(self, decision: Decision) -> None:
         match decision:
@@ -221,40 +277,45 @@ class CallNotifier:
         self._seen[started.call_id] = None
         if len(self._seen) > SEEN_CALLS:
             self._seen.popitem(last=False)
-        self._shed_down_to(MAX_PENDING_CALLS - 1)
-        active = _ActiveCall(started, CallRecipients(self._notify))
+        # not owned until begun: its ringing legs wait in early_legs
+        active = _ActiveCall(started, CallRecipients(self._notify), owned=False)
         self._active[started.call_id] = active
         self.stats.calls_incoming += 1
-        with active.bound():
-            log.info(
-                "call.incoming",
-                exten=started.did,
-                channel=started.channel,
-                name=started.caller_name,
-            )
-            if self._claims is not None:
-                active.owned = False
-                self._tasks.spawn(self._claim(active), name=f"claim-{started.call_id}")
-            else:
-                self._begin(active)
+        self._waiting[started.call_id] = active
+        self._shed_down_to(MAX_PENDING_CALLS)
+
+    def _announce(self, active: _ActiveCall) -> None:
+        started = active.call
+        log.info(
+            "call.incoming",
+            **active.fields(),
+            exten=started.did,
+            channel=started.channel,
+            name=started.caller_name,
+        )
+        if self._claims is not None:
+            self._tasks.spawn(self._claim(active), name=f"claim-{started.call_id}")
+        else:
+            active.owned = True
+            self._begin(active)
 
     def _begin(self, active: _ActiveCall) -> None:
         started = active.call
-        with active.bound():
-            did_users = for_pbx(self._notify.dids, started.pbx, started.did) or ()
-            self._send(active, active.recipients.offer(Recipient.DID, did_users))
-            self._spawn(active, self._lookup(active), f"lookup-{started.call_id}")
-            if active.recipients.waits_for_ringing:
-                active.fallback_timer = self._spawn(
-                    active, self._fallback_timer(active), f"fallback-{started.call_id}"
-                )
-            for leg in active.early_legs:
-                self._leg_ringing(leg)
-            active.early_legs.clear()
+        did_users = for_pbx(self._notify.dids, started.pbx, started.did) or ()
+        self._send(active, active.recipients.offer(Recipient.DID, did_users))
+        self._spawn(active, self._lookup(active), f"lookup-{started.call_id}")
+        if active.recipients.waits_for_ringing:
+            active.fallback_timer = self._spawn(
+                active, self._fallback_timer(active), f"fallback-{started.call_id}"
+            )
+        for leg in active.early_legs:
+            self._leg_ringing(leg)
+        active.early_legs.clear()
 
     async def _claim(self, active: _ActiveCall) -> None:
         """Cluster: notify the call only if this daemon wins (or takes over) its claim."""
         assert self._claims is not None
+        active.bind()
         claim = await self._claims.wait_claim(
             active.call.call_id,
             NOTIFY,
@@ -275,6 +336,10 @@ class CallNotifier:
     def hand_back_calls(self) -> None:
         """Shutdown: stop watching calls and release the claims of unfinished ones."""
         self._stopping.set()
+        if self._begin_timer is not None:
+            self._begin_timer.cancel()
+            self._begin_timer = None
+        self._waiting.clear()  # a flood's calls not begun yet: nobody is left to notify
 
     def _call_over(self, active: _ActiveCall) -> bool:
         return active.ended or self._time_left(active) <= 0
@@ -302,21 +367,31 @@ class CallNotifier:
             active.early_legs.append(leg)
             return
         user = for_pbx(self._notify.extensions, active.call.pbx, leg.extension)
-        with active.bound():
-            log.info("call.ringing", extension=leg.extension, channel=leg.channel, user=user)
-            self._send(active, active.recipients.offer(Recipient.RINGING, [user]))
+        log.info(
+            "call.ringing",
+            **active.fields(),
+            extension=leg.extension,
+            channel=leg.channel,
+            user=user,
+        )
+        self._send(active, active.recipients.offer(Recipient.RINGING, [user]))
 
     def _skipped(self, skipped: ChannelSkipped) -> None:
         self.stats.skipped[skipped.reason] += 1
-        with _bound_call(skipped.call_id, skipped.number, skipped.pbx):
-            log.info(
-                "call.skipped",
-                reason=str(skipped.reason),
-                channel=skipped.channel,
-                exten=skipped.exten,
-            )
+        self._batch_skips += 1
+        if self._batch_skips > FLOOD_BATCH or self.flooded:
+            self._folded_skipped[str(skipped.reason)] += 1
+            return
+        log.info(
+            "call.skipped",
+            **_call_fields(skipped.call_id, skipped.number, skipped.pbx),
+            reason=str(skipped.reason),
+            channel=skipped.channel,
+            exten=skipped.exten,
+        )
 
     async def _lookup(self, active: _ActiveCall) -> None:
+        active.bind()
         try:
             result = await self._kommo.lookup(active.call.number, within=self._time_left(active))
         except KommoError:
@@ -329,6 +404,7 @@ class CallNotifier:
             self._send_to_everyone(active)
 
     async def _fallback_timer(self, active: _ActiveCall) -> None:
+        active.bind()
         elapsed = self._clock() - active.call.started_at
         await asyncio.sleep(max(0.0, self._notify.fallback_after - elapsed))
         if active.recipients.fallback_timer_fired():
@@ -348,15 +424,39 @@ class CallNotifier:
             del self._pending[active.call.call_id]
 
     def _shed_down_to(self, limit: int) -> None:
-        """Give up the oldest pending calls until at most ``limit`` remain."""
-        while len(self._pending) > limit:
-            call_id, active = self._pending.popitem(last=False)
+        """Give up the oldest pending calls (begun ones first, then the waiting ones, never
+        begun: no task, no ``call.incoming``) until at most ``limit`` remain."""
+        while len(self._pending) + len(self._waiting) > limit:
+            if self._pending:
+                call_id, active = self._pending.popitem(last=False)
+                for task in active.tasks:
+                    task.cancel()
+            else:
+                call_id, active = self._waiting.popitem(last=False)
+                self._folded_incoming += 1
             self._active.pop(call_id, None)
-            for task in active.tasks:
-                task.cancel()
             self.stats.dropped["shed"] += 1
             self._shed_unlogged += 1
-        if self._shed_unlogged and self._clock() - self._shed_logged_at >= SHED_LOG_INTERVAL:
+        if not self.flooded:
+            self.log_shed()
+
+    def log_shed(self) -> None:
+        """The shed calls and the folded lines since the last time, at most every
+        SHED_LOG_INTERVAL s."""
+        if self._clock() - self._shed_logged_at < SHED_LOG_INTERVAL:
+            return
+        if not (self._folded_incoming or self._folded_skipped or self._shed_unlogged):
+            return
+        if self._folded_incoming or self._folded_skipped:
+            log.info(
+                "calls.folded",
+                incoming=self._folded_incoming,
+                skipped=dict(self._folded_skipped),
+                detail="a flood of calls: these were counted, not logged one by one",
+            )
+            self._folded_incoming = 0
+            self._folded_skipped = Counter()
+        if self._shed_unlogged:
             log.warning(
                 "kommo.notify_dropped",
                 reason="shed",
@@ -364,10 +464,11 @@ class CallNotifier:
                 pending_cap=MAX_PENDING_CALLS,
                 detail="a flood of calls: the oldest still waiting for Kommo were given up",
             )
-            self._shed_logged_at = self._clock()
             self._shed_unlogged = 0
+        self._shed_logged_at = self._clock()
 
     async def _deliver(self, active: _ActiveCall, users: tuple[int, ...] | None) -> None:
+        active.bind()
         outcome = await self._kommo.notify(
             active.call.number, users, within=self._time_left(active)
         )
