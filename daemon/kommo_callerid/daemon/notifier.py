@@ -308,8 +308,8 @@ class CallNotifier:
             active.fallback_timer = self._spawn(
                 active, self._fallback_timer(active), f"fallback-{started.call_id}"
             )
-        for leg in active.early_legs:
-            self._leg_ringing(leg)
+        for leg in active.early_legs:  # the call may have ended since: they rang all the same
+            self._ring(active, leg)
         active.early_legs.clear()
 
     async def _claim(self, active: _ActiveCall) -> None:
@@ -366,6 +366,9 @@ class CallNotifier:
         if not active.owned:
             active.early_legs.append(leg)
             return
+        self._ring(active, leg)
+
+    def _ring(self, active: _ActiveCall, leg: LegRinging) -> None:
         user = for_pbx(self._notify.extensions, active.call.pbx, leg.extension)
         log.info(
             "call.ringing",
