@@ -117,7 +117,7 @@ def call_id_of(pbx: str, linkedid: str) -> str:
 
 
 def digit_count(number: str) -> int:
-    return sum(ch.isdigit() for ch in number)
+    return sum(map(str.isdigit, number))
 
 
 def channel_extension(channel: str) -> str:

@@ -13,11 +13,11 @@ most every :data:`SHED_LOG_INTERVAL` s), so a new call is never stuck behind it.
 
 The intake hands calls over in batches (:meth:`CallNotifier.end_batch`). A call is begun
 (its ``call.incoming`` line, its tasks) when its batch ends; in a flood (more than
-:data:`FLOOD_BATCH` calls in a batch) at most every :data:`FLOOD_BEGIN_INTERVAL` s, so the
-calls shed meanwhile never cost a task or a log line: they, and the ``call.skipped`` lines of
-the flood, are folded into one counted ``calls.folded`` line beside the shed line. The call's
-log fields are bound inside its own tasks, never around the intake (a contextvar binding per
-call was the largest part of the intake's cost).
+:data:`FLOOD_BATCH` calls begun in :data:`FLOOD_BEGIN_INTERVAL` s) once per such interval,
+so the calls shed meanwhile never cost a task or a log line: they, and the ``call.skipped``
+lines of the flood, are folded into one counted ``calls.folded`` line beside the shed line.
+The call's log fields are bound inside its own tasks, never around the intake (a contextvar
+binding per call was the largest part of the intake's cost).
 
 Size: the contract's notification rules, and the hooks of the cluster's claim on each call
 (its loop is in :mod:`.ownership`).
@@ -56,8 +56,8 @@ SEEN_CALLS = 10_000
 MAX_PENDING_CALLS = 1_000
 #: Seconds between two log lines about shed calls (the counter is exact).
 SHED_LOG_INTERVAL = 10.0
-#: Calls detected in one intake batch beyond which the intake is flooded: calls are then
-#: begun at most every FLOOD_BEGIN_INTERVAL s (the rest wait, and the oldest are shed unbegun).
+#: Calls begun in FLOOD_BEGIN_INTERVAL s beyond which it is a flood: the calls are then begun
+#: at most every FLOOD_BEGIN_INTERVAL s (meanwhile they wait, and the oldest are shed unbegun).
 FLOOD_BATCH = 100
 FLOOD_BEGIN_INTERVAL = 0.5
 
@@ -192,7 +192,9 @@ class CallNotifier:
         #: Calls detected in the intake's current batch, not begun yet (oldest first).
         self._waiting: OrderedDict[str, _ActiveCall] = OrderedDict()
         self._begin_timer: asyncio.TimerHandle | None = None
-        self._begun_at = float("-inf")
+        #: Calls begun since ``_window_start`` (a flood: more than FLOOD_BATCH in one window).
+        self._window_start = float("-inf")
+        self._window_begun = 0
         self._shed_unlogged = 0
         self._shed_logged_at = float("-inf")
         #: Lines a flood folded: calls shed before their ``call.incoming``; skipped channels.
@@ -221,28 +223,34 @@ class CallNotifier:
 
     @property
     def flooded(self) -> bool:
-        return len(self._waiting) > FLOOD_BATCH or self._begin_timer is not None
+        return self._begin_timer is not None
 
     def end_batch(self) -> None:
-        """The intake's batch is done: begin the calls it detected, at once unless flooded."""
+        """The intake's batch is done: begin the calls it detected, at once unless more than
+        FLOOD_BATCH calls were begun in the last FLOOD_BEGIN_INTERVAL s (a flood)."""
         self._batch_skips = 0
         if not self._waiting:
             if self._folded_skipped:
                 self.log_shed()
             return
-        since = self._clock() - self._begun_at
-        quiet = len(self._waiting) <= FLOOD_BATCH and self._begin_timer is None
-        if quiet or since >= FLOOD_BEGIN_INTERVAL:
+        if self._begin_timer is not None:
+            return
+        now = self._clock()
+        if now - self._window_start >= FLOOD_BEGIN_INTERVAL:
+            self._window_start, self._window_begun = now, 0
+        if self._window_begun + len(self._waiting) <= FLOOD_BATCH:
+            self._window_begun += len(self._waiting)
             self._begin_waiting()
-        elif self._begin_timer is None:
+        else:
             loop = asyncio.get_running_loop()
-            self._begin_timer = loop.call_later(FLOOD_BEGIN_INTERVAL - since, self._begin_waiting)
+            due = self._window_start + FLOOD_BEGIN_INTERVAL - now
+            self._begin_timer = loop.call_later(due, self._begin_waiting)
 
     def _begin_waiting(self) -> None:
-        if self._begin_timer is not None:
+        if self._begin_timer is not None:  # the flood's turn: a new window starts now
             self._begin_timer.cancel()
             self._begin_timer = None
-        self._begun_at = self._clock()
+            self._window_start, self._window_begun = self._clock(), len(self._waiting)
         waiting = list(self._waiting.values())
         self._waiting.clear()
         for active in waiting:
