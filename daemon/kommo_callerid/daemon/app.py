@@ -38,6 +38,7 @@ from kommo_callerid.core.models import (
 from kommo_callerid.daemon.cluster import Cluster
 from kommo_callerid.daemon.journal import open_journal
 from kommo_callerid.daemon.links import PbxLinks
+from kommo_callerid.daemon.memory import release_after_floods
 from kommo_callerid.daemon.notifier import CallNotifier, TaskOwner
 from kommo_callerid.daemon.outcomes import DebugJournalSink, JournalSink
 from kommo_callerid.daemon.reload import ConfigReloader
@@ -262,6 +263,9 @@ class Daemon:
             *running.links.start(),
             asyncio.create_task(self._consume(running), name="call-intake"),
             asyncio.create_task(self._housekeeping(running), name="housekeeping"),
+            asyncio.create_task(
+                release_after_floods(lambda: running.notifier.flooded_at), name="memory-release"
+            ),
             asyncio.create_task(self._reloader(running).run(self.reload), name="config-reload"),
         ]
         if cluster is not None:

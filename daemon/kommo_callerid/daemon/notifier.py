@@ -195,6 +195,9 @@ class CallNotifier:
         #: Calls begun since ``_window_start`` (a flood: more than FLOOD_BATCH in one window).
         self._window_start = float("-inf")
         self._window_begun = 0
+        #: ``clock()`` when a flood last held calls back (None: never): memory is released
+        #: for a while after it (:mod:`.memory`).
+        self.flooded_at: float | None = None
         self._shed_unlogged = 0
         self._shed_logged_at = float("-inf")
         #: Lines a flood folded: calls shed before their ``call.incoming``; skipped channels.
@@ -244,6 +247,7 @@ class CallNotifier:
         else:
             loop = asyncio.get_running_loop()
             due = self._window_start + FLOOD_BEGIN_INTERVAL - now
+            self.flooded_at = now
             self._begin_timer = loop.call_later(due, self._begin_waiting)
 
     def _begin_waiting(self) -> None:
