@@ -351,7 +351,10 @@ class CallNotifier:
         if self._begin_timer is not None:
             self._begin_timer.cancel()
             self._begin_timer = None
-        self._waiting.clear()  # a flood's calls not begun yet: nobody is left to notify
+        # a flood's calls not begun yet: nobody is left to notify them; counted, not logged
+        self._folded_incoming += len(self._waiting)
+        self._waiting.clear()
+        self.log_shed(force=True)
 
     def _call_over(self, active: _ActiveCall) -> bool:
         return active.ended or self._time_left(active) <= 0
@@ -455,10 +458,10 @@ class CallNotifier:
         if not self.flooded:
             self.log_shed()
 
-    def log_shed(self) -> None:
+    def log_shed(self, *, force: bool = False) -> None:
         """The shed calls and the folded lines since the last time, at most every
-        SHED_LOG_INTERVAL s."""
-        if self._clock() - self._shed_logged_at < SHED_LOG_INTERVAL:
+        SHED_LOG_INTERVAL s (``force``: now, at shutdown)."""
+        if not force and self._clock() - self._shed_logged_at < SHED_LOG_INTERVAL:
             return
         if not (self._folded_incoming or self._folded_skipped or self._shed_unlogged):
             return
