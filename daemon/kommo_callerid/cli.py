@@ -26,6 +26,7 @@ from kommo_callerid.core.config_load import ConfigError, load_config, resolve_co
 from kommo_callerid.core.logging import configure_logging
 from kommo_callerid.core.models import KommoError
 from kommo_callerid.daemon.app import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, Daemon
+from kommo_callerid.daemon.memory import freeze_startup_heap
 from kommo_callerid.kommo.auth import TokenFileUnusable
 
 EPILOG = """\
@@ -237,6 +238,7 @@ def _run(config: Config, path: Path) -> int:
         daemon.install_signal_handlers()
         return await daemon.serve()
 
+    freeze_startup_heap()
     return asyncio.run(serve())
 
 

@@ -27,6 +27,7 @@ from kommo_callerid.core.config import LogConfig
 from kommo_callerid.core.config_load import from_mapping
 from kommo_callerid.core.logging import configure_logging
 from kommo_callerid.daemon.app import Daemon
+from kommo_callerid.daemon.memory import freeze_startup_heap
 
 
 def rss_mb() -> float:
@@ -76,6 +77,7 @@ def daemon_tables(daemon: Daemon, collect: bool) -> dict[str, Any]:
 
 
 async def run_daemon(config: dict[str, Any]) -> None:
+    freeze_startup_heap()  # as the CLI does
     daemon = Daemon(from_mapping(config))
     serving = asyncio.create_task(daemon.serve())
     await wait_for(lambda: daemon.ami_connected or serving.done())

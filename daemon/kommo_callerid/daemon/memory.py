@@ -1,4 +1,11 @@
-"""Giving a flood's memory back. After a burst of calls is shed, its objects are freed, but
+"""The daemon process's memory: a cheap garbage collector, and a flood's memory given back.
+
+At start (:func:`freeze_startup_heap`, called by the CLI once imports and configuration are
+done) the objects that live as long as the process are moved out of the collector's sight
+(``gc.freeze``): every full collection would walk them again, and in a 100,000-call flood
+the collector's passes over them were some 10 of 22 CPU seconds of the intake.
+
+Giving a flood's memory back. After a burst of calls is shed, its objects are freed, but
 the memory stays with the process: CPython keeps emptied arenas' neighbours and glibc keeps
 freed heap pages, so RSS would stay at the flood's peak for the life of the process. For a
 while after a flood this collects garbage and asks glibc (``malloc_trim``, via ctypes; absent
@@ -15,9 +22,18 @@ from collections.abc import Callable
 
 #: Seconds between two releases while a flood is recent.
 RELEASE_EVERY = 10.0
+#: The collector's thresholds: a young collection every 10,000 allocations instead of 700.
+GC_THRESHOLDS = (10_000, 10, 10)
 #: For how long after a flood's last flooded batch memory is released (its calls' requests
 #: expire within notify_ttl, 45 s by default).
 RELEASE_FOR = 90.0
+
+
+def freeze_startup_heap() -> None:
+    """Once per process, before the daemon starts: what exists now is never garbage."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def release_memory() -> bool:
