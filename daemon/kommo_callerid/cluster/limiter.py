@@ -7,16 +7,16 @@ then holds at most ``floor(rate)`` requests, whichever daemons sent them. The wi
 sorted set (member: the slot, score: when it frees, in Redis' own clock (µs), so the daemons'
 clocks never matter); taking and releasing a slot are each one atomic script.
 
-Priority stays per daemon: waiters queue locally (notification > lookup > journal) and only
-the head of the queue asks Redis. While Redis is lost (:class:`~.link.ClusterLink`) requests
+Priority stays per daemon: waiters queue locally (notification > lookup > journal; FIFO, then
+newest first beyond ~2 s of backlog; an expired waiter leaves without a slot), in the same
+:class:`~kommo_callerid.core.waiters.WaitQueue` as the local limiter, and only the head of the
+queue asks Redis. While Redis is lost (:class:`~.link.ClusterLink`) requests
 go through ``fallback``, a local limiter at ``rate_limit / expected_nodes``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import math
 import time
 import uuid
@@ -25,12 +25,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 from kommo_callerid.cluster.link import FAILURES, ClusterLink
+from kommo_callerid.core.waiters import SlotExpired, WaitQueue
 
 Sleep = Callable[[float], Awaitable[None]]
 
 #: The head of the queue asks Redis again at least this often while the window is full.
 MAX_POLL = 0.05
 MARGIN_US = 5_000
+#: Seconds of backlog (at the cluster's rate) beyond which the newest waiter goes first, as
+#: in ``kommo.limits.RateLimiter``.
+LIFO_AFTER = 2.0
 
 # Scores are formatted by hand: Lua would print 1.7e15 with 14 digits and lose the µs.
 ACQUIRE = """
@@ -60,11 +64,14 @@ class Limiter(Protocol):
     @property
     def waiting(self) -> int: ...
 
+    @property
+    def expired(self) -> int: ...
+
     def slot(
         self, priority: Any = ..., deadline: float | None = ...
     ) -> AbstractAsyncContextManager[None]:
         """``deadline`` (the limiter's clock): a waiter still queued then leaves without a
-        slot, raising ``kommo.limits.SlotExpired``."""
+        slot, raising :class:`~kommo_callerid.core.waiters.SlotExpired`."""
 
 
 class SharedRateLimiter:
@@ -99,21 +106,25 @@ class SharedRateLimiter:
         self._key = link.key("ratelimit")
         self._acquire = link.redis.register_script(ACQUIRE)
         self._release = link.redis.register_script(RELEASE)
-        self._queue: list[tuple[int, int]] = []
-        self._tickets = itertools.count()
-        self._changed = asyncio.Event()
+        self._waiters = WaitQueue(math.floor(LIFO_AFTER * rate), clock)
+        self._expired_on_arrival = 0
         self.shared_slots = 0
         self.local_slots = 0
 
     @property
     def waiting(self) -> int:
-        return len(self._queue) + self._fallback.waiting
+        return self._waiters.live + self._fallback.waiting
+
+    @property
+    def expired(self) -> int:
+        """Requests that gave up waiting because their deadline passed (never sent)."""
+        return self._waiters.expired + self._expired_on_arrival + self._fallback.expired
 
     @asynccontextmanager
     async def slot(self, priority: int = 1, deadline: float | None = None) -> AsyncIterator[None]:
-        # The deadline is honoured by the local fallback; the shared queue does not expire
-        # waiters yet (the transport then sends nothing once the deadline has passed).
-        held = await self._take(priority)
+        """Hold one request slot; raises :class:`SlotExpired` when ``deadline`` (on the
+        limiter's clock) passes first, in the shared queue or the local fallback's."""
+        held = await self._take(priority, math.inf if deadline is None else deadline)
         shared = held is not None
         self._running[shared] += 1
         try:
@@ -138,19 +149,24 @@ class SharedRateLimiter:
             return MAX_POLL
         return max(0.0, self._free_at[other] - self._clock())
 
-    async def _take(self, priority: int) -> str | None:
+    async def _take(self, priority: int, deadline: float) -> str | None:
         """The slot's member in the shared window, or None: use the local fallback."""
-        ticket = (priority, next(self._tickets))
-        heapq.heappush(self._queue, ticket)
+        waiters = self._waiters
+        waiters.expire()
+        if self._clock() >= deadline:
+            self._expired_on_arrival += 1
+            raise SlotExpired
+        waiter = waiters.enqueue(priority, deadline)
         try:
             while True:
-                if self._queue[0] != ticket:
-                    await self._changed.wait()
+                waiters.check(waiter)
+                if waiters.head() is not waiter:
+                    await waiters.sleep_until_woken(waiter)
                     continue
                 shared = self._link.ok
                 settle = self._other_mode_busy(shared)
                 if settle > 0:
-                    await self._sleep(min(settle, MAX_POLL))
+                    await self._nap(settle, deadline)
                     continue
                 if not shared:
                     return None
@@ -165,12 +181,13 @@ class SharedRateLimiter:
                     continue  # degraded now: go local once our shared slots have freed
                 if int(wait_ms) == 0:
                     return member
-                await self._sleep(min(int(wait_ms) / 1000, MAX_POLL))
+                await self._nap(int(wait_ms) / 1000, deadline)
         finally:
-            self._queue.remove(ticket)
-            heapq.heapify(self._queue)
-            self._changed.set()
-            self._changed = asyncio.Event()
+            waiters.leave(waiter)  # O(1); wakes the next head
+
+    async def _nap(self, seconds: float, deadline: float) -> None:
+        """The head waits for a slot: at most :data:`MAX_POLL`, never past its deadline."""
+        await self._sleep(max(0.0, min(seconds, MAX_POLL, deadline - self._clock())))
 
     async def _give_back(self, member: str) -> None:
         if not self._link.ok:
