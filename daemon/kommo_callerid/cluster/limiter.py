@@ -108,6 +108,8 @@ class SharedRateLimiter:
         self._release = link.redis.register_script(RELEASE)
         self._waiters = WaitQueue(math.floor(LIFO_AFTER * rate), clock)
         self._expired_on_arrival = 0
+        #: A head's ask to Redis is in flight: no other waiter asks meanwhile.
+        self._asking = False
         self.shared_slots = 0
         self.local_slots = 0
 
@@ -160,8 +162,8 @@ class SharedRateLimiter:
         try:
             while True:
                 waiters.check(waiter)
-                if waiters.head() is not waiter:
-                    await waiters.sleep_until_woken(waiter)
+                if waiters.head() is not waiter or self._asking:
+                    await waiters.sleep_until_woken(waiter)  # the head, once it asked, wakes us
                     continue
                 shared = self._link.ok
                 settle = self._other_mode_busy(shared)
@@ -172,18 +174,35 @@ class SharedRateLimiter:
                     return None
                 member = uuid.uuid4().hex
                 try:
-                    wait_ms = await self._link.call(
-                        self._acquire(
-                            keys=[self._key], args=[self._permits, self._lease_us, member]
-                        )
-                    )
+                    wait_ms = await self._ask(member)
                 except FAILURES:
                     continue  # degraded now: go local once our shared slots have freed
-                if int(wait_ms) == 0:
+                if wait_ms == 0:
                     return member
-                await self._nap(int(wait_ms) / 1000, deadline)
+                await self._nap(wait_ms / 1000, deadline)
         finally:
             waiters.leave(waiter)  # O(1); wakes the next head
+
+    async def _ask(self, member: str) -> int:
+        """One try at a shared slot: 0 (taken as ``member``) or ms until one frees. One ask at
+        a time: in a flood every newcomer is the head for a moment (newest first), and Redis
+        must not see a thousand concurrent asks (they would exhaust the connection pool)."""
+        self._asking = True
+        try:
+            wait_ms = await self._link.call(
+                self._acquire(keys=[self._key], args=[self._permits, self._lease_us, member])
+            )
+        finally:
+            self._asking = False
+            self._waiters.wake_head()  # a newer head may have queued behind this ask
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # redis-py can swallow a cancellation that lands as its answer arrives (seen in
+            # a 5,000-waiter cancel at shutdown): honour it, and free a slot taken meanwhile.
+            if int(wait_ms) == 0:
+                await self._give_back(member)
+            raise asyncio.CancelledError
+        return int(wait_ms)
 
     async def _nap(self, seconds: float, deadline: float) -> None:
         """The head waits for a slot: at most :data:`MAX_POLL`, never past its deadline."""
