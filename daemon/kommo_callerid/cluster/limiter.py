@@ -21,7 +21,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
 
 from kommo_callerid.cluster.link import FAILURES, ClusterLink
@@ -108,7 +108,7 @@ class SharedRateLimiter:
         self._release = link.redis.register_script(RELEASE)
         self._waiters = WaitQueue(math.floor(LIFO_AFTER * rate), clock)
         self._expired_on_arrival = 0
-        #: A head's ask to Redis is in flight: no other waiter asks meanwhile.
+        #: A head's ask to Redis (or to the fallback) is in flight: no other waiter asks.
         self._asking = False
         self.shared_slots = 0
         self.local_slots = 0
@@ -126,23 +126,23 @@ class SharedRateLimiter:
     async def slot(self, priority: int = 1, deadline: float | None = None) -> AsyncIterator[None]:
         """Hold one request slot; raises :class:`SlotExpired` when ``deadline`` (on the
         limiter's clock) passes first, in the shared queue or the local fallback's."""
-        held = await self._take(priority, math.inf if deadline is None else deadline)
-        shared = held is not None
-        self._running[shared] += 1
-        try:
-            if held is None:
-                self.local_slots += 1
-                async with self._fallback.slot(priority, deadline):
+        async with AsyncExitStack() as local:
+            held = await self._take(priority, deadline, local)
+            shared = held is not None
+            self._running[shared] += 1
+            try:
+                if held is None:
+                    self.local_slots += 1
                     yield
-            else:
-                self.shared_slots += 1
-                try:
-                    yield
-                finally:
-                    await self._give_back(held)
-        finally:
-            self._running[shared] -= 1
-            self._free_at[shared] = self._clock() + self._period
+                else:
+                    self.shared_slots += 1
+                    try:
+                        yield
+                    finally:
+                        await self._give_back(held)
+            finally:
+                self._running[shared] -= 1
+                self._free_at[shared] = self._clock() + self._period
 
     def _other_mode_busy(self, shared: bool) -> float:
         """Seconds until the other mode's slots are free (0: free now)."""
@@ -151,14 +151,20 @@ class SharedRateLimiter:
             return MAX_POLL
         return max(0.0, self._free_at[other] - self._clock())
 
-    async def _take(self, priority: int, deadline: float) -> str | None:
-        """The slot's member in the shared window, or None: use the local fallback."""
+    async def _take(
+        self, priority: int, deadline: float | None, local: AsyncExitStack
+    ) -> str | None:
+        """The slot's member in the shared window, or None: a slot of the local fallback,
+        entered on ``local``. The head takes it while still at the head of this queue, so
+        the fallback's queue holds one waiter at a time and, once Redis is back, the others
+        are still here to ask it (they are not stuck behind the fallback's lower rate)."""
         waiters = self._waiters
+        limit = math.inf if deadline is None else deadline
         waiters.expire()
-        if self._clock() >= deadline:
+        if self._clock() >= limit:
             self._expired_on_arrival += 1
             raise SlotExpired
-        waiter = waiters.enqueue(priority, deadline)
+        waiter = waiters.enqueue(priority, limit)
         try:
             while True:
                 waiters.check(waiter)
@@ -168,9 +174,10 @@ class SharedRateLimiter:
                 shared = self._link.ok
                 settle = self._other_mode_busy(shared)
                 if settle > 0:
-                    await self._nap(settle, deadline)
+                    await self._nap(settle, limit)
                     continue
                 if not shared:
+                    await self._take_local(priority, deadline, local)
                     return None
                 member = uuid.uuid4().hex
                 try:
@@ -179,9 +186,18 @@ class SharedRateLimiter:
                     continue  # degraded now: go local once our shared slots have freed
                 if wait_ms == 0:
                     return member
-                await self._nap(wait_ms / 1000, deadline)
+                await self._nap(wait_ms / 1000, limit)
         finally:
             waiters.leave(waiter)  # O(1); wakes the next head
+
+    async def _take_local(
+        self, priority: int, deadline: float | None, local: AsyncExitStack
+    ) -> None:
+        self._asking = True  # no other waiter goes to the fallback meanwhile
+        try:
+            await local.enter_async_context(self._fallback.slot(priority, deadline))
+        finally:
+            self._asking = False
 
     async def _ask(self, member: str) -> int:
         """One try at a shared slot: 0 (taken as ``member``) or ms until one frees. One ask at
