@@ -12,28 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
+from oauth_support import WallClock, client, oauth_config
 from structlog.testing import capture_logs
 
-from kommo_callerid.core.config import CacheConfig, KommoConfig
 from kommo_callerid.core.models import KommoAuthError, NotifyOutcome
 from kommo_callerid.daemon.app import EXIT_CONFIG, Daemon
 from kommo_callerid.kommo import tokens as kommo_tokens
-from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import EVENTS_PATH, TOKEN_PATH, FakeKommo, FakeOAuth
 
 from support import make_config
 
 JOHN = "18305803077"
-
-
-class WallClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -45,25 +35,6 @@ async def fake() -> AsyncIterator[FakeKommo]:
 @pytest.fixture
 def token_file(tmp_path: Path) -> Path:
     return tmp_path / "state" / "tokens.json"
-
-
-def oauth_config(
-    fake: FakeKommo, token_file: Path, refresh_token: str | None = None
-) -> KommoConfig:
-    assert fake.oauth is not None
-    return KommoConfig(
-        base_url=fake.base_url,
-        client_id=fake.oauth.client_id,
-        client_secret=SecretStr(fake.oauth.client_secret),
-        redirect_uri=fake.oauth.redirect_uri,
-        refresh_token=SecretStr(refresh_token or fake.oauth.refresh_token),
-        token_file=token_file,
-        rate_limit=100,
-    )
-
-
-def client(config: KommoConfig, wall: WallClock | None = None) -> KommoClient:
-    return KommoClient(config, CacheConfig(), wall_clock=wall or WallClock())
 
 
 def saved(token_file: Path) -> dict[str, Any]:

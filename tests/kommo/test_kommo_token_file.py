@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from oauth_support import WallClock, client, oauth_config
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
@@ -33,35 +34,10 @@ OTHER_UID, OTHER_GID = 4242, 4343
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as the operator's sudo")
 
 
-class WallClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeKommo]:
     async with FakeKommo(oauth=FakeOAuth()) as server:
         yield server
-
-
-def oauth_config(fake: FakeKommo, token_file: Path) -> KommoConfig:
-    assert fake.oauth is not None
-    return KommoConfig(
-        base_url=fake.base_url,
-        client_id=fake.oauth.client_id,
-        client_secret=SecretStr(fake.oauth.client_secret),
-        redirect_uri=fake.oauth.redirect_uri,
-        refresh_token=SecretStr(fake.oauth.refresh_token),
-        token_file=token_file,
-        rate_limit=100,
-    )
-
-
-def client(config: KommoConfig, wall: WallClock | None = None) -> KommoClient:
-    return KommoClient(config, CacheConfig(), wall_clock=wall or WallClock())
 
 
 def saved(token_file: Path) -> dict[str, Any]:
