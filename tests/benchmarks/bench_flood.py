@@ -6,7 +6,8 @@ known caller is placed ``REAL_CALL_AFTER`` s after the burst was sent.
 
 Reported per size: time from placing the real call to its first notification, peak RSS
 during the flood, RSS ``SETTLE`` s after the burst (after a garbage collection; every stale
-request has expired by then), and, in a second run with the backlog still there, the stop
+request has expired by then), then RSS and live Python objects (allocated blocks) once the
+flood's calls have hung up, and, in a second run with the backlog still there, the stop
 time (the stop request does what SIGTERM's handler does: set the stop event).
 
 Sizes 1,000 and 3,000; 100,000 with ``run.py --full`` (a few minutes).
@@ -30,6 +31,8 @@ REAL_CALL_AFTER = 10.0
 SETTLE = 60.0
 REAL_CALLER = "18305803077"  # in the demo dataset: a known contact
 SAMPLE_EVERY = 0.5
+#: Seconds from sending the flood's Hangups to the last measure.
+HUNG_UP_SETTLE = 10.0
 #: Set by ``run.py --full``: also the 100,000-call flood.
 FULL = False
 
@@ -52,6 +55,15 @@ async def run(report: Report, quick: bool) -> None:
             f"{figures['rss_after']:.0f} MB",
         )
         report.add(
+            f"flood {size:,}: daemon CPU until {figures['settle']:.0f} s after",
+            f"{figures['cpu_s']:.1f} s",
+        )
+        report.add(
+            f"flood {size:,}: its calls hung up: RSS / live blocks before → after / tracked",
+            f"{figures['rss_hung_up']:.0f} MB / {figures['blocks_before']:,} → "
+            f"{figures['blocks_hung_up']:,} / {figures['tracked_hung_up']}",
+        )
+        report.add(
             f"flood {size:,}: sent / dropped (by reason) / AMI events dropped",
             f"{figures['sent']} / {figures['dropped']} / {figures['ami_dropped']}",
         )
@@ -60,12 +72,11 @@ async def run(report: Report, quick: bool) -> None:
         )
 
 
-def _burst(size: int, scenarios: CallScenarios) -> bytes:
-    return b"".join(
-        format_message(event)
-        for n in range(size)
-        for event in scenarios.inbound(f"1{n:010d}", agents=()).events
-    )
+def _burst(size: int, scenarios: CallScenarios) -> tuple[bytes, bytes]:
+    """The flood's Newchannels, and the Hangups that end its calls."""
+    calls = [scenarios.inbound(f"1{n:010d}", agents=()) for n in range(size)]
+    starts = b"".join(format_message(event) for call in calls for event in call.events)
+    return starts, b"".join(format_message(event) for call in calls for event in call.hangups)
 
 
 def _config(ami: FakeAmiServer, kommo: FakeKommo) -> dict[str, Any]:
@@ -74,14 +85,15 @@ def _config(ami: FakeAmiServer, kommo: FakeKommo) -> dict[str, Any]:
 
 async def _flood(size: int, settle: float) -> dict[str, Any]:
     scenarios = CallScenarios()  # one: unique Uniqueids for the burst and the real call
-    burst = _burst(size, scenarios)
+    burst, hangups = _burst(size, scenarios)
     real = scenarios.inbound(REAL_CALLER, did="5552000", agents=())
     async with (
         FakeAmiServer(users=BENCH_USERS) as ami,
         FakeKommo(demo_dataset(), rate_limit=KOMMO_RATE) as kommo,
         Child("daemon", _config(ami, kommo)) as child,
     ):
-        rss_before = (await child.ask("memory"))["rss_mb"]
+        before = await child.ask("memory")
+        rss_before = before["rss_mb"]
         sent_at = time.monotonic()
         await ami.stream(burst)
         peak = rss_before
@@ -98,6 +110,9 @@ async def _flood(size: int, settle: float) -> dict[str, Any]:
             peak = max(peak, (await child.ask("stats"))["rss_mb"])
             await asyncio.sleep(SAMPLE_EVERY)
         after = await child.ask("memory")
+        await ami.stream(hangups)
+        await asyncio.sleep(HUNG_UP_SETTLE)
+        hung_up = await child.ask("memory")
     ami_dropped = after.get("ami_dropped", "?")
     return {
         "first_notification_s": first,
@@ -108,6 +123,11 @@ async def _flood(size: int, settle: float) -> dict[str, Any]:
         "sent": after["sent"],
         "dropped": after["dropped"],
         "ami_dropped": ami_dropped,
+        "cpu_s": after["cpu_s"],
+        "rss_hung_up": hung_up["rss_mb"],
+        "blocks_before": before["blocks"],
+        "blocks_hung_up": hung_up["blocks"],
+        "tracked_hung_up": hung_up["tracker"] + hung_up["outcomes"],
     }
 
 
@@ -117,6 +137,6 @@ async def _stop_with_backlog(size: int) -> float:
         FakeKommo(demo_dataset(), rate_limit=KOMMO_RATE) as kommo,
         Child("daemon", _config(ami, kommo)) as child,
     ):
-        await ami.stream(_burst(size, CallScenarios()))
+        await ami.stream(_burst(size, CallScenarios())[0])
         await asyncio.sleep(4.0)  # the calls are read, the fallbacks have queued up
         return await child.stop()

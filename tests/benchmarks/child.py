@@ -5,7 +5,10 @@ logged in to the AMI server, then answers one-line commands on stdin with one JS
 ``stats`` (tables, RSS, CPU seconds), ``memory`` (the same after a garbage collection),
 ``expect N`` (bare: print ``{"done": ...}`` after N more events), ``stop``. Logs go to
 /dev/null at the configured level: formatting them is real cost.
-With ``BENCH_PROFILE=DIR`` in the environment each child writes a cProfile file into DIR.
+With ``BENCH_PROFILE=DIR`` in the environment each child writes a cProfile file into DIR;
+with ``BENCH_TRACEMALLOC=N`` the daemon traces allocations and ``memory`` writes the traced
+total and peak and the N biggest live allocation sites to stderr (where memory goes; tracing
+slows the daemon down several times).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import os
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +69,7 @@ def daemon_tables(daemon: Daemon, collect: bool) -> dict[str, Any]:
     notifier = running.notifier
     if collect:
         gc.collect()
+        _print_allocation_sites()
     return {
         "events": running.events,
         **daemon.table_sizes(),
@@ -73,10 +78,23 @@ def daemon_tables(daemon: Daemon, collect: bool) -> dict[str, Any]:
         "ami_dropped": running.links.totals().dropped,
         "rss_mb": rss_mb(),
         "cpu_s": time.process_time(),
+        "blocks": sys.getallocatedblocks(),
     }
 
 
+def _print_allocation_sites() -> None:
+    top = int(os.environ.get("BENCH_TRACEMALLOC", "0"))
+    if not top or not tracemalloc.is_tracing():
+        return
+    current, peak = tracemalloc.get_traced_memory()
+    print(f"traced: {current / 1e6:.1f} MB, peak {peak / 1e6:.1f} MB", file=sys.stderr)
+    for stat in tracemalloc.take_snapshot().statistics("lineno")[:top]:
+        print(f"  {stat}", file=sys.stderr)
+
+
 async def run_daemon(config: dict[str, Any]) -> None:
+    if os.environ.get("BENCH_TRACEMALLOC"):
+        tracemalloc.start()
     freeze_startup_heap()  # as the CLI does
     daemon = Daemon(from_mapping(config))
     serving = asyncio.create_task(daemon.serve())

@@ -244,6 +244,20 @@ def test_stale_and_overflowing_calls_are_dropped_and_counted() -> None:
     assert len(tracker) == 0
 
 
+def test_a_flood_pushes_out_unanswered_calls_before_a_conversation() -> None:
+    """Over the cap the oldest call nobody answered goes first: the conversation that was
+    going on before a flood of never-ending calls still gets its record."""
+    tracker = OutcomeTracker(["from-trunk"], [], 7, max_calls=3, max_age=3600.0)
+    pbx = FakePbx(tracker)
+    talking = pbx.inbound()
+    legs = answer_via_local(pbx, talking, "100", "b")
+    for _ in range(10):
+        pbx.inbound()  # ringing forever
+    assert (len(tracker), tracker.stats.dropped_overflow) == (3, 8)
+    pbx.hangup(*legs, talking)
+    assert only(pbx).answered_by == "100"
+
+
 def test_ten_thousand_calls_leave_no_state_behind() -> None:
     pbx = FakePbx()
     for n in range(10_000):

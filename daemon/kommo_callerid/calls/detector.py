@@ -28,8 +28,10 @@ WITHHELD = frozenset(
 )
 #: Calls older than this are forgotten even if their Hangup never arrived (lost link, bug).
 MAX_CALL_AGE = 4 * 3600.0
-#: Hard cap on tracked calls, so memory stays bounded whatever Asterisk sends.
-MAX_TRACKED_CALLS = 20_000
+#: Hard cap on tracked calls per PBX, so memory stays bounded whatever Asterisk sends: more
+#: inbound calls than one Asterisk carries at once (the oldest is forgotten first; it was
+#: notified long ago, and its Hangup only ends the notifier's work on it).
+MAX_TRACKED_CALLS = 5_000
 
 #: The events call detection reads; the others are the outcome tracker's.
 _DETECTION_KINDS = frozenset({ChannelEventKind.NEWCHANNEL, ChannelEventKind.NEWCALLERID})

@@ -28,7 +28,9 @@ bridge with it) is a party; a Local ``;1`` party stands for what its ``;2`` half
 The first party answered; later ones are transfers.
 
 Memory: a call's state lives from its root's Newchannel to its last Hangup; at most
-``max_calls`` calls (the oldest go first) for at most ``max_age`` seconds; a lost AMI link
+``max_calls`` calls for at most ``max_age`` seconds. Over the cap the oldest call nobody has
+answered goes first (a flood of calls that never hang up is all unanswered; a conversation
+in progress keeps its record), then the oldest call. A lost AMI link
 (``LINK_LOST``) forgets everything, since the Hangups in the gap are gone. Channel and bridge
 maps are freed on Hangup and capped too. Every call dropped without a verdict is counted.
 
@@ -55,9 +57,11 @@ from kommo_callerid.core.models import ChannelEvent, ChannelEventKind, FinishedC
 
 #: Calls older than this are dropped even if their last Hangup never came.
 MAX_CALL_AGE = 4 * 3600.0
-MAX_TRACKED_CALLS = 20_000
+#: Calls in progress per PBX: more than one Asterisk carries (a call is two channels or
+#: more); beyond it Hangups were lost or the PBX is flooded, and memory must stay bounded.
+MAX_TRACKED_CALLS = 5_000
 #: Cap on each per-channel map (Local halves, answered dials, bridge members).
-MAX_CHANNELS = 200_000
+MAX_CHANNELS = 50_000
 #: Dials remembered per call (a queue ringing for an hour retries its agents again and again).
 MAX_DIALS_PER_CALL = 500
 
@@ -106,6 +110,7 @@ class OutcomeTracker:
         self._max_age = max_age
         self._max_channels = max_channels
         self._calls: dict[str, CallFacts] = {}  # by Linkedid, oldest first
+        self._unanswered: dict[str, None] = {}  # Linkedids nobody answered yet, oldest first
         self._call_of: dict[str, str] = {}  # Uniqueid -> Linkedid of a tracked call
         self._caller_side: dict[str, str] = {}  # Uniqueid -> Linkedid whose caller it carries
         self._links = ChannelLinks(max_channels)
@@ -134,6 +139,7 @@ class OutcomeTracker:
         """Every internal table's size: all 0 when no call is in progress."""
         return {
             "calls": len(self._calls),
+            "unanswered": len(self._unanswered),
             "channels": len(self._call_of),
             "caller_side": len(self._caller_side),
             **self._links.sizes(),
@@ -199,6 +205,7 @@ class OutcomeTracker:
         )
         call.alive.add(event.uniqueid)
         self._calls[event.linkedid] = call
+        self._unanswered[event.linkedid] = None
         self._call_of[event.uniqueid] = event.linkedid
         self._caller_side[event.uniqueid] = event.linkedid
 
@@ -217,7 +224,7 @@ class OutcomeTracker:
         self._links.dial_answered(dialler, event.dest_channel)
         side = self._calls.get(self._caller_side.get(dialler, ""))
         if side is not None:
-            side.add_party(self._who(event.dest_channel, side), event.received_at)
+            self._add_party(side, self._who(event.dest_channel, side), event.received_at)
 
     def _bridge_enter(self, event: ChannelEvent) -> None:
         uniqueid, name = event.uniqueid, event.channel
@@ -225,10 +232,10 @@ class OutcomeTracker:
         own = self._calls.get(self._caller_side.get(uniqueid, ""))
         for other, other_name in (members or {}).items():
             if own is not None and self._caller_side.get(other) != own.linkedid:
-                own.add_party(self._who(other_name, own), event.received_at)
+                self._add_party(own, self._who(other_name, own), event.received_at)
             joined = self._calls.get(self._caller_side.get(other, ""))
             if joined is not None and joined is not own:
-                joined.add_party(self._who(name, joined), event.received_at)
+                self._add_party(joined, self._who(name, joined), event.received_at)
 
     def _hangup(self, event: ChannelEvent) -> list[FinishedCall]:
         uniqueid = event.uniqueid
@@ -244,6 +251,7 @@ class OutcomeTracker:
             return []
         call.ended_at = event.received_at
         del self._calls[call.linkedid]
+        self._unanswered.pop(call.linkedid, None)
         self.stats.finished += 1
         finished = verdict(call, self.rules)
         if finished is None:
@@ -257,19 +265,26 @@ class OutcomeTracker:
     def _who(self, channel: str, call: CallFacts) -> str:
         return self._links.who(channel, channel_extension(call.root_channel))
 
+    def _add_party(self, call: CallFacts, extension: str, at: float) -> None:
+        call.add_party(extension, at)
+        if call.answered_at is not None:
+            self._unanswered.pop(call.linkedid, None)
+
     def _make_room(self) -> None:
         while len(self._calls) >= self._max_calls:
-            self._drop(next(iter(self._calls.values())))
+            oldest = next(iter(self._unanswered or self._calls))
+            self._drop(self._calls[oldest])
             self.stats.dropped_overflow += 1
 
     def _drop(self, call: CallFacts) -> None:
         """Forget a call without a verdict; its channels' bridge entries go at their Hangup."""
         del self._calls[call.linkedid]
+        self._unanswered.pop(call.linkedid, None)
         for uniqueid in call.alive:
             self._call_of.pop(uniqueid, None)
             self._caller_side.pop(uniqueid, None)
 
     def _clear(self) -> None:
-        for table in (self._calls, self._call_of, self._caller_side):
+        for table in (self._calls, self._call_of, self._caller_side, self._unanswered):
             table.clear()
         self._links.clear()
