@@ -110,8 +110,9 @@ def _licence(dist: Distribution) -> str:
 
 def _files(dist: Distribution, installed: str) -> str:
     tops = sorted({Path(str(f)).parts[0] for f in dist.files or [] if ".." not in str(f)})
-    return "\n ".join(f"{installed}/{top}/*" if "." not in top else f"{installed}/{top}*"
-                      for top in tops)
+    return "\n ".join(
+        f"{installed}/{top}/*" if "." not in top else f"{installed}/{top}*" for top in tops
+    )
 
 
 if __name__ == "__main__":
