@@ -23,7 +23,7 @@ from kommo_callerid.commands.oneshot import authorize_once, lookup_once
 from kommo_callerid.commands.report import Report
 from kommo_callerid.core.config import Config, LogConfig
 from kommo_callerid.core.config_load import ConfigError, load_config, resolve_config_path
-from kommo_callerid.core.logging import configure_logging
+from kommo_callerid.core.logging import configure_logging, json_for_terminal
 from kommo_callerid.core.models import KommoError
 from kommo_callerid.daemon.app import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, Daemon
 from kommo_callerid.daemon.memory import freeze_startup_heap
@@ -310,5 +310,5 @@ def _lookup(config: Config, number: str) -> int:
         print(json.dumps({"number": number, "normalized": normalized, **error}))
         return EXIT_CONFIG
     result = {"number": number, "normalized": normalized, **result}
-    print(json.dumps(result, ensure_ascii=False))
+    print(json_for_terminal(result))
     return EXIT_OK if "error" not in result else EXIT_FAILURE

@@ -181,6 +181,19 @@ async def test_filter_refused(
     assert "(CoreShowChannels: Permission denied)" in out
 
 
+async def test_an_unanswered_filter_is_a_warning_not_a_failure(
+    tmp_path: Path, kommo: FakeKommo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13 point 2's sibling: the daemon survives an unanswered Filter (it reconnects
+    and filters events itself), so check must not call it a broken link."""
+    async with FakeAmiServer() as ami:
+        ami.unanswered.add("filter")
+        assert await check_against(tmp_path, ami, kommo) == 0
+    out = capsys.readouterr().out
+    assert "WARN AMI: no answer to Filter within" in out
+    assert "FAIL" not in out
+
+
 async def test_nothing_listening_on_the_ami_port(
     tmp_path: Path, kommo: FakeKommo, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -6,14 +6,22 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kommo_callerid.core.config import LogConfig
-from kommo_callerid.core.logging import NAME_CHARS, SCRUBBED, configure_logging
+from kommo_callerid.core.logging import (
+    NAME_CHARS,
+    SCRUBBED,
+    configure_logging,
+    json_for_terminal,
+)
 
 ESC_NAME = "\x1b[2J\x1b[HEve\u202eevil\x07"
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwiZXhwIjoxfQ.c2lnbmF0dXJlLXBhcnQ"
@@ -88,3 +96,24 @@ def test_only_the_latest_live_tokens_are_kept() -> None:
     for n in range(100):
         scrubber.remember(f"rotated-token-{n:04d}")
     assert len(scrubber._live) <= 16  # a year of daily refreshes does not grow the regex
+
+
+# ---- JSON that commands print (lookup, journal --json) ----
+
+_RAW_CONTROLS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\ufeff]")
+
+
+def test_json_for_terminal_escapes_what_json_leaves_raw() -> None:
+    name = "Eve\x9b2J\u202eevil\u200b\x1b"
+    text = json_for_terminal({"name": name, "n": 1}, indent=1)
+    assert not _RAW_CONTROLS.search(text), text
+    assert "\\u009b" in text and "\\u202e" in text and "\\u001b" in text
+    assert json.loads(text) == {"name": name, "n": 1}
+
+
+@given(st.recursive(st.text() | st.integers() | st.none(), st.lists))
+def test_json_for_terminal_decodes_to_the_same_value(value: object) -> None:
+    for indent in (None, 1):
+        text = json_for_terminal(value, indent=indent)
+        assert json.loads(text) == value
+        assert not _RAW_CONTROLS.search(text)

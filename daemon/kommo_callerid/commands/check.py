@@ -105,6 +105,14 @@ async def _check_filter(client: AmiClient, pbx: PbxConfig, report: Report) -> No
     try:
         for expression in EVENT_FILTERS:
             await client.add_filter(expression, ami.connect_timeout)
+    except TimeoutError:
+        # What the daemon does then: it reconnects once and filters events itself.
+        report.warn(
+            f"{who}: no answer to Filter within {ami.connect_timeout:g} s (Asterisk loaded, "
+            "or a proxy in the way): the daemon will reconnect once and filter events itself",
+            "if it stays so, look at Asterisk's load (core show sysinfo) and its manager log",
+        )
+        return
     except AmiActionRefused as exc:
         report.fail(
             f"{who}: Filter refused ({exc}): Asterisk will send every event and the daemon "

@@ -8,7 +8,6 @@ it works whether the daemon runs or not.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
@@ -17,6 +16,7 @@ from dataclasses import asdict
 from typing import Any, TextIO
 
 from kommo_callerid.core.config import Config
+from kommo_callerid.core.logging import json_for_terminal
 from kommo_callerid.core.models import CallStatus
 from kommo_callerid.journal.entry import JournalEntry, State
 from kommo_callerid.journal.outbox import Outbox, OutboxError
@@ -67,7 +67,7 @@ def show(
     finally:
         outbox.close()
     if as_json:
-        json.dump([_as_json(entry) for entry in entries], out, ensure_ascii=False, indent=1)
+        out.write(json_for_terminal([_as_json(entry) for entry in entries], indent=1))
         out.write("\n")
     else:
         out.write(render_table(entries, counts))

@@ -12,6 +12,7 @@ and of anything shaped like a bearer token or JWT; and control characters from t
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import sys
@@ -52,6 +53,10 @@ _CONTROLS = re.compile(
 #: The same, but a traceback keeps its tabs and line breaks.
 _TRACEBACK_CONTROLS = re.compile(
     r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]"
+)
+#: What json.dumps leaves raw of those (it escapes C0 itself; its indent is real newlines).
+_JSON_RAW_CONTROLS = re.compile(
+    r"[\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]"
 )
 
 
@@ -117,6 +122,15 @@ def _escape(match: re.Match[str]) -> str:
 def escape_controls(text: str) -> str:
     """``"Eve\x1b[2J"`` -> ``"Eve\\x1b[2J"``: safe to print on a terminal."""
     return _CONTROLS.sub(_escape, text)
+
+
+def json_for_terminal(value: object, indent: int | None = None) -> str:
+    """JSON as a command prints it: letters stay readable (``ensure_ascii=False``), but the
+    controls json leaves raw (C1, bidi overrides, zero-width marks) become ``\\uXXXX``
+    escapes, so a hostile contact name cannot rewrite the operator's terminal. The text
+    decodes to the same value."""
+    text = json.dumps(value, ensure_ascii=False, indent=indent)
+    return _JSON_RAW_CONTROLS.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def _clean(key: str, value: str) -> str:
