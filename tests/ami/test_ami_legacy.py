@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 from structlog.testing import capture_logs
 
+from kommo_callerid.core.models import FinishedCall
+from kommo_callerid.daemon.app import EXIT_OK, Daemon
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
 from kommo_callerid.sim.recording import events_only, read_recording
@@ -63,3 +65,64 @@ async def test_a_modern_asterisk_gets_no_dial_filter_and_no_warning(ami: FakeAmi
                 pass
     assert not events(logs, "ami.legacy_version")
     assert "Event: Dial" not in [a.get("filter") for a in ami.actions]
+
+
+async def test_an_ami_1x_click_to_dial_through_a_local_pair_notifies_nobody(
+    legacy_ami: FakeAmiServer,
+) -> None:
+    """The trunk leg of a click-to-dial is dialled by the Local ``;1`` half: its Dial says so,
+    though it is born in the inbound context and learns its number late."""
+    recording = events_only(read_recording(LEGACY / "03-click-to-dial-through-local.txt"))
+    async with FakeKommo(demo_dataset(), rate_limit=None) as kommo:
+        with capture_logs() as logs:
+            async with running_daemon(make_config(legacy_ami, kommo, notify=NOTIFY)):
+                await legacy_ami.play(recording)
+                await wait_for(lambda: legacy_ami_events_read(logs, "SIP/carrier-00000008"))
+                await asyncio.sleep(0.5)  # a notification would have come by now
+    assert kommo.events == []
+    assert not events(logs, "call.incoming")
+
+
+async def test_an_ami_1x_queue_member_rings_through_a_local_pair(
+    legacy_ami: FakeAmiServer,
+) -> None:
+    """The trunk dials ``Local/100@agents;1``: agent 100 rings for the call, once."""
+    recording = events_only(read_recording(LEGACY / "04-inbound-queue-member-through-local.txt"))
+    async with (
+        FakeKommo(demo_dataset(), rate_limit=None) as kommo,
+        running_daemon(make_config(legacy_ami, kommo, notify=NOTIFY)),
+    ):
+        await legacy_ami.play(recording)
+        await wait_for(lambda: len(kommo.events) >= 2)
+        await asyncio.sleep(0.5)  # a duplicate or a fallback would have come
+    assert sorted((e.phone_number, e.users) for e in kommo.events) == [
+        ("18305803077", (7,)),
+        ("18305803077", (8,)),
+    ]
+
+
+def legacy_ami_events_read(logs: list[dict[str, object]], channel: str) -> bool:
+    """True once the daemon has decided about ``channel`` (a call.skipped line names it)."""
+    return any(line.get("channel") == channel for line in events(logs, "call.skipped"))
+
+
+async def test_an_ami_1x_pbx_journals_nothing_rather_than_answered_calls_as_missed(
+    legacy_ami: FakeAmiServer,
+) -> None:
+    """1.x has no Linkedid, DialEnd or bridges: an answered call would look missed (and get a
+    call-back task). Its calls are notified, never journaled; the events are counted."""
+    journaled: list[FinishedCall] = []
+    inbound = events_only(read_recording(LEGACY / "04-inbound-queue-member-through-local.txt"))
+    async with FakeKommo(demo_dataset(), rate_limit=None) as kommo:
+        sink = type("Sink", (), {"record": staticmethod(journaled.append)})()
+        daemon = Daemon(make_config(legacy_ami, kommo, notify=NOTIFY), journal_sink=sink)
+        serving = asyncio.create_task(daemon.serve())
+        await wait_for(lambda: daemon.ami_connected or serving.done())
+        await legacy_ami.play(inbound)
+        await wait_for(lambda: len(kommo.events) >= 2)
+        await wait_for(lambda: daemon.table_sizes()["tracker"] == 0)  # the call has ended
+        outcomes = daemon.table_sizes()["outcomes"]
+        daemon.stop.set()
+        assert await serving == EXIT_OK
+    assert journaled == []
+    assert outcomes == 0

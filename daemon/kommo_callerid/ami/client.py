@@ -338,6 +338,7 @@ def _channel_event(
         cause=_int(fields.get("cause", "")),
         bridge_id=fields.get("bridgeuniqueid", ""),
         pbx=pbx,
+        has_linkedid=bool(fields.get("linkedid") or fields.get("destlinkedid")),
     )
 
 
@@ -363,6 +364,7 @@ def _legacy_dial(
         exten=fields.get("dialstring", ""),
         received_at=received_at,
         pbx=pbx,
+        has_linkedid=False,
     )
 
 

@@ -58,9 +58,10 @@ def warn_if_legacy(version: str) -> None:
             "ami.legacy_version",
             ami_version=version,
             detail=(
-                "AMI 1.x (Asterisk 11 or older) sends no Linkedid: each channel counts as its "
-                "own call, so ringing legs are not tied to the caller, and transfers and "
-                "click-to-dial legs are told apart only when a Dial event names them"
+                "AMI 1.x (Asterisk 11 or older) sends no Linkedid: a channel is tied to its "
+                "call only by the Dial that created it (attended transfers and pickups are "
+                "not followed), and the call journal is off for this PBX (no Linkedid, DialEnd "
+                "or bridge events to tell an answered call from a missed one)"
             ),
             hint="upgrade to Asterisk 13 or later for full call tracking",
         )

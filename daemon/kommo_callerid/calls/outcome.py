@@ -27,6 +27,9 @@ bridge with it) is a party; a Local ``;1`` party stands for what its ``;2`` half
 (``Local/100@agents-...;1`` -> ``PJSIP/100-...`` -> ``100``), or its own exten when that is all.
 The first party answered; later ones are transfers.
 
+AMI 1.x (Asterisk 11 and older) sends no Linkedid, ``DialEnd`` or bridge events: its events
+are counted (``no_linkedid``) and otherwise ignored here, so none of its calls is journaled.
+
 Memory: a call's state lives from its root's Newchannel to its last Hangup; at most
 ``max_calls`` calls for at most ``max_age`` seconds. Over the cap the oldest call nobody has
 answered goes first (a flood of calls that never hang up is all unanswered; a conversation
@@ -76,6 +79,7 @@ class OutcomeStats:
     dropped_link_lost: int = 0  # forgotten after a lost AMI link
     dropped_stale: int = 0  # older than max_age
     dropped_overflow: int = 0  # pushed out by max_calls
+    no_linkedid: int = 0  # events of an AMI 1.x PBX (no Linkedid): their calls are not followed
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -147,6 +151,11 @@ class OutcomeTracker:
 
     def feed(self, event: ChannelEvent) -> list[FinishedCall]:
         kind = event.kind
+        if not event.has_linkedid and kind is not _K.LINK_LOST:
+            # AMI 1.x: no Linkedid, DialEnd or bridges, so an answered call would look
+            # missed; such a PBX's calls are not journaled at all rather than journaled wrong.
+            self.stats.no_linkedid += 1
+            return []
         if kind is _K.NEWCHANNEL:
             return self._new_channel(event)
         if kind is _K.NEWCALLERID:

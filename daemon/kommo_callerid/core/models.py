@@ -58,6 +58,9 @@ class ChannelEvent:
     bridge_id: str = ""
     #: The PBX it came from (its ``[ami.NAME]``); "" for the one unnamed ``[ami]``.
     pbx: str = ""
+    #: False when Asterisk sent no Linkedid (AMI 1.x): ``linkedid`` is then a guess, and the
+    #: call's outcome cannot be followed.
+    has_linkedid: bool = True
 
     @classmethod
     def link_lost(cls, at: float, pbx: str = "") -> ChannelEvent:
