@@ -239,3 +239,19 @@ async def test_a_full_outbox_refuses_new_records_and_says_so(tmp_path: Path) -> 
     assert (full["call_id"], full["reason"]) == ("9.2", "full")
     assert "2 unsent records" in full["detail"]
     assert outbox.counts["pending"] == 2
+
+
+async def test_a_hostile_answer_is_retried_without_an_error(tmp_path: Path) -> None:
+    """A 2xx whose JSON has the wrong shapes (a list for ``_embedded``, an infinite id): the
+    item it names is taken as accepted (without an entity), the call it leaves out is
+    retried, and the sender never fails on it."""
+    hostile = '{"_embedded": {"calls": [{"request_id": "0", "_embedded": [], "entity_id": 1e999}]}}'
+    async with FakeKommo(demo_dataset()) as fake:
+        fake.fail_next(CALLS_PATH, 200, hostile, content_type="application/json")
+        with capture_logs() as logs:
+            async with journal_for(fake, tmp_path / "j.db") as journal:
+                journal.record(finished_call("6.0", JOHN))
+                journal.record(finished_call("6.1", MARIA))
+                await wait_for(lambda: journal.outbox.counts["sent"] == 2, 15)
+    assert fake.journal.uniqs() == ["6.1"]  # 6.0 was "accepted" by the hostile answer
+    assert events(logs, "journal.error") == []

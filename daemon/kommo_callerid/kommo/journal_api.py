@@ -19,7 +19,6 @@ instead, every call is sent again alone, so one bad number never sinks the other
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +33,12 @@ from kommo_callerid.core.models import (
     JournalCall,
     JournalVerdict,
     KommoError,
+)
+from kommo_callerid.kommo.journal_parse import (
+    batch_answers,
+    body_json,
+    created_task_id,
+    unsorted_lead_id,
 )
 from kommo_callerid.kommo.limits import Clock, Priority, Sleep
 from kommo_callerid.kommo.parse import Response, error_detail
@@ -54,16 +59,6 @@ QUEUE_WAIT = 60.0
 #: a notification arriving after a journal burst finds the window open, not used up.
 HEADROOM = 2.0
 
-_ENTITY_TYPES = {
-    "contact": EntityType.CONTACT,
-    "contacts": EntityType.CONTACT,
-    "lead": EntityType.LEAD,
-    "leads": EntityType.LEAD,
-    "company": EntityType.COMPANY,
-    "companies": EntityType.COMPANY,
-    "customer": EntityType.CUSTOMER,
-    "customers": EntityType.CUSTOMER,
-}
 #: ``entity_type`` as ``POST /api/v4/tasks`` wants it.
 TASK_ENTITY = {
     EntityType.CONTACT: "contacts",
@@ -110,10 +105,7 @@ class KommoJournal:
             return _for(response, call.uniq)
         if not 200 <= response.status < 300:
             return self._refused(response, call.uniq)
-        data = _json(response)
-        unsorted = _first(_embedded(data, "unsorted"))
-        leads = _embedded(unsorted, "leads") if unsorted else []
-        lead_id = _int(_first(leads).get("id")) if leads else None
+        lead_id = unsorted_lead_id(body_json(response.body))
         if lead_id is None:
             return self._odd(response, call.uniq, "no lead in the answer")
         return JournalAnswer(call.uniq, JournalVerdict.ATTACHED, EntityType.LEAD, lead_id)
@@ -135,7 +127,7 @@ class KommoJournal:
             return _for(response, task.uniq)
         if not 200 <= response.status < 300:
             return self._refused(response, task.uniq)
-        task_id = _int(_first(_embedded(_json(response), "tasks")).get("id"))
+        task_id = created_task_id(body_json(response.body))
         if task_id is None:
             return self._odd(response, task.uniq, "no task in the answer")
         return JournalAnswer(task.uniq, JournalVerdict.ATTACHED, task.entity_type, task_id)
@@ -152,7 +144,7 @@ class KommoJournal:
             return [_single_refusal(response, calls[0].uniq)]
         if not 200 <= response.status < 300:
             return [self._refused(response, call.uniq) for call in calls]
-        return _batch_answers(_json(response), calls)
+        return batch_answers(body_json(response.body), calls)
 
     async def _post(self, path: str, body: Any) -> Response | JournalAnswer:
         """The answer, or a RETRY answer when none came (logged as ``kommo.error``)."""
@@ -240,42 +232,6 @@ def _unsorted_item(call: JournalCall, pipeline_id: int, service_code: str) -> di
     return item
 
 
-def _batch_answers(data: Any, calls: Sequence[JournalCall]) -> list[JournalAnswer]:
-    """Match ``_embedded.calls`` and ``errors`` to the calls by ``request_id``."""
-    answers: dict[int, JournalAnswer] = {}
-    for item in _embedded(data, "calls"):
-        index = _int(item.get("request_id"))
-        if index is None or not 0 <= index < len(calls):
-            continue
-        entity = item.get("_embedded", {}).get("entity") if isinstance(item, dict) else None
-        answers[index] = JournalAnswer(
-            calls[index].uniq,
-            JournalVerdict.ATTACHED,
-            _ENTITY_TYPES.get(str(item.get("entity_type"))),
-            _int(item.get("entity_id")),
-            _int(entity.get("responsible_user_id")) if isinstance(entity, dict) else None,
-        )
-    errors = data.get("errors") if isinstance(data, dict) else None
-    for error in errors if isinstance(errors, list) else []:
-        index = _int(error.get("request_id")) if isinstance(error, dict) else None
-        if index is None or not 0 <= index < len(calls) or index in answers:
-            continue
-        answers[index] = _error_item(error, calls[index].uniq)
-    missing = JournalVerdict.RETRY
-    return [
-        answers.get(i, JournalAnswer(call.uniq, missing, detail="not in Kommo's answer"))
-        for i, call in enumerate(calls)
-    ]
-
-
-def _error_item(error: dict[str, Any], uniq: str) -> JournalAnswer:
-    status = _int(error.get("status"))
-    words = " ".join(str(error.get(key, "")) for key in ("title", "detail")).strip()
-    not_found = status in (204, 404) or "not found" in words.lower()
-    verdict = JournalVerdict.UNKNOWN if not_found else JournalVerdict.REJECTED
-    return JournalAnswer(uniq, verdict, detail=words or "refused", status=status)
-
-
 def _single_refusal(response: Response, uniq: str) -> JournalAnswer:
     detail = error_detail(response)
     not_found = "not found" in detail.lower()
@@ -292,29 +248,3 @@ def _verdict_for_status(status: int) -> JournalVerdict:
 
 def _for(answer: JournalAnswer, uniq: str) -> JournalAnswer:
     return JournalAnswer(uniq, answer.verdict, detail=answer.detail, status=answer.status)
-
-
-def _json(response: Response) -> Any:
-    try:
-        return json.loads(response.body) if response.body.strip() else None
-    except ValueError:
-        return None
-
-
-def _embedded(data: Any, key: str) -> list[dict[str, Any]]:
-    embedded = data.get("_embedded") if isinstance(data, dict) else None
-    items = embedded.get(key) if isinstance(embedded, dict) else None
-    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
-
-
-def _first(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return items[0] if items else {}
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
