@@ -199,3 +199,21 @@ def test_a_bad_table_env_override_exits_3(
     monkeypatch.setenv("KOMMO_CALLERID_NOTIFY__DIDS", "5551000=7")
     err = check_offline(write(tmp_path, MINIMAL), capsys)
     assert "environment variable" in err and "JSON" in err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret-pw@127.0.0.1:notaport/0",
+        "redis://:s3cret-pw@127.0.0.1:99999/0",
+        "redis://:s3cret-pw@127.0.0.1:6379/0?socket_timeout=soon",
+        "http://:s3cret-pw@127.0.0.1:6379",
+    ],
+)
+def test_an_unusable_redis_url_exits_3_without_its_password(
+    tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What redis-py would only refuse once the daemon runs (a traceback, exit 1)."""
+    err = check_offline(write(tmp_path, MINIMAL + f'[cluster]\nredis_url = "{url}"\n'), capsys)
+    assert "[cluster] redis_url" in err
+    assert "s3cret-pw" not in err

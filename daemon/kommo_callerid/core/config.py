@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from redis.connection import parse_url
 
 from kommo_callerid.core.config_sources import ENV_PREFIX, CommaListEnvSource, CredentialsSource
 
@@ -254,6 +255,13 @@ class JournalConfig(_Section):
     database: Path = Path("/var/lib/kommo-callerid/journal.sqlite3")
 
 
+def redis_url_for_messages(url: str) -> str:
+    """The URL without its user and password (``redis://:pw@host`` -> ``redis://host``)."""
+    tail = url.split("@", 1)[-1]
+    scheme = url.split("://", 1)[0]
+    return tail if "://" in tail else f"{scheme}://{tail}"
+
+
 class ClusterConfig(_Section):
     """Several daemons sharing one Kommo account through Redis; empty ``redis_url``: alone."""
 
@@ -266,8 +274,14 @@ class ClusterConfig(_Section):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
+        shown = redis_url_for_messages(value)
         if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {value!r}")
+            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {shown!r}")
+        if value:
+            try:  # redis-py's own reading of it, so what passes here connects the same way
+                parse_url(value)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            except ValueError as exc:
+                raise ValueError(f"is not a usable Redis URL ({exc}): {shown!r}") from None
         return value
 
     @property
