@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
+from kommo_callerid.calls.recipients import for_pbx
 from kommo_callerid.core.config import JournalConfig, NotifyConfig
 from kommo_callerid.core.models import CallDirection, CallStatus, FinishedCall, JournalCall
 
@@ -123,11 +124,7 @@ def responsible_user(call: FinishedCall, notify: NotifyConfig) -> int | None:
 
 
 def _by_key(table: dict[str, T], pbx: str, key: str | None) -> T | None:
-    if not key:
-        return None
-    if pbx and f"{pbx}/{key}" in table:
-        return table[f"{pbx}/{key}"]
-    return table.get(key)
+    return for_pbx(table, pbx, key) if key else None
 
 
 def recording_link(template: str, call: FinishedCall) -> str:
