@@ -14,13 +14,13 @@ from structlog.testing import capture_logs
 
 from kommo_callerid.core.config import CacheConfig, KommoConfig
 from kommo_callerid.core.models import NotifyOutcome
+from kommo_callerid.core.waiters import SlotExpired
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.kommo.limits import (
     GateClosed,
     Priority,
     RateLimiter,
     RequestGate,
-    SlotExpired,
 )
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import BY_PHONE_PATH, EVENTS_PATH, PROBLEM_JSON, FakeKommo

@@ -7,30 +7,34 @@ then holds at most ``floor(rate)`` requests, whichever daemons sent them. The wi
 sorted set (member: the slot, score: when it frees, in Redis' own clock (µs), so the daemons'
 clocks never matter); taking and releasing a slot are each one atomic script.
 
-Priority stays per daemon: waiters queue locally (notification > lookup > journal) and only
-the head of the queue asks Redis. While Redis is lost (:class:`~.link.ClusterLink`) requests
+Priority stays per daemon: waiters queue locally (notification > lookup > journal; FIFO, then
+newest first beyond ~2 s of backlog; an expired waiter leaves without a slot), in the same
+:class:`~kommo_callerid.core.waiters.WaitQueue` as the local limiter, and only the head of the
+queue asks Redis. While Redis is lost (:class:`~.link.ClusterLink`) requests
 go through ``fallback``, a local limiter at ``rate_limit / expected_nodes``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
 
 from kommo_callerid.cluster.link import FAILURES, ClusterLink
+from kommo_callerid.core.waiters import SlotExpired, WaitQueue
 
 Sleep = Callable[[float], Awaitable[None]]
 
 #: The head of the queue asks Redis again at least this often while the window is full.
 MAX_POLL = 0.05
 MARGIN_US = 5_000
+#: Seconds of backlog (at the cluster's rate) beyond which the newest waiter goes first, as
+#: in ``kommo.limits.RateLimiter``.
+LIFO_AFTER = 2.0
 
 # Scores are formatted by hand: Lua would print 1.7e15 with 14 digits and lose the µs.
 ACQUIRE = """
@@ -60,11 +64,14 @@ class Limiter(Protocol):
     @property
     def waiting(self) -> int: ...
 
+    @property
+    def expired(self) -> int: ...
+
     def slot(
         self, priority: Any = ..., deadline: float | None = ...
     ) -> AbstractAsyncContextManager[None]:
         """``deadline`` (the limiter's clock): a waiter still queued then leaves without a
-        slot, raising ``kommo.limits.SlotExpired``."""
+        slot, raising :class:`~kommo_callerid.core.waiters.SlotExpired`."""
 
 
 class SharedRateLimiter:
@@ -99,37 +106,43 @@ class SharedRateLimiter:
         self._key = link.key("ratelimit")
         self._acquire = link.redis.register_script(ACQUIRE)
         self._release = link.redis.register_script(RELEASE)
-        self._queue: list[tuple[int, int]] = []
-        self._tickets = itertools.count()
-        self._changed = asyncio.Event()
+        self._waiters = WaitQueue(math.floor(LIFO_AFTER * rate), clock)
+        self._expired_on_arrival = 0
+        #: A head's ask to Redis (or to the fallback) is in flight: no other waiter asks.
+        self._asking = False
         self.shared_slots = 0
         self.local_slots = 0
 
     @property
     def waiting(self) -> int:
-        return len(self._queue) + self._fallback.waiting
+        return self._waiters.live + self._fallback.waiting
+
+    @property
+    def expired(self) -> int:
+        """Requests that gave up waiting because their deadline passed (never sent)."""
+        return self._waiters.expired + self._expired_on_arrival + self._fallback.expired
 
     @asynccontextmanager
     async def slot(self, priority: int = 1, deadline: float | None = None) -> AsyncIterator[None]:
-        # The deadline is honoured by the local fallback; the shared queue does not expire
-        # waiters yet (the transport then sends nothing once the deadline has passed).
-        held = await self._take(priority)
-        shared = held is not None
-        self._running[shared] += 1
-        try:
-            if held is None:
-                self.local_slots += 1
-                async with self._fallback.slot(priority, deadline):
+        """Hold one request slot; raises :class:`SlotExpired` when ``deadline`` (on the
+        limiter's clock) passes first, in the shared queue or the local fallback's."""
+        async with AsyncExitStack() as local:
+            held = await self._take(priority, deadline, local)
+            shared = held is not None
+            self._running[shared] += 1
+            try:
+                if held is None:
+                    self.local_slots += 1
                     yield
-            else:
-                self.shared_slots += 1
-                try:
-                    yield
-                finally:
-                    await self._give_back(held)
-        finally:
-            self._running[shared] -= 1
-            self._free_at[shared] = self._clock() + self._period
+                else:
+                    self.shared_slots += 1
+                    try:
+                        yield
+                    finally:
+                        await self._give_back(held)
+            finally:
+                self._running[shared] -= 1
+                self._free_at[shared] = self._clock() + self._period
 
     def _other_mode_busy(self, shared: bool) -> float:
         """Seconds until the other mode's slots are free (0: free now)."""
@@ -138,39 +151,78 @@ class SharedRateLimiter:
             return MAX_POLL
         return max(0.0, self._free_at[other] - self._clock())
 
-    async def _take(self, priority: int) -> str | None:
-        """The slot's member in the shared window, or None: use the local fallback."""
-        ticket = (priority, next(self._tickets))
-        heapq.heappush(self._queue, ticket)
+    async def _take(
+        self, priority: int, deadline: float | None, local: AsyncExitStack
+    ) -> str | None:
+        """The slot's member in the shared window, or None: a slot of the local fallback,
+        entered on ``local``. The head takes it while still at the head of this queue, so
+        the fallback's queue holds one waiter at a time and, once Redis is back, the others
+        are still here to ask it (they are not stuck behind the fallback's lower rate)."""
+        waiters = self._waiters
+        limit = math.inf if deadline is None else deadline
+        waiters.expire()
+        if self._clock() >= limit:
+            self._expired_on_arrival += 1
+            raise SlotExpired
+        waiter = waiters.enqueue(priority, limit)
         try:
             while True:
-                if self._queue[0] != ticket:
-                    await self._changed.wait()
+                waiters.check(waiter)
+                if waiters.head() is not waiter or self._asking:
+                    await waiters.sleep_until_woken(waiter)  # the head, once it asked, wakes us
                     continue
                 shared = self._link.ok
                 settle = self._other_mode_busy(shared)
                 if settle > 0:
-                    await self._sleep(min(settle, MAX_POLL))
+                    await self._nap(settle, limit)
                     continue
                 if not shared:
+                    await self._take_local(priority, deadline, local)
                     return None
                 member = uuid.uuid4().hex
                 try:
-                    wait_ms = await self._link.call(
-                        self._acquire(
-                            keys=[self._key], args=[self._permits, self._lease_us, member]
-                        )
-                    )
+                    wait_ms = await self._ask(member)
                 except FAILURES:
                     continue  # degraded now: go local once our shared slots have freed
-                if int(wait_ms) == 0:
+                if wait_ms == 0:
                     return member
-                await self._sleep(min(int(wait_ms) / 1000, MAX_POLL))
+                await self._nap(wait_ms / 1000, limit)
         finally:
-            self._queue.remove(ticket)
-            heapq.heapify(self._queue)
-            self._changed.set()
-            self._changed = asyncio.Event()
+            waiters.leave(waiter)  # O(1); wakes the next head
+
+    async def _take_local(
+        self, priority: int, deadline: float | None, local: AsyncExitStack
+    ) -> None:
+        self._asking = True  # no other waiter goes to the fallback meanwhile
+        try:
+            await local.enter_async_context(self._fallback.slot(priority, deadline))
+        finally:
+            self._asking = False
+
+    async def _ask(self, member: str) -> int:
+        """One try at a shared slot: 0 (taken as ``member``) or ms until one frees. One ask at
+        a time: in a flood every newcomer is the head for a moment (newest first), and Redis
+        must not see a thousand concurrent asks (they would exhaust the connection pool)."""
+        self._asking = True
+        try:
+            wait_ms = await self._link.call(
+                self._acquire(keys=[self._key], args=[self._permits, self._lease_us, member])
+            )
+        finally:
+            self._asking = False
+            self._waiters.wake_head()  # a newer head may have queued behind this ask
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # redis-py can swallow a cancellation that lands as its answer arrives (seen in
+            # a 5,000-waiter cancel at shutdown): honour it, and free a slot taken meanwhile.
+            if int(wait_ms) == 0:
+                await self._give_back(member)
+            raise asyncio.CancelledError
+        return int(wait_ms)
+
+    async def _nap(self, seconds: float, deadline: float) -> None:
+        """The head waits for a slot: at most :data:`MAX_POLL`, never past its deadline."""
+        await self._sleep(max(0.0, min(seconds, MAX_POLL, deadline - self._clock())))
 
     async def _give_back(self, member: str) -> None:
         if not self._link.ok:

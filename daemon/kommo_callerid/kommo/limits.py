@@ -5,9 +5,6 @@ Both run on an injectable clock; neither does any HTTP.
 
 from __future__ import annotations
 
-import asyncio
-import heapq
-import itertools
 import math
 import random
 from collections import OrderedDict, deque
@@ -18,6 +15,7 @@ from enum import IntEnum
 
 from kommo_callerid.core.config import CacheConfig
 from kommo_callerid.core.models import LookupResult
+from kommo_callerid.core.waiters import SlotExpired, Waiter, WaitQueue
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -33,18 +31,6 @@ class Priority(IntEnum):
     JOURNAL = 2
 
 
-class SlotExpired(Exception):
-    """The request's deadline passed while it waited: it left the queue without a slot."""
-
-
-@dataclass(eq=False, slots=True)
-class _Waiter:
-    deadline: float
-    woken: asyncio.Future[None] | None = None
-    gone: bool = False  # served, cancelled or expired: its heap entries are dead
-    expired: bool = False
-
-
 class RateLimiter:
     """At most ``floor(rate)`` requests in any 1-second window (one per ``1/rate`` s below 1).
 
@@ -53,12 +39,10 @@ class RateLimiter:
     more than the limit either.
 
     Waiters are served by priority. Within one, first come first served while the backlog
-    clears within :data:`LIFO_AFTER` seconds; beyond that, newest first: in a flood the
-    oldest are the least likely to still be useful, and a new call must not wait behind
-    a thousand. A waiter whose deadline passes leaves at once, without using a slot
-    (:class:`SlotExpired`). Only the head waiter is ever woken; leaving is O(1) (dead heap
-    entries are skipped, and the heaps compacted when half dead), so cancelling N waiters
-    at shutdown is O(N log N), never N².
+    clears within :data:`LIFO_AFTER` seconds; beyond that, newest first. A waiter whose
+    deadline passes leaves at once, without using a slot (:class:`SlotExpired`); only the
+    head waiter is ever woken, and leaving is O(1): see :class:`~kommo_callerid.core.waiters.
+    WaitQueue`, which the cluster's shared limiter uses too.
 
     The interface other limiters (a shared Redis one) keep: ``slot(priority, deadline)``,
     ``waiting``, ``expired``.
@@ -70,22 +54,21 @@ class RateLimiter:
     def __init__(self, rate: float, *, clock: Clock, sleep: Sleep) -> None:
         self._permits = max(1, math.floor(rate))
         self._period = 1.0 if rate >= 1 else 1.0 / rate
-        self._lifo_above = max(1, math.floor(self.LIFO_AFTER * rate))
         self._clock = clock
         self._sleep = sleep
         self._running = 0
         self._finished: deque[float] = deque()
-        self._queue: list[tuple[int, int, _Waiter]] = []  # (priority, order, waiter)
-        self._deadlines: list[tuple[float, int, _Waiter]] = []  # soonest first
-        self._order = itertools.count(1)
-        self._live = 0
-        self._dead = 0
-        #: Requests that gave up waiting because their deadline passed (never sent).
-        self.expired = 0
+        self._waiters = WaitQueue(math.floor(self.LIFO_AFTER * rate), clock)
+        self._expired_on_arrival = 0
 
     @property
     def waiting(self) -> int:
-        return self._live
+        return self._waiters.live
+
+    @property
+    def expired(self) -> int:
+        """Requests that gave up waiting because their deadline passed (never sent)."""
+        return self._waiters.expired + self._expired_on_arrival
 
     @asynccontextmanager
     async def slot(
@@ -99,90 +82,40 @@ class RateLimiter:
         finally:
             self._running -= 1
             self._finished.append(self._clock())
-            self._wake_head()
+            self._waiters.wake_head()
 
     async def _acquire(self, priority: Priority, deadline: float) -> None:
-        self._expire()
+        waiters = self._waiters
+        waiters.expire()
         if self._clock() >= deadline:
-            self.expired += 1
+            self._expired_on_arrival += 1
             raise SlotExpired
-        if self._live == 0 and self._wait_time() == 0:
+        if waiters.live == 0 and self._wait_time() == 0:
             self._running += 1
             return
-        waiter = self._enqueue(priority, deadline)
+        waiter = waiters.enqueue(priority, deadline)
         try:
             await self._wait_turn(waiter)
         finally:
-            self._leave(waiter)
+            waiters.leave(waiter)
         self._running += 1
-        self._wake_head()
+        waiters.wake_head()
 
-    def _enqueue(self, priority: Priority, deadline: float) -> _Waiter:
-        waiter = _Waiter(deadline)
-        order = next(self._order)
-        if self._live >= self._lifo_above:
-            order = -order  # a backlog: the newest goes first
-        heapq.heappush(self._queue, (int(priority), order, waiter))
-        if deadline < math.inf:
-            heapq.heappush(self._deadlines, (deadline, order, waiter))
-        self._live += 1
-        return waiter
-
-    async def _wait_turn(self, waiter: _Waiter) -> None:
+    async def _wait_turn(self, waiter: Waiter) -> None:
+        waiters = self._waiters
         while True:
             if waiter.expired:
                 raise SlotExpired
-            if self._head() is waiter:
+            if waiters.head() is waiter:
                 wait = self._wait_time()
                 if wait is not None and wait <= 0:
                     return
                 if wait is not None:  # a slot frees in ``wait`` s (or the deadline comes)
                     await self._sleep(min(wait, max(0.0, waiter.deadline - self._clock())))
-                    self._expire()
+                    waiters.expire()
                     continue
-            waiter.woken = asyncio.get_running_loop().create_future()
-            await waiter.woken  # woken when it becomes the head, a slot frees, or it expires
-            self._expire()
-
-    def _leave(self, waiter: _Waiter) -> None:
-        if waiter.gone:
-            return
-        waiter.gone = True
-        self._live -= 1
-        self._dead += 1
-        if self._dead > 64 and self._dead > self._live:
-            self._compact()
-        self._wake_head()
-
-    def _expire(self) -> None:
-        """Every waiter whose deadline has passed leaves now, and is told."""
-        now = self._clock()
-        while self._deadlines and self._deadlines[0][0] <= now:
-            waiter = heapq.heappop(self._deadlines)[2]
-            if waiter.gone:
-                continue
-            waiter.expired = True
-            self.expired += 1
-            self._leave(waiter)
-            _wake(waiter)
-
-    def _head(self) -> _Waiter | None:
-        queue = self._queue
-        while queue and queue[0][2].gone:
-            heapq.heappop(queue)
-        return queue[0][2] if queue else None
-
-    def _wake_head(self) -> None:
-        head = self._head()
-        if head is not None:
-            _wake(head)
-
-    def _compact(self) -> None:
-        self._queue = [entry for entry in self._queue if not entry[2].gone]
-        heapq.heapify(self._queue)
-        self._deadlines = [entry for entry in self._deadlines if not entry[2].gone]
-        heapq.heapify(self._deadlines)
-        self._dead = 0
+            await waiters.sleep_until_woken(waiter)
+            waiters.expire()
 
     def _wait_time(self) -> float | None:
         """0 when a slot is free, seconds until one frees, or None: wait for a release."""
@@ -194,11 +127,6 @@ class RateLimiter:
         if self._finished:
             return self._finished[0] + self._period - now
         return None
-
-
-def _wake(waiter: _Waiter) -> None:
-    if waiter.woken is not None and not waiter.woken.done():
-        waiter.woken.set_result(None)
 
 
 def retry_delay(attempt: int, *, base: float = 0.25, cap: float = 4.0) -> float:

@@ -24,6 +24,7 @@ from kommo_callerid import __version__
 from kommo_callerid.cluster.limiter import Limiter
 from kommo_callerid.core.config import KommoConfig
 from kommo_callerid.core.models import DeadlineReached, KommoAuthError, KommoError, LatencyHistogram
+from kommo_callerid.core.waiters import SlotExpired
 from kommo_callerid.kommo.auth import TOKEN_PATH, TokenProvider
 from kommo_callerid.kommo.limits import (
     Clock,
@@ -32,7 +33,6 @@ from kommo_callerid.kommo.limits import (
     RateLimiter,
     RequestGate,
     Sleep,
-    SlotExpired,
     retry_delay,
 )
 from kommo_callerid.kommo.parse import DETAIL_CHARS, Response, error_detail, loads_json
