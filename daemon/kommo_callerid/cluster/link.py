@@ -10,13 +10,19 @@ State: ``ok`` while Redis answers, ``degraded`` after an operation failed (each 
 works alone, see :mod:`kommo_callerid.cluster.limiter` and :mod:`.claims`). While degraded
 nothing waits for Redis: callers ask :attr:`ClusterLink.ok` first, and a probe loop PINGs once
 a second until Redis answers again (``cluster.restored``).
+
+Per-call operations (a call's claim, its lookup in the shared cache) go through
+:meth:`ClusterLink.call_bounded`: at most :data:`BOUNDED_CALLS` of them at once, well below the
+pool's :data:`MAX_CONNECTIONS`. A flood of a thousand calls then queues here, in order,
+instead of waiting for pooled connections (a wait longer than :data:`POOL_WAIT` counts as
+Redis being lost), and the rate limiter and the OAuth lock always find a connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
@@ -35,6 +41,8 @@ PROBE_INTERVAL = 1.0
 MAX_CONNECTIONS = 64
 #: How long an operation waits for a free pooled connection before Redis counts as lost.
 POOL_WAIT = 2.0
+#: Per-call operations in flight at once (:meth:`ClusterLink.call_bounded`).
+BOUNDED_CALLS = 16
 #: What a lost or unhealthy Redis raises through redis-py.
 FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
@@ -62,6 +70,7 @@ class ClusterLink:
         self._ok = True
         self._restored = asyncio.Event()
         self.degradations = 0
+        self._bounded = asyncio.Semaphore(BOUNDED_CALLS)
 
     @property
     def ok(self) -> bool:
@@ -96,6 +105,12 @@ class ClusterLink:
         except FAILURES as exc:
             self.failed(exc)
             raise
+
+    async def call_bounded(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """:meth:`call` for a per-call operation, made (``operation()``) and awaited once one
+        of the :data:`BOUNDED_CALLS` places is free."""
+        async with self._bounded:
+            return await self.call(operation())
 
     def failed(self, exc: BaseException) -> None:
         if self._ok:

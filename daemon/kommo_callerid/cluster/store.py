@@ -2,7 +2,9 @@
 TTL, so Redis forgets them by itself) and the OAuth pair (one JSON value, changed under a
 ``redis.asyncio.lock.Lock``).
 
-Every method degrades: with Redis lost, the cache misses and puts nothing, and the pair
+A call's cache reads and writes go through ``ClusterLink.call_bounded`` (a flood's thousand
+lookups queue there, not on the connection pool); the OAuth pair and its lock do not wait
+behind them. Every method degrades: with Redis lost, the cache misses and puts nothing, and the pair
 reads as None; callers then work from their local copies.
 """
 
@@ -19,6 +21,7 @@ from kommo_callerid.core.models import Entity, EntityType, LookupResult
 
 #: How long a daemon that started a lookup keeps the others waiting for its answer.
 LEAD_TTL = 2.0
+LEAD_TTL_MS = round(LEAD_TTL * 1000)
 
 
 class SharedCache:
@@ -34,7 +37,7 @@ class SharedCache:
         if not self._link.ok:
             return None
         try:
-            raw = await self._link.call(self._link.redis.get(self._key(digits)))
+            raw = await self._link.call_bounded(lambda: self._link.redis.get(self._key(digits)))
         except FAILURES:
             return None
         return _result(raw) if raw is not None else None
@@ -44,8 +47,8 @@ class SharedCache:
             return
         body = json.dumps(asdict(result))
         try:
-            await self._link.call(
-                self._link.redis.set(self._key(digits), body, px=round(ttl * 1000))
+            await self._link.call_bounded(
+                lambda: self._link.redis.set(self._key(digits), body, px=round(ttl * 1000))
             )
         except FAILURES:
             return
@@ -57,8 +60,8 @@ class SharedCache:
             return True
         key = self._link.key("lookup-lead", digits)
         try:
-            won = await self._link.call(
-                self._link.redis.set(key, self._link.node, nx=True, px=round(LEAD_TTL * 1000))
+            won = await self._link.call_bounded(
+                lambda: self._link.redis.set(key, self._link.node, nx=True, px=LEAD_TTL_MS)
             )
         except FAILURES:
             return True
