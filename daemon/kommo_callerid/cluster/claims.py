@@ -1,10 +1,20 @@
 """Exactly one daemon acts on a call: a claim per (call id, purpose) in Redis.
 
-``SET key token NX PX ttl`` makes one daemon the owner; the owner renews the claim every
-``ttl / 3`` while it works and, when done, replaces it with a ``done`` marker kept for
-:data:`DONE_KEEP` seconds, so a daemon that sees the call late (or again after an AMI
-reconnect) leaves it alone. A daemon that lost the race keeps watching: when the owner dies
-its claim lapses within ``ttl`` and the first watcher to ``SET NX`` again takes over.
+Claiming sets the key to a token of ours when it is free (one Lua call, ``CLAIM``), which
+makes this daemon the owner; the claim lives ``ttl`` and is renewed every ``ttl / 3`` while
+the owner works and, when done, replaced with a ``done`` marker kept for :data:`DONE_KEEP`
+seconds, so a daemon that sees the call late (or again after an AMI reconnect) leaves it
+alone. A daemon that lost the race keeps watching: when the owner dies its claim lapses
+within ``ttl`` and the first watcher to claim it again takes over.
+
+What that costs Redis does not grow with the calls held or watched (a flood holds a thousand
+at once): one ticker per daemon (:meth:`Claims.start`, every ``ttl / 3``) renews every held
+claim and reads every watched one in one Lua call (``TICK``; a call per
+:data:`TICK_CHUNK` keys), then wakes the watchers with what it read. Claiming, finishing and
+releasing stay one command per call, at most ``BOUNDED_CALLS`` at once
+(:meth:`~.link.ClusterLink.call_bounded`), so a flood never drains the connection pool. A
+failed tick is tried again after ``ttl / 6`` and does not by itself mark the link degraded
+(the link's probe decides that): a claim lapses only when three ticks in a row missed it.
 
 While Redis is lost every claim is granted locally (the daemon works alone): a call that
 several daemons see is then handled by each of them (duplicates, never a lost call).
@@ -16,64 +26,59 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
+import structlog
+
+from kommo_callerid.cluster.claim_scripts import CLAIM, FINISH, RECORD, RELEASE, TICK
 from kommo_callerid.cluster.link import FAILURES, ClusterLink
 
-Clock = Callable[[], float]
+log = structlog.get_logger(__name__)
+
 Sleep = Callable[[float], Awaitable[None]]
 
 #: How long a claim lives without renewal: how long a dead owner's call waits for a watcher.
 CLAIM_TTL = 3.0
 #: How long a finished call's marker stays (longer than any call's notify_ttl).
 DONE_KEEP = 3600.0
-DONE = b"done"
 EVERYONE = "*"
+#: Keys per Lua call of a tick (a flood's thousand claims: one call).
+TICK_CHUNK = 2_000
 
-RECORD = """
-redis.call('SADD', KEYS[1], unpack(ARGV, 2))
-return redis.call('PEXPIRE', KEYS[1], ARGV[1])
-"""
-
-RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-FINISH = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], 'done', 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
+#: A claim's state as the scripts report it (:mod:`.claim_scripts`).
+FREE, HELD, FINISHED = 0, 1, 2
+#: What a watcher hears once the ticker has stopped (the daemon stops): give up.
+STOPPED = -1
 
 
 class Claim:
-    """This daemon owns (call id, purpose) until :meth:`finish` or :meth:`release`."""
+    """This daemon owns (call id, purpose) until :meth:`finish` or :meth:`release`; the
+    daemon's ticker renews it meanwhile."""
 
-    def __init__(self, claims: Claims | None, key: str, token: str) -> None:
+    def __init__(
+        self, claims: Claims | None, key: str, token: str, notified: frozenset[str] = frozenset()
+    ) -> None:
         self._claims = claims
         self.key = key
         self._token = token
+        self._notified = notified
 
     @property
     def shared(self) -> bool:
         """False: granted locally while Redis was lost."""
         return self._claims is not None
 
-    async def renew(self) -> bool:
-        """Extend the claim; False when it was lost (expired and taken, or Redis gone)."""
-        if self._claims is None:
-            return True
-        return await self._claims.run(self._claims.renew_script, self.key, self._token, True)
+    @property
+    def held(self) -> bool:
+        """False once a tick found it lost (expired and taken, or Redis restarted empty)."""
+        return self._claims is None or self._claims.holds(self.key, self._token)
 
     async def finish(self, keep: float = DONE_KEEP) -> None:
         """Done: nobody acts on this call again for ``keep`` seconds."""
         if self._claims is not None:
-            await self._claims.run(self._claims.finish_script, self.key, self._token, False, keep)
+            self._claims.drop(self.key, self._token)
+            await self._claims.run(self._claims.finish_script, self.key, self._token, keep)
 
     async def record(self, users: tuple[int, ...] | None) -> None:
         """Note who was notified (None: everyone), so a daemon taking the call over after
@@ -82,15 +87,16 @@ class Claim:
             await self._claims.record(self.key, users)
 
     async def recorded(self) -> tuple[frozenset[int], bool]:
-        """Who a previous owner notified, and whether it notified everyone."""
-        if self._claims is None:
-            return frozenset(), False
-        return await self._claims.recorded(self.key)
+        """Who a previous owner notified, and whether it notified everyone (read with the
+        claim itself)."""
+        names = self._notified
+        return frozenset(int(n) for n in names if n.isdigit()), EVERYONE in names
 
     async def release(self) -> None:
         """Give the call up unfinished: another daemon may claim it at once."""
         if self._claims is not None:
-            await self._claims.run(self._claims.release_script, self.key, self._token, False)
+            self._claims.drop(self.key, self._token)
+            await self._claims.run(self._claims.release_script, self.key, self._token)
 
 
 class Claims:
@@ -105,82 +111,194 @@ class Claims:
         self.ttl = ttl
         self._sleep = sleep
         redis = link.redis
-        self.renew_script = redis.register_script(RENEW)
+        self._claim = redis.register_script(CLAIM)
+        self._tick = redis.register_script(TICK)
         self.finish_script = redis.register_script(FINISH)
         self._record = redis.register_script(RECORD)
-        self.release_script = redis.register_script(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end"
-            " return 0"
-        )
+        self.release_script = redis.register_script(RELEASE)
+        #: Held claims (key: our token) and watched ones (key: how many watch it).
+        self._held: dict[str, str] = {}
+        self._watched: Counter[str] = Counter()
+        #: What the next tick read of the watched claims, for every watcher at once.
+        self._news: asyncio.Future[Mapping[str, int]] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._stopped = False
+        self.ticks = 0
+        self.failed_ticks = 0
+        #: Held claims a tick found gone (lapsed and taken over, or Redis emptied).
+        self.lost = 0
+
+    @property
+    def holding(self) -> int:
+        """Claims this daemon holds (and renews) in Redis now."""
+        return len(self._held)
+
+    @property
+    def watching(self) -> int:
+        """Claims of other daemons this daemon watches now."""
+        return len(self._watched)
+
+    def start(self) -> None:
+        """Start the ticker (renewing and watching every claim); :meth:`stop` ends it."""
+        if self._ticker is None and not self._stopped:
+            self._ticker = asyncio.create_task(self._run(), name="cluster-claims")
+
+    async def stop(self) -> None:
+        """End the ticker; watchers give up at once (held claims are left to their owners)."""
+        self._stopped = True
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+        self._tell({})
 
     def key(self, call_id: str, purpose: str) -> str:
         return self._link.key("claim", purpose, call_id)
 
+    def holds(self, key: str, token: str) -> bool:
+        return self._held.get(key) == token
+
+    def drop(self, key: str, token: str) -> None:
+        """No longer renew ``key`` (finished or released)."""
+        if self._held.get(key) == token:
+            del self._held[key]
+
     async def claim(self, call_id: str, purpose: str) -> Claim | None:
         """One try: the claim, or None when another daemon holds it or has finished it."""
-        key = self.key(call_id, purpose)
+        return (await self._try(self.key(call_id, purpose)))[0]
+
+    async def _try(self, key: str) -> tuple[Claim | None, int]:
         if not self._link.ok:
-            return Claim(None, key, "")
+            return Claim(None, key, ""), FREE
         token = f"{self._link.node}:{uuid.uuid4().hex}"
+        ttl_ms = round(self.ttl * 1000)
+        keys = [key, sent_key(key)]
         try:
-            won = await self._link.call(
-                self._link.redis.set(key, token, nx=True, px=round(self.ttl * 1000))
+            answer = await self._link.call_bounded(
+                lambda: self._claim(keys=keys, args=[token, ttl_ms])
             )
         except FAILURES:
-            return Claim(None, key, "")
-        return Claim(self, key, token) if won else None
+            return Claim(None, key, ""), FREE
+        state, *notified = answer
+        if int(state) != FREE:
+            return None, int(state)
+        self._held[key] = token
+        names = frozenset(n.decode() if isinstance(n, bytes) else str(n) for n in notified)
+        return Claim(self, key, token, names), FREE
 
     async def wait_claim(
         self, call_id: str, purpose: str, *, until: Callable[[], bool]
     ) -> Claim | None:
         """Claim, or watch the owner until it finishes (None), dies (we take over), or
         ``until()`` says the call no longer needs anyone (None)."""
+        key = self.key(call_id, purpose)
         while True:
-            won = await self.claim(call_id, purpose)
+            won, state = await self._try(key)
             if won is not None:
                 return won
-            if await self._finished(self.key(call_id, purpose)) or until():
+            if state == FINISHED or until() or await self._watch(key, until) != FREE:
                 return None
-            await self._sleep(self.ttl / 3)
 
-    async def run(self, script: object, key: str, token: str, default: bool, *args: float) -> bool:
-        """Run one of the claim scripts; ``default`` when Redis is lost."""
+    async def _watch(self, key: str, until: Callable[[], bool]) -> int:
+        """Tick by tick until ``key`` is free (FREE: try again), finished, or ``until()``."""
+        self.start()  # (started by the owner already; a watcher without a ticker waits forever)
+        self._watched[key] += 1
+        try:
+            while not self._stopped:
+                if self._news is None:
+                    self._news = asyncio.get_running_loop().create_future()
+                # shielded: a watcher cancelled must not cancel the news for the others
+                state = (await asyncio.shield(self._news)).get(key, HELD)
+                if state != HELD:
+                    return state
+                if until():
+                    return HELD
+            return STOPPED
+        finally:
+            self._watched[key] -= 1
+            if not self._watched[key]:
+                del self._watched[key]
+
+    def _tell(self, states: Mapping[str, int]) -> None:
+        news, self._news = self._news, None
+        if news is not None and not news.done():
+            news.set_result(states)
+
+    async def _run(self) -> None:
+        while True:
+            ok = await self.tick()
+            await self._sleep(self.ttl / 3 if ok else self.ttl / 6)
+
+    async def tick(self) -> bool:
+        """Renew every held claim and read every watched one, then wake the watchers; False
+        when Redis did not answer (logged; the link's probe decides whether it is lost)."""
+        if not self._link.ok:  # alone: every watcher claims locally
+            self._tell(dict.fromkeys(self._watched, FREE))
+            return True
+        states: dict[str, int] = {}
+        try:
+            for keys, tokens in self._chunks():
+                ttl_ms = round(self.ttl * 1000)
+                answer = await self._tick(keys=keys, args=[ttl_ms, len(tokens), *tokens])
+                for index, (key, state) in enumerate(zip(keys, answer, strict=True)):
+                    if index >= len(tokens):
+                        states[key] = int(state)
+                    elif not state and self._held.get(key) == tokens[index]:
+                        del self._held[key]
+                        self.lost += 1
+        except FAILURES as exc:
+            self.failed_ticks += 1
+            log.warning(
+                "cluster.claims_tick_failed",
+                reason=f"{type(exc).__name__}: {exc}"[:200],
+                node=self._link.node,
+                held=len(self._held),
+                watched=len(self._watched),
+            )
+            return False
+        finally:
+            self.ticks += 1
+            self._tell(states)
+        return True
+
+    def _chunks(self) -> Iterator[tuple[list[str], list[str]]]:
+        """(keys, tokens of the first ones: the held claims), TICK_CHUNK keys at a time."""
+        held = list(self._held.items())
+        watched = [key for key in self._watched if key not in self._held]
+        for start in range(0, len(held) + len(watched), TICK_CHUNK):
+            part = held[start : start + TICK_CHUNK]
+            rest = TICK_CHUNK - len(part)
+            first = max(0, start - len(held))
+            keys = [key for key, _ in part] + watched[first : first + rest]
+            yield keys, [token for _, token in part]
+
+    async def run(self, script: object, key: str, token: str, *args: float) -> bool:
+        """Run one of the claim scripts; False when Redis is lost."""
         if not self._link.ok:
-            return default
+            return False
         extra = [round(arg * 1000) for arg in args] or [round(self.ttl * 1000)]
         try:
-            result = await self._link.call(
-                script(keys=[key], args=[token, *extra])  # type: ignore[operator]
+            result = await self._link.call_bounded(
+                lambda: script(keys=[key], args=[token, *extra])  # type: ignore[operator]
             )
         except FAILURES:
-            return default
+            return False
         return bool(result)
 
     async def record(self, key: str, users: tuple[int, ...] | None) -> None:
         if not self._link.ok:
             return
         members = [str(user) for user in users] if users is not None else [EVERYONE]
-        sent = f"{key}:sent"
+        sent = sent_key(key)
+        keep_ms = round(DONE_KEEP * 1000)
         try:
-            await self._link.call(
-                self._record(keys=[sent], args=[round(DONE_KEEP * 1000), *members])
+            await self._link.call_bounded(
+                lambda: self._record(keys=[sent], args=[keep_ms, *members])
             )
         except FAILURES:
             return
 
-    async def recorded(self, key: str) -> tuple[frozenset[int], bool]:
-        if not self._link.ok:
-            return frozenset(), False
-        try:
-            members = await self._link.call(self._link.redis.smembers(f"{key}:sent"))
-        except FAILURES:
-            return frozenset(), False
-        names = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
-        return frozenset(int(n) for n in names if n.isdigit()), EVERYONE in names
 
-    async def _finished(self, key: str) -> bool:
-        try:
-            value = await self._link.call(self._link.redis.get(key))
-        except FAILURES:
-            return False
-        return value == DONE
+def sent_key(key: str) -> str:
+    """Where a claim's owners note who they notified."""
+    return f"{key}:sent"

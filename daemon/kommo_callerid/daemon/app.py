@@ -270,6 +270,7 @@ class Daemon:
         ]
         if cluster is not None:
             running.background.append(asyncio.create_task(cluster.link.watch(), name="cluster"))
+            cluster.claims.start()  # stopped at shutdown (or by cluster.close)
         if journal is not None:
             journal.start()  # owned by the sender; stopped by journal.close on the way out
         log.info(
@@ -340,6 +341,8 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*running.background, return_exceptions=True)
         running.notifier.hand_back_calls()
+        if running.cluster is not None:  # the calls' watchers give up now, not at the next tick
+            await running.cluster.claims.stop()
         in_flight = len(running.call_tasks)
         grace = max(0.0, grace_ends - loop.time())
         journal = running.journal.close(grace) if running.journal else asyncio.sleep(0)

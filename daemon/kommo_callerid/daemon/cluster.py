@@ -69,6 +69,7 @@ class Cluster:
         return "ok" if self.link.ok else "degraded"
 
     async def close(self) -> None:
+        await self.claims.stop()
         await self.link.close()
 
 
