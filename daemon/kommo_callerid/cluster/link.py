@@ -6,10 +6,17 @@ runs a Lua script by SHA and reloads it after a server restart (NOSCRIPT), and i
 ``Lock`` the OAuth refresh needs. coredis has nicer typing and cluster-topology support, but
 we talk to one server and need neither; one fewer dependency to audit wins.
 
-State: ``ok`` while Redis answers, ``degraded`` after an operation failed (each daemon then
-works alone, see :mod:`kommo_callerid.cluster.limiter` and :mod:`.claims`). While degraded
-nothing waits for Redis: callers ask :attr:`ClusterLink.ok` first, and a probe loop PINGs once
-a second until Redis answers again (``cluster.restored``).
+State: ``ok`` while Redis answers, ``degraded`` once it does not (each daemon then works
+alone, see :mod:`kommo_callerid.cluster.limiter` and :mod:`.claims`). While degraded nothing
+waits for Redis: callers ask :attr:`ClusterLink.ok` first, and a probe loop (:meth:`watch`)
+PINGs once a second until Redis answers again (``cluster.restored``). A failed operation makes
+the probe PING at once, and only a failed PING degrades the link: an operation can also fail
+because this daemon's event loop stalled past the socket timeout (a burst of work; Redis had
+answered in time), and that must not make the daemon work alone. Without the probe loop (a
+one-shot command) a failed operation degrades the link at once.
+
+The pool is warmed at start-up with :data:`WARM_CONNECTIONS` connections, so a flood does not
+open new ones while the loop is busiest (a connect that misses its timeout fails too).
 
 Per-call operations (a call's claim, its lookup in the shared cache) go through
 :meth:`ClusterLink.call_bounded`: at most :data:`BOUNDED_CALLS` of them at once, well below the
@@ -21,6 +28,7 @@ Redis being lost), and the rate limiter and the OAuth lock always find a connect
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -43,6 +51,8 @@ MAX_CONNECTIONS = 64
 POOL_WAIT = 2.0
 #: Per-call operations in flight at once (:meth:`ClusterLink.call_bounded`).
 BOUNDED_CALLS = 16
+#: Connections opened at start-up: the bounded calls, the limiter's, a tick's and the probe's.
+WARM_CONNECTIONS = BOUNDED_CALLS + 4
 #: What a lost or unhealthy Redis raises through redis-py.
 FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
@@ -71,6 +81,10 @@ class ClusterLink:
         self._restored = asyncio.Event()
         self.degradations = 0
         self._bounded = asyncio.Semaphore(BOUNDED_CALLS)
+        #: An operation failed while ok: the probe PINGs now; this is the reason if it fails.
+        self._suspect: BaseException | None = None
+        self._check_now = asyncio.Event()
+        self._probing = False
 
     @property
     def ok(self) -> bool:
@@ -96,10 +110,11 @@ class ClusterLink:
                 f"cannot reach Redis at {where} ({type(exc).__name__}: {exc}); check "
                 "[cluster] redis_url and that redis-server runs"
             ) from None
+        await asyncio.gather(*(self.redis.ping() for _ in range(WARM_CONNECTIONS)))
         log.info("cluster.connected", redis=where, node=self.node)
 
     async def call(self, operation: Awaitable[T]) -> T:
-        """Await one Redis operation; on failure mark the cluster degraded and raise it again."""
+        """Await one Redis operation; on failure tell :meth:`failed` and raise it again."""
         try:
             return await operation
         except FAILURES as exc:
@@ -113,6 +128,16 @@ class ClusterLink:
             return await self.call(operation())
 
     def failed(self, exc: BaseException) -> None:
+        """An operation failed: degraded if the probe's PING fails too (at once without it)."""
+        if not self._ok:
+            return
+        if self._probing:
+            self._suspect = self._suspect or exc
+            self._check_now.set()
+        else:
+            self._degrade(exc)
+
+    def _degrade(self, exc: BaseException) -> None:
         if self._ok:
             self._ok = False
             self.degradations += 1
@@ -125,20 +150,32 @@ class ClusterLink:
             )
 
     async def watch(self) -> None:
-        """Forever: PING every second; notice loss, and report ``cluster.restored``."""
-        while True:
-            await asyncio.sleep(PROBE_INTERVAL)
-            try:
-                await self.redis.ping()
-            except FAILURES as exc:
-                self.failed(exc)
-                continue
-            if not self._ok:
-                # Connections pooled before the loss may point at a server that restarted.
-                await self.redis.connection_pool.disconnect()
-                self._ok = True
-                self._restored.set()
-                log.info("cluster.restored", node=self.node)
+        """Forever: PING every second, and at once after a failed operation; notice loss
+        (``cluster.degraded``), and report ``cluster.restored``."""
+        self._probing = True
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(PROBE_INTERVAL):
+                        await self._check_now.wait()
+                self._check_now.clear()
+                await self._probe()
+        finally:
+            self._probing = False
+
+    async def _probe(self) -> None:
+        suspect, self._suspect = self._suspect, None
+        try:
+            await self.redis.ping()
+        except FAILURES as exc:
+            self._degrade(suspect or exc)
+            return
+        if not self._ok:
+            # Connections pooled before the loss may point at a server that restarted.
+            await self.redis.connection_pool.disconnect()
+            self._ok = True
+            self._restored.set()
+            log.info("cluster.restored", node=self.node)
 
     async def close(self) -> None:
         await self.redis.aclose()
