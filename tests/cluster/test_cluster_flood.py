@@ -37,6 +37,8 @@ NOTIFY_TTL = 4.0
 SHUTDOWN_TIMEOUT = 1.0
 #: Slack on a stop's ``shutdown_timeout`` for a loaded 2-core machine.
 STOP_SLACK = 0.5
+#: How long a stop may hang before the test fails, showing where every task waits.
+STOP_LIMIT = 15.0
 #: A notify_ttl long enough that the flood's claims are all held and watched for a while.
 HELD_TTL = 12.0
 #: How long the commands are counted while they are, from SETTLE s after all were claimed.
@@ -59,7 +61,12 @@ class Flooded:
         started = time.monotonic()
         for daemon in self.daemons:
             daemon.stop.set()
-        codes = await asyncio.gather(*self.serving)
+        try:
+            async with asyncio.timeout(STOP_LIMIT):
+                codes = await asyncio.gather(*self.serving)
+        except TimeoutError:
+            _print_tasks()
+            raise AssertionError(f"the daemons did not stop in {STOP_LIMIT} s") from None
         took = time.monotonic() - started
         assert codes == [EXIT_OK, EXIT_OK]
         return took
@@ -169,6 +176,12 @@ def _claims(daemon: Daemon) -> Claims:
     running = daemon._running
     assert running is not None and running.cluster is not None
     return running.cluster.claims
+
+
+def _print_tasks() -> None:
+    for task in asyncio.all_tasks():
+        print(f"--- {task.get_name()} (cancelling: {task.cancelling()})")
+        task.print_stack(limit=12)
 
 
 def _sha(script: str) -> str:
