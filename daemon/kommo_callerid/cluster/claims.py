@@ -225,7 +225,7 @@ class Claims:
             news.set_result(states)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopped:  # (also ends if redis-py swallowed the stop's cancel)
             ok = await self.tick()
             await self._sleep(self.ttl / 3 if ok else self.ttl / 6)
 

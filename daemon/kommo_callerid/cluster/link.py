@@ -85,6 +85,7 @@ class ClusterLink:
         self._suspect: BaseException | None = None
         self._check_now = asyncio.Event()
         self._probing = False
+        self._closed = False
 
     @property
     def ok(self) -> bool:
@@ -129,8 +130,8 @@ class ClusterLink:
 
     def failed(self, exc: BaseException) -> None:
         """An operation failed: degraded if the probe's PING fails too (at once without it)."""
-        if not self._ok:
-            return
+        if not self._ok or self._closed:
+            return  # (closed: what was still running at the daemon's stop failed)
         if self._probing:
             self._suspect = self._suspect or exc
             self._check_now.set()
@@ -178,6 +179,7 @@ class ClusterLink:
             log.info("cluster.restored", node=self.node)
 
     async def close(self) -> None:
+        self._closed = True
         await self.redis.aclose()
 
 

@@ -53,5 +53,5 @@ async def hold(
         await claim.finish()
         finished = True
     finally:
-        if not finished:
-            await asyncio.shield(claim.release())
+        if not finished:  # not shielded: a release must not outlive the daemon's link
+            await claim.release()
