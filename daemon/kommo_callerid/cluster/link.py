@@ -154,8 +154,12 @@ class ClusterLink:
         """Forever: PING every second, and at once after a failed operation; notice loss
         (``cluster.degraded``), and report ``cluster.restored``."""
         self._probing = True
+        this = asyncio.current_task()
         try:
-            while True:
+            # Not ``while True``: a cancel that lands as a timeout expires (here, or in
+            # redis-py's socket timeout) can come out as TimeoutError and be swallowed on
+            # Python 3.11; the task still says it is being cancelled (a hang at stop, seen).
+            while this is None or not this.cancelling():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(PROBE_INTERVAL):
                         await self._check_now.wait()
