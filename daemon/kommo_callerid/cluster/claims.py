@@ -77,8 +77,10 @@ class Claim:
     async def finish(self, keep: float = DONE_KEEP) -> None:
         """Done: nobody acts on this call again for ``keep`` seconds."""
         if self._claims is not None:
-            self._claims.drop(self.key, self._token)
-            await self._claims.run(self._claims.finish_script, self.key, self._token, keep)
+            try:  # renewed until the marker is set: a flood's finishes may queue a while
+                await self._claims.run(self._claims.finish_script, self.key, self._token, keep)
+            finally:
+                self._claims.drop(self.key, self._token)
 
     async def record(self, users: tuple[int, ...] | None) -> None:
         """Note who was notified (None: everyone), so a daemon taking the call over after
@@ -95,8 +97,10 @@ class Claim:
     async def release(self) -> None:
         """Give the call up unfinished: another daemon may claim it at once."""
         if self._claims is not None:
-            self._claims.drop(self.key, self._token)
-            await self._claims.run(self._claims.release_script, self.key, self._token)
+            try:
+                await self._claims.run(self._claims.release_script, self.key, self._token)
+            finally:
+                self._claims.drop(self.key, self._token)
 
 
 class Claims:
