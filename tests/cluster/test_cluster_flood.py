@@ -36,7 +36,7 @@ REAL_CALLER = "14155550199"
 NOTIFY_TTL = 4.0
 SHUTDOWN_TIMEOUT = 1.0
 #: Slack on a stop's ``shutdown_timeout`` for a loaded 2-core machine.
-STOP_SLACK = 0.5
+STOP_SLACK = 1.0
 #: How long a stop may hang before the test fails, showing where every task waits.
 STOP_LIMIT = 15.0
 #: A notify_ttl long enough that the flood's claims are all held and watched for a while.
@@ -169,7 +169,7 @@ async def test_a_cluster_flood_keeps_the_link_and_redis_commands_bounded(
     ticks = window[f"evalsha:{_sha(TICK)}"]
     assert ticks <= 2 * (WINDOW / (CLAIM_TTL / 3) + 1), window
     # What else is sent meanwhile: the rate limiter's asks and each notified call's record.
-    assert sum(window.values()) / took < 600, window
+    assert sum(window.values()) / took < 800, window  # 44-507/s measured; 1,050/s before
     assert busiest < 4 * FLOOD, busiest
     assert stop_took < SHUTDOWN_TIMEOUT + STOP_SLACK, stop_took
 

@@ -37,7 +37,7 @@ import structlog
 from redis import asyncio as aioredis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
-from kommo_callerid.core.config import ClusterConfig
+from kommo_callerid.core.config import ClusterConfig, redis_url_for_messages
 
 log = structlog.get_logger(__name__)
 
@@ -96,7 +96,7 @@ class ClusterLink:
 
     async def connect(self) -> None:
         """PING once; raise :class:`ClusterStartError` with a sentence when that fails."""
-        where = _where(self.config.redis_url)
+        where = redis_url_for_messages(self.config.redis_url)
         try:
             await self.redis.ping()
         except AuthenticationError:
@@ -185,10 +185,3 @@ class ClusterLink:
     async def close(self) -> None:
         self._closed = True
         await self.redis.aclose()
-
-
-def _where(url: str) -> str:
-    """The url without its password, for messages."""
-    tail = url.split("@", 1)[-1]
-    scheme = url.split("://", 1)[0]
-    return tail if "://" in tail else f"{scheme}://{tail}"
