@@ -32,7 +32,7 @@ from kommo_callerid.sim.kommo_data import (
     KommoDataset,
 )
 
-from support import ManualClock, events
+from support import ManualClock, events, wait_for
 
 TOKEN = "tok-" + "Zq9xLr2v" * 4
 JOHN = "+18305803077"
@@ -341,10 +341,13 @@ async def test_a_failure_nobody_waits_for_is_not_an_unretrieved_exception(
     for waiter in waiters:
         waiter.cancel()
     await asyncio.gather(*waiters, return_exceptions=True)
-    await asyncio.sleep(0.1)  # the shared request fails with nobody listening
+    # Nobody waits any more, so the shared request is given up (a call shed in a flood):
+    # whether it was sent yet depends on the machine's load, never more than once.
+    await wait_for(lambda: client.table_sizes()["inflight"] == 0, timeout=5)
+    await asyncio.sleep(0.1)  # a request that was sent gets its (failed) answer meanwhile
     gc.collect()
     assert loop_errors == []
-    assert fake.requests_to(BY_PHONE_PATH) == 1
+    assert fake.requests_to(BY_PHONE_PATH) <= 1
 
 
 async def test_close_cancels_a_lookup_in_flight(fake: FakeKommo) -> None:
