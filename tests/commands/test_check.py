@@ -194,6 +194,16 @@ async def test_an_unanswered_filter_is_a_warning_not_a_failure(
     assert "FAIL" not in out
 
 
+async def test_an_ami_1x_pbx_is_a_warning_naming_what_it_lacks(
+    tmp_path: Path, kommo: FakeKommo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with FakeAmiServer(version="1.3") as ami:
+        assert await check_against(tmp_path, ami, kommo) == 0
+    out = capsys.readouterr().out
+    assert "WARN AMI: AMI 1.3 is Asterisk 11 or older" in out
+    assert "the call journal is off" in out
+
+
 async def test_nothing_listening_on_the_ami_port(
     tmp_path: Path, kommo: FakeKommo, capsys: pytest.CaptureFixture[str]
 ) -> None:

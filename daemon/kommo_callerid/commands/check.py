@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from kommo_callerid.ami.client import AmiClient
+from kommo_callerid.ami.hints import is_legacy
 from kommo_callerid.ami.supervisor import EVENT_FILTERS
 from kommo_callerid.commands.check_cluster import check_cluster
 from kommo_callerid.commands.check_kommo import check_kommo
@@ -79,6 +80,12 @@ async def check_ami(pbx: PbxConfig, listen: float, report: Report) -> None:
             f"{who}: logged in to {info.host}:{info.port} as {ami.username!r} "
             f"(banner: Asterisk Call Manager/{info.ami_version})"
         )
+        if is_legacy(info.ami_version):
+            report.warn(
+                f"{who}: AMI {info.ami_version} is Asterisk 11 or older (no Linkedid): calls are "
+                "tied to their legs only by Dial events, and the call journal is off for it",
+                "upgrade to Asterisk 13 or later for full call tracking and the journal",
+            )
         await _check_filter(client, pbx, report)
         seen = await _listen(client, queue, listen, ami.connect_timeout)
         _judge_call_class(seen, pbx, report)
