@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 from kommo_callerid.core.models import CallStatus
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
+from kommo_callerid.sim.scenarios import CallScenarios
 
 from support import events, finished_call, make_config, running_daemon, wait_for
 
@@ -57,3 +58,23 @@ async def test_disabled_journal_opens_no_database(ami: FakeAmiServer, tmp_path: 
                 assert (await answer.json())["journal_pending"] is None
     assert not database.exists()
     assert kommo.journal.calls == []
+
+
+async def test_calls_lost_with_the_ami_link_are_counted_as_untracked(ami: FakeAmiServer) -> None:
+    """A call in progress when the link drops can never be journaled (its Hangups are in the
+    gap): /metrics and the stats line say so, by reason, instead of losing it silently."""
+    call = CallScenarios().inbound("18305803077", agents=())
+    async with FakeKommo(demo_dataset()) as kommo:
+        config = make_config(ami, kommo, http=LOCAL)
+        with capture_logs() as logs:
+            async with running_daemon(config) as daemon, aiohttp.ClientSession() as http:
+                await ami.play(call.events)
+                await wait_for(lambda: daemon.table_sizes()["outcomes"] == 1)
+                ami.drop()
+                await wait_for(lambda: daemon.table_sizes()["outcomes"] == 0)
+                async with http.get(f"http://127.0.0.1:{daemon.http_port}/metrics") as answer:
+                    metrics = await answer.text()
+    assert 'kommo_callerid_journal_untracked_total{reason="link_lost"} 1.0' in metrics
+    assert 'kommo_callerid_journal_untracked_total{reason="overflow"} 0.0' in metrics
+    [stopped] = events(logs, "daemon.stopped")
+    assert stopped["journal_untracked"] == 1

@@ -84,6 +84,14 @@ class OutcomeStats:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def untracked(self) -> dict[str, int]:
+        """Calls forgotten before their end, so never journaled, by reason."""
+        return {
+            "overflow": self.dropped_overflow,
+            "stale": self.dropped_stale,
+            "link_lost": self.dropped_link_lost,
+        }
+
 
 class OutcomeTracker:
     """Feed it every channel event; it answers with the calls that just ended."""

@@ -8,6 +8,7 @@ one PBX never evicts another's calls from the tracker's bounded table.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
 from kommo_callerid.calls.detector import CallTracker, Decision
@@ -107,3 +108,10 @@ class PbxOutcomeTrackers:
 
     def expire(self, now: float) -> int:
         return sum(tracker.expire(now) for tracker in self._trackers.values())
+
+    def untracked(self) -> dict[str, int]:
+        """Every PBX's calls forgotten before their end (never journaled), by reason."""
+        total: Counter[str] = Counter()
+        for tracker in self._trackers.values():
+            total.update(tracker.stats.untracked())
+        return dict(total)

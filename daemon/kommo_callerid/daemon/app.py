@@ -447,12 +447,13 @@ class Daemon:
             started_at=running.started_at,
             cluster_up=running.cluster.link.ok if running.cluster else None,
             kommo_waiting=running.kommo.table_sizes().get("limiter_waiting", 0),
-            **self._journal_view(running.journal),
+            **self._journal_view(running),
             pbx_links=running.links.stats() if running.links.named else (),
         )
 
     @staticmethod
-    def _journal_view(journal: JournalSender | None) -> dict[str, Any]:
+    def _journal_view(running: _Running) -> dict[str, Any]:
+        journal = running.journal
         if journal is None:
             return {}
         return {
@@ -461,6 +462,7 @@ class Daemon:
             "journal_pending": journal.pending,
             "journal_sent": journal.stats.sent,
             "journal_dropped": dict(journal.stats.dropped),
+            "journal_untracked": running.outcomes.untracked(),
         }
 
     async def _start_http(self, running: _Running) -> bool:

@@ -32,6 +32,7 @@ SKIP_REASONS = tuple(str(reason) for reason in SkipReason)
 DROP_REASONS = ("ttl", "rejected", "shed")
 CALLERID_RESULTS = tuple(str(answer) for answer in Answer)
 JOURNAL_DROP_REASONS = ("rejected", "expired", "unknown", "full")
+JOURNAL_UNTRACKED_REASONS = ("overflow", "stale", "link_lost")
 
 
 class MetricsExporter:
@@ -198,6 +199,15 @@ def _journal(view: StatsView) -> Iterator[Metric]:
         "reason",
         view.journal_dropped,
         JOURNAL_DROP_REASONS if view.journal_enabled else (),
+    )
+    yield _labelled_counter(
+        "journal_untracked",
+        "Calls forgotten before they ended, so never journaled, by reason: overflow (over "
+        "5,000 at once on a PBX), stale (4 h without a Hangup), link_lost (in progress when "
+        "the AMI link was lost).",
+        "reason",
+        view.journal_untracked,
+        JOURNAL_UNTRACKED_REASONS if view.journal_enabled else (),
     )
 
 

@@ -66,6 +66,8 @@ class StatsView:
     journal_pending: int = 0
     journal_sent: int = 0
     journal_dropped: Mapping[str, int] = field(default_factory=dict)
+    #: Calls forgotten before they ended (so never journaled), by reason.
+    journal_untracked: Mapping[str, int] = field(default_factory=dict)
     #: Per PBX, with several (``[ami.NAME]``); empty for the one unnamed ``[ami]``.
     pbx_links: tuple[PbxLinkStats, ...] = ()
 
@@ -105,6 +107,7 @@ def log_fields(view: StatsView) -> dict[str, Any]:
         "journal_pending": view.journal_pending,
         "journal_sent": view.journal_sent,
         "journal_dropped": sum(view.journal_dropped.values()),
+        "journal_untracked": sum(view.journal_untracked.values()),
         **_pbx_fields(view.pbx_links),
     }
 
