@@ -49,6 +49,20 @@ async def start(config: Path, *wrapper: str) -> asyncio.subprocess.Process:
     )
 
 
+async def restart_until_delivered(config: Path, kommo: FakeKommo, count: int) -> tuple[int, bytes]:
+    """Start the daemon again, let it deliver ``count`` calls, SIGTERM it: its exit code and
+    stdout."""
+    second = await start(config)
+    try:
+        await wait_for(lambda: len(kommo.journal.calls) >= count, 20)
+        await asyncio.sleep(0.5)  # nothing more arrives
+    finally:
+        second.send_signal(signal.SIGTERM)
+        stdout, _ = await asyncio.wait_for(second.communicate(), 10)
+    assert second.returncode is not None
+    return second.returncode, stdout
+
+
 def pending_records(count: int) -> list[JournalEntry]:
     entries = []
     for n in range(count):
@@ -82,14 +96,8 @@ async def test_sigkill_with_50_records_pending_then_all_delivered_exactly_once(
         reopened.close()
 
         kommo.journal.down = False
-        second = await start(config)
-        try:
-            await wait_for(lambda: len(kommo.journal.calls) >= 50, 20)
-            await asyncio.sleep(0.5)  # nothing more arrives
-        finally:
-            second.send_signal(signal.SIGTERM)
-            stdout, _ = await asyncio.wait_for(second.communicate(), 10)
-    assert second.returncode == 0
+        returncode, stdout = await restart_until_delivered(config, kommo, 50)
+    assert returncode == 0
     delivered = Counter(kommo.journal.uniqs())
     assert len(delivered) == 50 and set(delivered.values()) == {1}
     lines = [json.loads(line) for line in stdout.decode().splitlines()]
@@ -121,14 +129,8 @@ async def test_calls_the_daemon_journaled_survive_its_sigkill(
             first.send_signal(signal.SIGKILL)
             await first.communicate()
         kommo.journal.down = False
-        second = await start(config)
-        try:
-            await wait_for(lambda: len(kommo.journal.calls) >= 50, 20)
-            await asyncio.sleep(0.5)  # nothing more arrives
-        finally:
-            second.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(second.communicate(), 10)
-    assert second.returncode == 0
+        returncode, _ = await restart_until_delivered(config, kommo, 50)
+    assert returncode == 0
     delivered = Counter(kommo.journal.uniqs())
     assert sorted(delivered) == sorted(call.linkedid for call in calls)
     assert set(delivered.values()) == {1}
