@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
@@ -193,9 +194,12 @@ async def test_check_tells_a_proxy_that_wants_credentials(
 async def test_check_tells_a_proxy_that_does_not_answer(
     ami: FakeAmiServer, kommo: FakeKommo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with ForwardingProxy() as gone:
-        port = gone.port
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
-    said = await _check(_config(ami, kommo))
+    # A port bound but never listening refuses connections, and stays ours for the whole
+    # test: a port merely closed again may be handed to someone else's listener meanwhile.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        said = await _check(_config(ami, kommo))
     assert f"FAIL Kommo: the proxy http://127.0.0.1:{port} (from HTTP_PROXY) did not answer" in said
     assert "check HTTP_PROXY" in said
