@@ -7,9 +7,10 @@ import atexit
 import itertools
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,17 @@ _journal_numbers = itertools.count(1)
 def temp_journal() -> str:
     """A fresh journal database path for one test daemon."""
     return str(_JOURNALS / f"journal-{next(_journal_numbers)}.sqlite3")
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port bound but never listening, so connecting to it is refused. It stays
+    bound while the test runs: a port merely closed again may be handed to another listener
+    meanwhile (seen once in CI: a "dead" proxy answered 407)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port: int = held.getsockname()[1]
+        yield port
 
 
 def make_config(ami: FakeAmiServer, kommo: FakeKommo, /, **sections: dict[str, Any]) -> Config:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +22,7 @@ from kommo_callerid.sim.ami_server import AmiUser, FakeAmiServer
 from kommo_callerid.sim.recording import events_only, format_message, read_recording
 from kommo_callerid.sim.scenarios import CallScenarios
 
-from support import RECORDINGS
+from support import RECORDINGS, refused_port
 
 ASTERISK_22 = sorted(
     p for p in (RECORDINGS / "asterisk-22").glob("*.txt") if not p.name.endswith(".actions.txt")
@@ -80,13 +79,6 @@ def drain(queue: EventQueue) -> list[ChannelEvent]:
     return events
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def one_shot_server(reply: bytes) -> asyncio.Server:
     """A TCP server that says ``reply`` to each client and hangs up."""
 
@@ -127,10 +119,11 @@ async def test_refused_login_raises_with_the_server_message(
 
 
 async def test_refused_connection(queue: EventQueue) -> None:
-    ami = AmiClient(ami_config(free_port()), queue)
-    with pytest.raises(AmiConnectionError, match=r"cannot connect to 127\.0\.0\.1"):
-        await ami.connect()
-    assert "cannot connect" in await ami.wait_closed()
+    with refused_port() as port:
+        ami = AmiClient(ami_config(port), queue)
+        with pytest.raises(AmiConnectionError, match=r"cannot connect to 127\.0\.0\.1"):
+            await ami.connect()
+        assert "cannot connect" in await ami.wait_closed()
     await ami.close()
 
 

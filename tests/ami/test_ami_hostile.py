@@ -21,7 +21,7 @@ from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
 from kommo_callerid.sim.recording import format_message
 from kommo_callerid.sim.scenarios import CallScenarios
 
-from support import events, make_config, running_daemon, wait_for
+from support import events, make_config, refused_port, running_daemon, wait_for
 
 DID = {"dids": {"5551000": [7]}, "to": ["did"]}
 EventQueue = asyncio.Queue[ChannelEvent]
@@ -167,11 +167,8 @@ async def _http_server() -> asyncio.Server:
 
 
 async def test_a_closed_port_is_a_warning_with_a_hint() -> None:
-    server = await _http_server()
-    port = server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
-    scheduled = await _two_attempts(config_for(port))
+    with refused_port() as port:
+        scheduled = await _two_attempts(config_for(port))
     assert scheduled[0]["log_level"] == "warning"
     assert "refused" in str(scheduled[0]["reason"]).lower()
     assert "nothing listens on" in str(scheduled[0]["hint"])

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import io
 import json
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, AmiUser, F
 from kommo_callerid.sim.kommo_app import ACCOUNT_PATH, PROBLEM_JSON, FakeKommo, demo_dataset
 from kommo_callerid.sim.scenarios import CallScenarios
 
-from support import wait_for
+from support import refused_port, wait_for
 
 NO_CALL_CLASS = AmiUser(DEMO_SECRET, read=frozenset({"system"}))
 NO_WRITE_SYSTEM = AmiUser(DEMO_SECRET, write=frozenset())
@@ -81,13 +80,6 @@ def jwt_expiring_at(exp: int) -> str:
         return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 
     return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part({'exp': exp, 'sub': '1'})}.c2ln"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # ---- all well ----
@@ -207,8 +199,9 @@ async def test_an_ami_1x_pbx_is_a_warning_naming_what_it_lacks(
 async def test_nothing_listening_on_the_ami_port(
     tmp_path: Path, kommo: FakeKommo, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = write_config(tmp_path, closed_port(), kommo.base_url, kommo.token)
-    assert await run_check(config) == 1
+    with refused_port() as port:
+        config = write_config(tmp_path, port, kommo.base_url, kommo.token)
+        assert await run_check(config) == 1
     out = capsys.readouterr().out
     assert "FAIL AMI: cannot connect to 127.0.0.1:" in out
     assert "fix: check [ami] host/port/tls" in out and "enabled = yes" in out
@@ -280,8 +273,9 @@ async def test_kommo_host_that_refuses_connections(
     tmp_path: Path, kommo: FakeKommo, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with FakeAmiServer() as ami:
-        url = f"http://127.0.0.1:{closed_port()}"
-        assert await check_against(tmp_path, ami, kommo, base_url=url) == 1
+        with refused_port() as port:
+            url = f"http://127.0.0.1:{port}"
+            assert await check_against(tmp_path, ami, kommo, base_url=url) == 1
     out = capsys.readouterr().out
     assert "refused the connection: wrong host or port" in out
     assert "fix: set [kommo] base_url to https://<subdomain>.kommo.com" in out
@@ -333,14 +327,15 @@ def test_listen_must_be_a_non_negative_number() -> None:
 async def test_oauth_without_tokens_says_how_to_authorise(
     tmp_path: Path, kommo: FakeKommo, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = write_config(tmp_path, closed_port(), kommo.base_url, kommo.token)
-    text = config.read_text().replace(
-        f'access_token = "{kommo.token}"',
-        'client_id = "id"\nclient_secret = "cs"\nredirect_uri = "https://pbx.example/cb"\n'
-        f'token_file = "{tmp_path / "tokens.json"}"',
-    )
-    config.write_text(text)
-    assert await run_check(config) == 1
+    with refused_port() as port:
+        config = write_config(tmp_path, port, kommo.base_url, kommo.token)
+        text = config.read_text().replace(
+            f'access_token = "{kommo.token}"',
+            'client_id = "id"\nclient_secret = "cs"\nredirect_uri = "https://pbx.example/cb"\n'
+            f'token_file = "{tmp_path / "tokens.json"}"',
+        )
+        config.write_text(text)
+        assert await run_check(config) == 1
     out = capsys.readouterr().out
     assert "FAIL Kommo OAuth: no OAuth tokens yet" in out
     assert "kommo-callerid authorize CODE" in out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,7 +31,7 @@ from kommo_callerid.sim.kommo_data import (
     KommoDataset,
 )
 
-from support import ManualClock, events, wait_for
+from support import ManualClock, events, refused_port, wait_for
 
 TOKEN = "tok-" + "Zq9xLr2v" * 4
 JOHN = "+18305803077"
@@ -420,13 +419,11 @@ async def test_timeout_is_a_kommo_error(fake: FakeKommo) -> None:
 
 
 async def test_connection_refused_is_a_kommo_error() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    async with make_client(f"http://127.0.0.1:{closed_port}") as kommo:
-        with pytest.raises(KommoError) as raised:
-            await kommo.lookup(JOHN, within=0.2)
-        assert await kommo.notify(JOHN, None, within=0.2) is NotifyOutcome.DROPPED_TTL
+    with refused_port() as port:
+        async with make_client(f"http://127.0.0.1:{port}") as kommo:
+            with pytest.raises(KommoError) as raised:
+                await kommo.lookup(JOHN, within=0.2)
+            assert await kommo.notify(JOHN, None, within=0.2) is NotifyOutcome.DROPPED_TTL
     assert raised.value.status is None
     assert raised.value.detail.startswith("ClientConnectorError")
 

@@ -9,7 +9,6 @@ import asyncio
 import base64
 import contextlib
 import io
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +24,7 @@ from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import ACCOUNT_PATH, FakeKommo, demo_dataset
 
-from support import make_config
+from support import make_config, refused_port
 
 PASSWORD = "pr0xy-Pa55word"
 AUTH = "Basic " + base64.b64encode(f"agent:{PASSWORD}".encode()).decode()
@@ -194,11 +193,7 @@ async def test_check_tells_a_proxy_that_wants_credentials(
 async def test_check_tells_a_proxy_that_does_not_answer(
     ami: FakeAmiServer, kommo: FakeKommo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A port bound but never listening refuses connections, and stays ours for the whole
-    # test: a port merely closed again may be handed to someone else's listener meanwhile.
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        port = held.getsockname()[1]
+    with refused_port() as port:
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
         said = await _check(_config(ami, kommo))
     assert f"FAIL Kommo: the proxy http://127.0.0.1:{port} (from HTTP_PROXY) did not answer" in said
