@@ -11,7 +11,10 @@ Priority stays per daemon: waiters queue locally (notification > lookup > journa
 newest first beyond ~2 s of backlog; an expired waiter leaves without a slot), in the same
 :class:`~kommo_callerid.core.waiters.WaitQueue` as the local limiter, and only the head of the
 queue asks Redis. While Redis is lost (:class:`~.link.ClusterLink`) requests
-go through ``fallback``, a local limiter at ``rate_limit / expected_nodes``.
+go through ``fallback``, a local limiter at ``rate_limit / expected_nodes``; the window keeps
+that share free for every daemon that may be working so (:mod:`.presence`), and a daemon
+works alone only once its last beat's promise has run out, so the daemons' switches between
+the window and their shares, each at its own moment, never add up to more than ``rate``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from typing import Any, Protocol
 
 from kommo_callerid.cluster.link import FAILURES, ClusterLink
+from kommo_callerid.cluster.presence import FRESH, REMEMBER, SETTLE, Presence
 from kommo_callerid.core.waiters import SlotExpired, WaitQueue
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -37,12 +41,20 @@ MARGIN_US = 5_000
 LIFO_AFTER = 2.0
 
 # Scores are formatted by hand: Lua would print 1.7e15 with 14 digits and lose the µs.
+# KEYS: the window, the daemons' beats (.presence). ARGV: permits, lease (µs), a daemon's
+# share, FRESH and REMEMBER (µs), this daemon's name, the slot's member.
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local fresh_since = now - tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now - tonumber(ARGV[5])))
+local away = redis.call('ZCOUNT', KEYS[2], '-inf', string.format('(%.0f', fresh_since))
+local mine = redis.call('ZSCORE', KEYS[2], ARGV[6])
+if mine and tonumber(mine) < fresh_since then away = away - 1 end
+local permits = math.max(1, tonumber(ARGV[1]) - away * tonumber(ARGV[3]))
+if redis.call('ZCARD', KEYS[1]) < permits then
+  redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[7])
   redis.call('PEXPIRE', KEYS[1], math.floor(tonumber(ARGV[2]) / 1000) + 1000)
   return 0
 end
@@ -89,6 +101,8 @@ class SharedRateLimiter:
     ) -> None:
         self._link = link
         self._permits = max(1, math.floor(rate))
+        #: The slots a daemon working alone may hold (its fallback's).
+        self._share = max(1, math.floor(rate / link.config.expected_nodes))
         # Microseconds of Redis' clock; the margin absorbs the daemons' and Kommo's clocks
         # ticking apart from Redis' by a little.
         self._period_us = round(1e6 * (1.0 if rate >= 1 else 1.0 / rate)) + MARGIN_US
@@ -104,12 +118,20 @@ class SharedRateLimiter:
         self._running = {True: 0, False: 0}
         self._free_at = {True: 0.0, False: 0.0}
         self._key = link.key("ratelimit")
+        self._keys = [self._key, link.key("nodes")]
+        #: ACQUIRE's arguments but the member (its last).
+        self._args: list[int | str] = [self._permits, self._lease_us, self._share]
+        self._args += [round(FRESH * 1e6), round(REMEMBER * 1e6), link.node]
+        self.presence = Presence(
+            link, self._all_in_window, period=self._period, clock=clock, sleep=sleep
+        )
         self._acquire = link.redis.register_script(ACQUIRE)
         self._release = link.redis.register_script(RELEASE)
         self._waiters = WaitQueue(math.floor(LIFO_AFTER * rate), clock)
         self._expired_on_arrival = 0
         #: A head's ask to Redis (or to the fallback) is in flight: no other waiter asks.
         self._asking = False
+        self._entering_local = False
         self.shared_slots = 0
         self.local_slots = 0
 
@@ -144,12 +166,34 @@ class SharedRateLimiter:
                 self._running[shared] -= 1
                 self._free_at[shared] = self._clock() + self._period
 
-    def _other_mode_busy(self, shared: bool) -> float:
-        """Seconds until the other mode's slots are free (0: free now)."""
+    def start(self) -> None:
+        """Start beating (:mod:`.presence`); :meth:`stop` leaves the cluster's count."""
+        self.presence.start()
+
+    async def stop(self) -> None:
+        """Leave the cluster's count once our local slots have left the window (the others
+        get our share back then, not while Kommo still counts them): at most a period."""
+        if self._link.ok:
+            await self._sleep(max(0.0, min(self._free_at[False] - self._clock(), self._period)))
+        await self.presence.stop()
+
+    def _shared_now(self) -> bool:
+        """The window, not the fallback: Redis answers and has not just come back."""
+        return self._link.ok and self._clock() >= self._link.restored_at + SETTLE
+
+    def _all_in_window(self) -> bool:
+        local = self._running[False] or self._entering_local
+        return self._shared_now() and not local and self._free_at[False] <= self._clock()
+
+    def _settle(self, shared: bool) -> float:
+        """Seconds until a slot may be taken in this mode (0: now): the other mode's slots
+        are free, and before working alone our last beat's promise has run out."""
         other = not shared
-        if self._running[other]:
-            return MAX_POLL
-        return max(0.0, self._free_at[other] - self._clock())
+        now = self._clock()
+        wait = MAX_POLL if self._running[other] else max(0.0, self._free_at[other] - now)
+        if not shared:
+            wait = max(wait, self.presence.promised_until() - now)
+        return wait
 
     async def _take(
         self, priority: int, deadline: float | None, local: AsyncExitStack
@@ -171,8 +215,8 @@ class SharedRateLimiter:
                 if waiters.head() is not waiter or self._asking:
                     await waiters.sleep_until_woken(waiter)  # the head, once it asked, wakes us
                     continue
-                shared = self._link.ok
-                settle = self._other_mode_busy(shared)
+                shared = self._shared_now()
+                settle = self._settle(shared)
                 if settle > 0:
                     await self._nap(settle, limit)
                     continue
@@ -194,10 +238,13 @@ class SharedRateLimiter:
         self, priority: int, deadline: float | None, local: AsyncExitStack
     ) -> None:
         self._asking = True  # no other waiter goes to the fallback meanwhile
+        # A slot the fallback grants after Redis came back is still a slot outside the
+        # window: no beat until it is over (seen: 8 requests in a second at a restore).
+        self._entering_local = True
         try:
             await local.enter_async_context(self._fallback.slot(priority, deadline))
         finally:
-            self._asking = False
+            self._asking = self._entering_local = False
 
     async def _ask(self, member: str) -> int:
         """One try at a shared slot: 0 (taken as ``member``) or ms until one frees. One ask at
@@ -206,7 +253,7 @@ class SharedRateLimiter:
         self._asking = True
         try:
             wait_ms = await self._link.call(
-                self._acquire(keys=[self._key], args=[self._permits, self._lease_us, member])
+                self._acquire(keys=self._keys, args=[*self._args, member])
             )
         finally:
             self._asking = False

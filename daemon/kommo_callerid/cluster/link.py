@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -79,6 +81,8 @@ class ClusterLink:
         self.redis: aioredis.Redis = client or aioredis.Redis.from_pool(pool)
         self._ok = True
         self._restored = asyncio.Event()
+        #: When (``time.monotonic``) Redis last came back; never, at first.
+        self.restored_at = -math.inf
         self.degradations = 0
         self._bounded = asyncio.Semaphore(BOUNDED_CALLS)
         #: An operation failed while ok: the probe PINGs now; this is the reason if it fails.
@@ -179,6 +183,7 @@ class ClusterLink:
             # Connections pooled before the loss may point at a server that restarted.
             await self.redis.connection_pool.disconnect()
             self._ok = True
+            self.restored_at = time.monotonic()
             self._restored.set()
             log.info("cluster.restored", node=self.node)
 

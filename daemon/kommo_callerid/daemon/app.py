@@ -271,6 +271,7 @@ class Daemon:
         if cluster is not None:
             running.background.append(asyncio.create_task(cluster.link.watch(), name="cluster"))
             cluster.claims.start()  # stopped at shutdown (or by cluster.close)
+            cluster.limiter.start()  # its beat; stopped by cluster.close, after the drain
         if journal is not None:
             journal.start()  # owned by the sender; stopped by journal.close on the way out
         log.info(

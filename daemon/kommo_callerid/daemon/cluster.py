@@ -70,6 +70,7 @@ class Cluster:
 
     async def close(self) -> None:
         await self.claims.stop()
+        await self.limiter.stop()
         await self.link.close()
 
 
