@@ -52,6 +52,9 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now - tonu
 local away = redis.call('ZCOUNT', KEYS[2], '-inf', string.format('(%.0f', fresh_since))
 local mine = redis.call('ZSCORE', KEYS[2], ARGV[6])
 if mine and tonumber(mine) < fresh_since then away = away - 1 end
+-- asking here is a beat: this daemon's requests all go through the window
+redis.call('ZADD', KEYS[2], string.format('%.0f', now), ARGV[6])
+redis.call('PEXPIRE', KEYS[2], math.floor(tonumber(ARGV[5]) / 1000))
 local permits = math.max(1, tonumber(ARGV[1]) - away * tonumber(ARGV[3]))
 if redis.call('ZCARD', KEYS[1]) < permits then
   redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[7])
@@ -251,6 +254,7 @@ class SharedRateLimiter:
         a time: in a flood every newcomer is the head for a moment (newest first), and Redis
         must not see a thousand concurrent asks (they would exhaust the connection pool)."""
         self._asking = True
+        self.presence.promise()  # the ask beats (ACQUIRE)
         try:
             wait_ms = await self._link.call(
                 self._acquire(keys=self._keys, args=[*self._args, member])

@@ -8,11 +8,12 @@ a second: Kommo answers 429, and repeated 429s block the account. The same happe
 moment at every outage, because the daemons notice the loss and the return of Redis at
 different moments (each probes on its own second).
 
-So each daemon *beats*: every :data:`BEAT_INTERVAL` it writes its name with Redis' time into a
-sorted set while all its requests go through the shared window (the link is ok, it is not
-settling, and no local slot is running or still counts in its local window), and else an
-older time, which marks it away. A beat promises "for :data:`FRESH` seconds from now every
-request of mine is in the window"; a daemon that loses
+So each daemon *beats*: with every ask for a slot in the window, and every
+:data:`BEAT_INTERVAL` (a busy event loop may be late for that one), it writes its name with
+Redis' time into a sorted set while all its requests go through the shared window (the link
+is ok, it is not settling, and no local slot is running or still counts in its local
+window), and else an older time, which marks it away. A beat promises "for :data:`FRESH`
+seconds from now every request of mine is in the window"; a daemon that loses
 Redis lets its last promise run out before it starts working alone (:meth:`promised_until`),
 and then one period of the window more: slots taken by the others while it still counted as
 present hold their place that long.
@@ -83,6 +84,10 @@ class Presence:
         self._stopped = False
         self.beats = 0
 
+    def promise(self) -> None:
+        """A beat is being sent (here, or with an ask for a slot in the window)."""
+        self._promised_until = self._clock() + self._promise
+
     def promised_until(self) -> float:
         """Until when (this daemon's clock) the others may count us as in the window: no
         local slot before then."""
@@ -111,7 +116,7 @@ class Presence:
         present = self._all_in_window()
         if present:
             # Promised before sending: a beat whose answer is lost may still have landed.
-            self._promised_until = self._clock() + self._promise
+            self.promise()
         dated_back = 0 if present else round(AWAY * 1e6)
         try:
             await self._link.call(
