@@ -79,6 +79,11 @@ async def _busy(nodes: list[Node], script: Callable[[], Awaitable[None]]) -> lis
     return [at for node in nodes for at in node.starts]
 
 
+async def _mend(node: Node) -> None:
+    node.relay.mend()
+    await wait_for(lambda: node.link.ok)
+
+
 def _report(name: str, starts: list[float], nodes: list[Node]) -> None:
     alone = [node.limiter.local_slots for node in nodes]
     print(f"\n{name}: most in one second {most_in_any_window(starts)}, alone {alone}")
@@ -91,11 +96,9 @@ async def test_daemons_that_lose_and_regain_redis_at_different_moments(nodes: li
         await asyncio.sleep(0.6)
         nodes[1].relay.cut()
         await asyncio.sleep(2.5)
-        nodes[0].relay.mend()
-        await wait_for(lambda: nodes[0].link.ok)
+        await _mend(nodes[0])
         await asyncio.sleep(1.6)
-        nodes[1].relay.mend()
-        await wait_for(lambda: nodes[1].link.ok)
+        await _mend(nodes[1])
         await asyncio.sleep(2.5)
 
     starts = await _busy(nodes, script)
@@ -112,8 +115,7 @@ async def test_a_daemon_cut_off_alone_keeps_its_share_free(nodes: list[Node]) ->
         nodes[1].relay.cut()
         cut_at.append(time.monotonic())
         await asyncio.sleep(5.0)
-        nodes[1].relay.mend()
-        await wait_for(lambda: nodes[1].link.ok)
+        await _mend(nodes[1])
         await asyncio.sleep(2.0)
 
     starts = await _busy(nodes, script)
