@@ -33,6 +33,7 @@ import structlog
 
 from kommo_callerid.cluster.claim_scripts import CLAIM, FINISH, RECORD, RELEASE, TICK
 from kommo_callerid.cluster.link import FAILURES, ClusterLink
+from kommo_callerid.cluster.ticker import Ticker
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +114,6 @@ class Claims:
     ) -> None:
         self._link = link
         self.ttl = ttl
-        self._sleep = sleep
         redis = link.redis
         self._claim = redis.register_script(CLAIM)
         self._tick = redis.register_script(TICK)
@@ -125,8 +125,7 @@ class Claims:
         self._watched: Counter[str] = Counter()
         #: What the next tick read of the watched claims, for every watcher at once.
         self._news: asyncio.Future[Mapping[str, int]] | None = None
-        self._ticker: asyncio.Task[None] | None = None
-        self._stopped = False
+        self._ticker = Ticker(self._step, "cluster-claims", sleep)
         self.ticks = 0
         self.failed_ticks = 0
         #: Held claims a tick found gone (lapsed and taken over, or Redis emptied).
@@ -144,16 +143,11 @@ class Claims:
 
     def start(self) -> None:
         """Start the ticker (renewing and watching every claim); :meth:`stop` ends it."""
-        if self._ticker is None and not self._stopped:
-            self._ticker = asyncio.create_task(self._run(), name="cluster-claims")
+        self._ticker.start()
 
     async def stop(self) -> None:
         """End the ticker; watchers give up at once (held claims are left to their owners)."""
-        self._stopped = True
-        ticker, self._ticker = self._ticker, None
-        if ticker is not None:
-            ticker.cancel()
-            await asyncio.gather(ticker, return_exceptions=True)
+        await self._ticker.stop()
         self._tell({})
 
     def key(self, call_id: str, purpose: str) -> str:
@@ -208,7 +202,7 @@ class Claims:
         self.start()  # (started by the owner already; a watcher without a ticker waits forever)
         self._watched[key] += 1
         try:
-            while not self._stopped:
+            while not self._ticker.stopped:
                 if self._news is None:
                     self._news = asyncio.get_running_loop().create_future()
                 # shielded: a watcher cancelled must not cancel the news for the others
@@ -228,10 +222,8 @@ class Claims:
         if news is not None and not news.done():
             news.set_result(states)
 
-    async def _run(self) -> None:
-        while not self._stopped:  # (also ends if redis-py swallowed the stop's cancel)
-            ok = await self.tick()
-            await self._sleep(self.ttl / 3 if ok else self.ttl / 6)
+    async def _step(self) -> float:
+        return self.ttl / 3 if await self.tick() else self.ttl / 6
 
     async def tick(self) -> bool:
         """Renew every held claim and read every watched one, then wake the watchers; False

@@ -36,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from kommo_callerid.cluster.link import FAILURES, PROBE_INTERVAL, SOCKET_TIMEOUT, ClusterLink
+from kommo_callerid.cluster.ticker import Ticker
 
 BEAT_INTERVAL = 0.25
 #: How long a beat vouches for its daemon (four beats: one lost beat is not an absence).
@@ -72,7 +73,6 @@ class Presence:
         self._link = link
         self._all_in_window = all_in_window
         self._clock = clock
-        self._sleep = sleep
         self.key = link.key("nodes")
         self._beat = link.redis.register_script(BEAT)
         self._promised_until = 0.0
@@ -80,8 +80,7 @@ class Presence:
         #: socket timeout, vouches for FRESH, and the others' slots taken meanwhile hold
         #: their place for a period.
         self._promise = SOCKET_TIMEOUT + FRESH + period
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
+        self._ticker = Ticker(self._step, "cluster-presence", sleep)
         self.beats = 0
 
     def promise(self) -> None:
@@ -94,17 +93,12 @@ class Presence:
         return self._promised_until
 
     def start(self) -> None:
-        if self._task is None and not self._stopped:
-            self._task = asyncio.create_task(self._run(), name="cluster-presence")
+        self._ticker.start()
 
     async def stop(self) -> None:
         """End the beat and leave the set (best effort: a lost Redis forgets us in time)."""
-        self._stopped = True
-        task, self._task = self._task, None
-        if task is None:
+        if not await self._ticker.stop():
             return  # never beat (a one-shot command): the set is the daemons', not ours
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         if self._link.ok:
             with contextlib.suppress(*FAILURES):
                 await self._link.redis.zrem(self.key, self._link.node)
@@ -128,9 +122,6 @@ class Presence:
             return  # the link's probe decides whether Redis is lost
         self.beats += present
 
-    async def _run(self) -> None:
-        this = asyncio.current_task()
-        # Not ``while True``: see ClusterLink.watch (a cancel swallowed as a timeout).
-        while this is None or not this.cancelling():
-            await self.beat()
-            await self._sleep(BEAT_INTERVAL)
+    async def _step(self) -> float:
+        await self.beat()
+        return BEAT_INTERVAL
