@@ -9,6 +9,7 @@ from kommo_callerid.calls.detector import (
     CallStarted,
     CallTracker,
     ChannelSkipped,
+    Decision,
     LegRinging,
     SkipReason,
     channel_extension,
@@ -181,3 +182,62 @@ def test_forget_all_after_reconnect() -> None:
     decisions = t.forget_all()
     assert CallEnded("10.1") in decisions
     assert len(t) == 0
+
+
+def legacy(
+    kind: ChannelEventKind, channel: str, uniqueid: str, num: str = "", exten: str = ""
+) -> ChannelEvent:
+    """An AMI 1.x event (Asterisk 11 and older): no Linkedid, so linkedid is the Uniqueid."""
+    return ChannelEvent(
+        kind, channel, uniqueid, uniqueid, num, "", "from-trunk", exten, 0.0, has_linkedid=False
+    )
+
+
+def started(decisions: list[Decision]) -> list[tuple[str, str]]:
+    return [(d.call_id, d.number) for d in decisions if isinstance(d, CallStarted)]
+
+
+def test_ami1_a_dialled_trunk_leg_that_learns_its_number_before_its_dial_is_no_caller() -> None:
+    """Asterisk 11 sends the leg's Newchannel (no extension, no number), its NewCallerid and
+    only then the Dial that asked for it: born at no extension, it was requested."""
+    t = tracker()
+    decisions = t.feed(legacy(NEW, "SIP/carrier-2", "11.2"))
+    decisions += t.feed(legacy(CID, "SIP/carrier-2", "11.2", num="31612345678"))
+    assert started(decisions) == []
+    assert [d.reason for d in decisions if isinstance(d, ChannelSkipped)] == [
+        SkipReason.NOT_INBOUND
+    ]
+    assert len(t) == 0
+
+
+def test_ami1_a_local_half_in_an_inbound_context_is_no_caller() -> None:
+    """A Local pair is always requested (Dial, Queue, Originate); its ;1 half learns the
+    caller's number before the Dial that asked for it arrives."""
+    t = tracker()
+    decisions: list[Decision] = []
+    for half in ("1", "2"):
+        channel = f"Local/5551000@from-trunk-00000001;{half}"
+        decisions += t.feed(legacy(NEW, channel, f"12.{half}", exten="5551000"))
+        decisions += t.feed(legacy(CID, channel, f"12.{half}", num="18305803077"))
+    assert started(decisions) == []
+    assert len(t) == 0
+
+
+def test_ami1_a_masquerade_clone_of_the_caller_is_not_a_second_caller() -> None:
+    """A ``Parked/`` clone copies the caller's context and DID but not its number; the
+    masquerade renames it to the caller's channel, whose number then shows on it."""
+    t = tracker()
+    first = t.feed(legacy(NEW, "SIP/carrier-1", "13.1", num="18305803077", exten="5551000"))
+    assert started(first) == [("13.1", "18305803077")]
+    clone = t.feed(legacy(NEW, "Parked/SIP/carrier-1", "13.9", exten="5551000"))
+    clone += t.feed(legacy(CID, "SIP/carrier-1", "13.9", num="18305803077"))
+    assert started(clone) == []
+    assert len(t) == 1  # the caller's call only
+
+
+def test_ami1_an_inbound_channel_that_learns_its_number_late_is_still_a_caller() -> None:
+    """An analog line is born at ``s`` and gets the caller ID after its first ring."""
+    t = tracker()
+    decisions = t.feed(legacy(NEW, "DAHDI/1-1", "14.1", exten="s"))
+    decisions += t.feed(legacy(CID, "DAHDI/1-1", "14.1", num="18305803077"))
+    assert started(decisions) == [("14.1", "18305803077")]

@@ -134,6 +134,21 @@ def is_withheld(number: str) -> bool:
     return number.strip().lower() in WITHHELD
 
 
+def is_requested_channel(event: ChannelEvent) -> bool:
+    """AMI 1.x (no Linkedid): a channel the PBX itself asked for, which is never a caller.
+
+    Without Linkedid every channel looks like the root of its own call, and the Dial that
+    says who asked for a channel comes only after it learnt its number (NewCallerid). But a
+    channel that enters the dialplan from outside is born at an extension (the DID, or
+    ``s``); one born at none was requested: a Dial's, a Queue's or an Originate's leg, or a
+    transfer's clone (``AsyncGoto/...``). A ``Local/`` half is always requested. With a
+    Linkedid such channels are legs of their call already, and this is not asked.
+    """
+    if event.has_linkedid:
+        return False
+    return not event.exten or event.channel.startswith("Local/")
+
+
 @dataclass(slots=True)
 class _Call:
     linkedid: str
@@ -228,7 +243,7 @@ class CallTracker:
     def _new_root(self, event: ChannelEvent) -> list[Decision]:
         if event.linkedid in self._calls:
             return [self._skip(event, SkipReason.DUPLICATE)]
-        if not self.is_inbound_context(event.context):
+        if not self.is_inbound_context(event.context) or is_requested_channel(event):
             return [self._skip(event, SkipReason.NOT_INBOUND)]
         decisions = self._make_room(event.received_at)
         call = _Call(
@@ -246,6 +261,11 @@ class CallTracker:
         call = self._calls.get(event.linkedid)
         if call is None or call.number is not None:
             return []
+        if not event.has_linkedid and event.channel != call.root_channel:
+            # AMI 1.x: renamed since its Newchannel, so a masquerade made it stand in for a
+            # channel of a call already known (a Parked/ clone keeps the caller's context
+            # and DID); the number it now shows is that call's, not a new caller's.
+            return self._drop_waiting(call)
         return self._classify(call, event)
 
     def _classify(self, call: _Call, event: ChannelEvent) -> list[Decision]:
@@ -302,17 +322,7 @@ class CallTracker:
         decisions: list[Decision] = []
         dialled = self._calls.get(event.uniqueid)
         if dialled is not None and dialled.number is None:
-            del self._calls[dialled.linkedid]
-            decisions.append(
-                ChannelSkipped(
-                    dialled.call_id,
-                    SkipReason.NOT_INBOUND,
-                    "",
-                    dialled.root_channel,
-                    dialled.did,
-                    self._pbx,
-                )
-            )
+            decisions.extend(self._drop_waiting(dialled))
         if event.linkedid in self._calls:
             decisions.extend(self._new_leg(event))
         return decisions
@@ -340,6 +350,15 @@ class CallTracker:
                 call.root_channel,
                 call.did,
                 self._pbx,
+            )
+        ]
+
+    def _drop_waiting(self, call: _Call) -> list[Decision]:
+        """A root still waiting for its number turned out to be part of another call."""
+        del self._calls[call.linkedid]
+        return [
+            ChannelSkipped(
+                call.call_id, SkipReason.NOT_INBOUND, "", call.root_channel, call.did, self._pbx
             )
         ]
 
