@@ -94,15 +94,7 @@ class Mirror:
         """Open (creating with mode 0600, or rebuilding, unless ``create`` is false: then
         read it as it is); :class:`MirrorError` when it cannot be used."""
         if not create:
-            if not path.exists():
-                raise MirrorError(f"There is no phone book at {path} yet: the daemon creates it.")
-            connection = _connect(path)
-            if _application_id(connection) != APPLICATION_ID or _version(connection) != str(
-                SCHEMA_VERSION
-            ):
-                connection.close()
-                raise MirrorError(f"{path} is not a phone book of this version yet.")
-            return cls(connection, path)
+            return cls(_open_existing(path), path)
         connection: sqlite3.Connection | None = None
         try:
             connection = _connect(path, private=True)
@@ -303,6 +295,20 @@ def _connect(path: Path, *, private: bool = False) -> sqlite3.Connection:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     connection = sqlite3.connect(path, isolation_level=None, timeout=5.0)
     connection.execute("PRAGMA busy_timeout = 5000")
+    return connection
+
+
+def _open_existing(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise MirrorError(f"There is no phone book at {path} yet: the daemon creates it.")
+    try:
+        connection = _connect(path)
+        ours = _application_id(connection) == APPLICATION_ID
+    except sqlite3.Error as exc:
+        raise MirrorError(_sentence(path, exc)) from None
+    if not ours or _version(connection) != str(SCHEMA_VERSION):
+        connection.close()
+        raise MirrorError(f"{path} is not a phone book of this version (yet).")
     return connection
 
 
