@@ -41,45 +41,50 @@ async def test_first_full_pass_then_idle_costs_one_request_per_kind(tmp_path: Pa
 
 
 async def test_new_closed_and_renamed_are_seen_within_interval_plus_3_s(tmp_path: Path) -> None:
-    async with FakeKommo(demo_dataset()) as fake:
-        async with synced(fake, tmp_path / "pb.sqlite3", interval=1.0) as parts:
-            await wait_for(lambda: parts.book.complete, timeout=10)
-            data = fake.dataset
-            stamp = now()
-            leads = tuple(
-                touched(lead, active=False, updated_at=stamp) if lead.id == 3001 else lead
-                for lead in data.leads
-            )
-            contacts = tuple(
+    async with (
+        FakeKommo(demo_dataset()) as fake,
+        synced(fake, tmp_path / "pb.sqlite3", interval=1.0) as parts,
+    ):
+        await wait_for(lambda: parts.book.complete, timeout=10)
+        data = fake.dataset
+        stamp = now()
+        leads = tuple(
+            touched(lead, active=False, updated_at=stamp) if lead.id == 3001 else lead
+            for lead in data.leads
+        )
+        contacts = (
+            *(
                 touched(c, name="Wei Chen Jr", updated_at=stamp) if c.id == 1003 else c
                 for c in data.contacts
-            ) + (FakeContact(1099, "New Caller", (NEW,), 8320148, stamp, stamp),)
-            fake.dataset = touched(data, leads=leads, contacts=contacts)
-            changed_at = time.monotonic()
+            ),
+            FakeContact(1099, "New Caller", (NEW,), 8320148, stamp, stamp),
+        )
+        fake.dataset = touched(data, leads=leads, contacts=contacts)
+        changed_at = time.monotonic()
 
-            def seen() -> bool:
-                return all(
-                    parts.book.find(n) == by_phone(fake.dataset, n) for n in (NEW, MARIA, WEI)
-                )
+        def seen() -> bool:
+            return all(parts.book.find(n) == by_phone(fake.dataset, n) for n in (NEW, MARIA, WEI))
 
-            await wait_for(seen, timeout=1.0 + 3.0)
-            took = time.monotonic() - changed_at
+        await wait_for(seen, timeout=1.0 + 3.0)
+        took = time.monotonic() - changed_at
     assert took <= 4.0
     found = by_phone(fake.dataset, MARIA)
     assert found is not None and found[0].type == "contact"  # the closed lead no longer answers
 
 
 async def test_a_deleted_contact_is_gone_after_the_next_full_pass(tmp_path: Path) -> None:
-    async with FakeKommo(demo_dataset()) as fake:
-        async with synced(fake, tmp_path / "pb.sqlite3", run=False) as parts:
-            await parts.sync.sync_once(full=True)
-            assert parts.book.find(JOHN) is not None
-            data = fake.dataset
-            fake.dataset = touched(data, contacts=tuple(c for c in data.contacts if c.id != 1001))
-            await parts.sync.sync_once(full=False)
-            assert parts.book.find(JOHN) is not None  # deletions leave no trace to sync from
-            outcome = await parts.sync.sync_once(full=True)
-            assert parts.book.find(JOHN) is None
+    async with (
+        FakeKommo(demo_dataset()) as fake,
+        synced(fake, tmp_path / "pb.sqlite3", run=False) as parts,
+    ):
+        await parts.sync.sync_once(full=True)
+        assert parts.book.find(JOHN) is not None
+        data = fake.dataset
+        fake.dataset = touched(data, contacts=tuple(c for c in data.contacts if c.id != 1001))
+        await parts.sync.sync_once(full=False)
+        assert parts.book.find(JOHN) is not None  # deletions leave no trace to sync from
+        outcome = await parts.sync.sync_once(full=True)
+        assert parts.book.find(JOHN) is None
     assert outcome.removed == 1
 
 
@@ -127,20 +132,22 @@ async def test_customers_switched_off_are_skipped(tmp_path: Path) -> None:
 
 
 async def test_unknown_numbers_trust_a_fresh_mirror_only(tmp_path: Path) -> None:
-    async with FakeKommo(demo_dataset()) as fake:
-        async with synced(fake, tmp_path / "pb.sqlite3", run=False) as parts:
-            await parts.sync.sync_once(full=True)
-            front = MirrorFirst(parts.kommo, parts.book, PhonebookConfig(), clock=time.monotonic)
-            assert (await front.lookup("15550000000")).source == "phonebook"
-            assert fake.requests_to(BY_PHONE_PATH) == 0
-            untrusting = PhonebookConfig(trust_unknown=False)
-            front.reconfigure(untrusting)
-            assert (await front.lookup("15550000001")).source == "by_phone"
-            assert fake.requests_to(BY_PHONE_PATH) == 1
-            front.reconfigure(PhonebookConfig())
-            parts.book.last_sync = time.time() - 3 * 10.0 - 1  # stale: 3 x sync_interval
-            assert (await front.lookup("15550000002")).source == "by_phone"
-            assert (await front.lookup(JOHN)).source == "phonebook"  # known: still answered
+    async with (
+        FakeKommo(demo_dataset()) as fake,
+        synced(fake, tmp_path / "pb.sqlite3", run=False) as parts,
+    ):
+        await parts.sync.sync_once(full=True)
+        front = MirrorFirst(parts.kommo, parts.book, PhonebookConfig(), clock=time.monotonic)
+        assert (await front.lookup("15550000000")).source == "phonebook"
+        assert fake.requests_to(BY_PHONE_PATH) == 0
+        untrusting = PhonebookConfig(trust_unknown=False)
+        front.reconfigure(untrusting)
+        assert (await front.lookup("15550000001")).source == "by_phone"
+        assert fake.requests_to(BY_PHONE_PATH) == 1
+        front.reconfigure(PhonebookConfig())
+        parts.book.last_sync = time.time() - 3 * 10.0 - 1  # stale: 3 x sync_interval
+        assert (await front.lookup("15550000002")).source == "by_phone"
+        assert (await front.lookup(JOHN)).source == "phonebook"  # known: still answered
 
 
 @pytest.mark.parametrize("content", [b"not a database at all" * 100, b""])
@@ -151,7 +158,11 @@ async def test_a_damaged_file_is_set_aside_and_rebuilt(tmp_path: Path, content: 
         assert parts.book.rebuilt == "" if not content else "damaged" in parts.book.rebuilt
         await parts.sync.sync_once(full=True)
         assert parts.book.find(JOHN) is not None
-    assert len(list(tmp_path.glob("pb.sqlite3.damaged-*"))) == (1 if content else 0)
+    assert len(_damaged(tmp_path)) == (1 if content else 0)
+
+
+def _damaged(folder: Path) -> list[Path]:
+    return list(folder.glob("pb.sqlite3.damaged-*"))
 
 
 async def test_a_foreign_database_is_refused_untouched(tmp_path: Path) -> None:
