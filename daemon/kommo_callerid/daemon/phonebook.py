@@ -70,8 +70,8 @@ class MirrorFirst:
         self._book = book
         self._trust_unknown = config.trust_unknown
         self._clock = clock
-        #: Lookups by who answered: ``phonebook`` or ``kommo``.
-        self.sources: Counter[str] = Counter()
+        #: Lookups by who answered: ``phonebook`` or ``kommo`` (kept with the mirror).
+        self.sources: Counter[str] = book.sources
         self._read_failed = False
 
     def reconfigure(self, config: PhonebookConfig) -> None:

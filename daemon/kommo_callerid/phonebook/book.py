@@ -12,6 +12,7 @@ import asyncio
 import fcntl
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,6 +54,11 @@ class PhoneBook:
         self.complete = False
         #: What opening had to rebuild ("" when nothing).
         self.rebuilt = ""
+        #: Lookups by who answered (``phonebook``, ``kommo``), since this process started;
+        #: written to the file with each sync for ``kommo-callerid phonebook``.
+        self.sources: Counter[str] = Counter()
+        #: What the file says of the last writer's lookups (read by the command).
+        self.recorded_sources: dict[str, int] = {}
 
     def reconfigure(self, sync_interval: float) -> None:
         self._fresh_for = FRESH_INTERVALS * sync_interval
@@ -75,8 +81,13 @@ class PhoneBook:
         age = self.age()
         return self.complete and age is not None and age <= self._fresh_for
 
-    async def open(self) -> None:
-        """Take the writer's lock, open (or rebuild) the file, read its state."""
+    async def open(self, *, read_only: bool = False) -> None:
+        """Take the writer's lock, open (or rebuild) the file, read its state; ``read_only``:
+        only read a file the daemon made (``lookup``, ``phonebook``), no lock, no writes."""
+        if read_only:
+            self._reader = Mirror.open(self.path, create=False)
+            self._read_state(self._reader)
+            return
         self._lock()
         try:
             self._writer = await self._run(lambda: Mirror.open(self.path))
@@ -108,15 +119,17 @@ class PhoneBook:
 
     async def refresh(self) -> None:
         writer = self._require()
+        await self._run(lambda: self._read_state(writer))
 
-        def read() -> tuple[dict[str, int], dict[str, str | None]]:
-            keys = ("last_sync", "last_full", "complete")
-            return writer.counts(), {key: writer.get_meta(key) for key in keys}
-
-        self.counts, meta = await self._run(read)
+    def _read_state(self, mirror: Mirror) -> None:
+        self.counts = mirror.counts()
+        meta = {key: mirror.get_meta(key) for key in _STATE_KEYS}
         self.last_sync = _float(meta["last_sync"])
         self.last_full = _float(meta["last_full"])
         self.complete = meta["complete"] == "1"
+        self.recorded_sources = {
+            source: int(_float(meta[f"lookups.{source}"]) or 0) for source in ("phonebook", "kommo")
+        }
 
     async def cursor(self, kind: BookKind) -> int | None:
         writer = self._require()
@@ -143,7 +156,10 @@ class PhoneBook:
     async def synced(self, *, full: bool) -> None:
         """A sync finished: remember when (and, after a full pass, that the mirror is whole)."""
         now = str(self._wall())
-        values: dict[str, str | None] = {"last_sync": now}
+        values: dict[str, str | None] = {
+            "last_sync": now,
+            **{f"lookups.{source}": str(n) for source, n in self.sources.items()},
+        }
         if full:
             values |= {"last_full": now, "complete": "1", "full_requested": None}
         await self.set_meta(values)
@@ -172,6 +188,9 @@ class PhoneBook:
 
     async def _run(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+
+_STATE_KEYS = ("last_sync", "last_full", "complete", "lookups.phonebook", "lookups.kommo")
 
 
 def _float(value: str | None) -> float | None:
