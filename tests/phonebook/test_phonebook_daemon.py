@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+from phonebook_helpers import by_phone
 from structlog.testing import capture_logs
 
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import BY_PHONE_PATH, FakeKommo, demo_dataset
 from kommo_callerid.sim.scenarios import CallScenarios
 
-from phonebook_helpers import by_phone
 from support import events, make_config, running_daemon, wait_for
 
 CALLERS = ("18305803077", "14155550199", "442079460958", "74951234567", "16465550123")
@@ -31,7 +31,7 @@ async def test_sixty_calls_after_the_first_sync_ask_kommo_nothing(
             notify={"to": ["responsible"], "fallback_after": 0.3},
         )
         scenarios = CallScenarios()
-        numbers = [(CALLERS + (UNKNOWN,))[i % 6] for i in range(60)]
+        numbers = [((*CALLERS, UNKNOWN))[i % 6] for i in range(60)]
         with capture_logs() as logs:
             async with running_daemon(config) as daemon:
                 await wait_for(lambda: bool(events(logs, "phonebook.synced")), timeout=10)
