@@ -65,14 +65,14 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _TABLES = ("owners", "phones", "links", "deals", "meta")
 
-_OWNERS = (
-    "SELECT DISTINCT o.type, o.id, o.name, o.responsible, o.created_at FROM phones p "
-    "JOIN owners o ON o.type = p.type AND o.id = p.id WHERE p.last7 = ?"
-)
-_DEALS = (
-    "SELECT l.id, d.type, d.id, d.name, d.responsible FROM links l JOIN deals d "
-    "ON d.type = l.deal_type AND d.id = l.deal_id "
-    "WHERE l.type = ? AND l.id = ? AND d.active = 1"
+#: One statement (so one consistent snapshot while the sync commits): every owner of the
+#: number with each of its active deals (NULLs for an owner without one).
+_FIND = (
+    "SELECT o.type, o.id, o.name, o.responsible, o.created_at, d.type, d.id, d.name, "
+    "d.responsible FROM phones p JOIN owners o ON o.type = p.type AND o.id = p.id "
+    "LEFT JOIN links l ON l.type = o.type AND l.id = o.id "
+    "LEFT JOIN deals d ON d.type = l.deal_type AND d.id = l.deal_id AND d.active = 1 "
+    "WHERE p.last7 = ?"
 )
 
 
@@ -122,32 +122,34 @@ class Mirror:
         key = match_key(digits)
         if key is None:
             return None
-        with self._read():
-            rows = self._db.execute(_OWNERS, (key,)).fetchall()
-            if not rows:
-                return None
-            kind = TYPE[BookKind.COMPANIES] if any(r[0] == 3 for r in rows) else 1
-            candidates = [self._candidate(row) for row in rows if row[0] == kind]
-        return choose(candidates)
-
-    def _candidate(self, row: Any) -> Candidate:
-        type_, id_, name, responsible, created_at = row
-        owner = Entity(_ENTITY[type_], id_, name, responsible)
-        leads: list[Entity] = []
-        customers: list[Entity] = []
-        for _, deal_type, deal_id, deal_name, deal_resp in self._db.execute(_DEALS, (type_, id_)):
-            deal = Entity(_ENTITY[deal_type], deal_id, deal_name, deal_resp)
-            (leads if deal_type == 2 else customers).append(deal)
-        return Candidate(owner, created_at, tuple(leads), tuple(customers))
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[None]:
-        # One snapshot for both queries: a sync commit between them must not mix versions.
-        self._db.execute("BEGIN")
-        try:
-            yield
-        finally:
-            self._db.execute("COMMIT")
+        owners: dict[tuple[int, int], tuple[Entity, int, dict[tuple[int, int], Entity]]] = {}
+        for row in self._db.execute(_FIND, (key,)):
+            type_, id_, name, responsible, created_at, deal_type, deal_id, deal_name, deal_resp = (
+                row
+            )
+            found = owners.get((type_, id_))
+            if found is None:
+                owner = Entity(_ENTITY[type_], id_, name, responsible)
+                found = owners[type_, id_] = (owner, created_at, {})
+            if deal_type is not None:
+                found[2][deal_type, deal_id] = Entity(
+                    _ENTITY[deal_type], deal_id, deal_name, deal_resp
+                )
+        if not owners:
+            return None
+        kind = 3 if any(type_ == 3 for type_, _ in owners) else 1  # companies first
+        return choose(
+            [
+                Candidate(
+                    owner,
+                    created_at,
+                    tuple(d for (t, _), d in deals.items() if t == 2),
+                    tuple(d for (t, _), d in deals.items() if t == 12),
+                )
+                for (type_, _), (owner, created_at, deals) in owners.items()
+                if type_ == kind
+            ]
+        )
 
     # -- the sync's writes -----------------------------------------------------------------
 

@@ -72,7 +72,8 @@ def list_page(
     links = {"self": {"href": _href(base, kind, query, ids, page)}}
     if page * limit < len(records):
         links["next"] = {"href": _href(base, kind, query, ids, page + 1)}
-    items = [_record_json(data, r, with_) for r in chunk]
+    deals = _deals_by_owner(data, kind == "companies") if kind in LIST_KINDS[:2] else {}
+    items = [_record_json(r, with_, deals) for r in chunk]
     return {"_page": page, "_links": links, "_embedded": {kind: items}}
 
 
@@ -90,7 +91,18 @@ def _href(base: str, kind: str, query: Mapping[str, str], ids: Sequence[str], pa
     return f"{base}/api/v4/{kind}?{urlencode(pairs)}"
 
 
-def _record_json(data: KommoDataset, record: _Record, with_: set[str]) -> Json:
+def _deals_by_owner(data: KommoDataset, company: bool) -> dict[int, list[FakeLead | FakeCustomer]]:
+    """Each owner's leads and customers (one pass, not one per record: big benchmark sets)."""
+    found: dict[int, list[FakeLead | FakeCustomer]] = {}
+    for deal in (*data.leads, *data.customers):
+        for owner in deal.company_ids if company else deal.contact_ids:
+            found.setdefault(owner, []).append(deal)
+    return found
+
+
+def _record_json(
+    record: _Record, with_: set[str], deals: dict[int, list[FakeLead | FakeCustomer]]
+) -> Json:
     item: Json = {
         "id": record.id,
         "name": record.name,
@@ -110,15 +122,11 @@ def _record_json(data: KommoDataset, record: _Record, with_: set[str]) -> Json:
         if phones
         else None
     )
-    company = isinstance(record, FakeCompany)
-
-    def linked(deal: FakeLead | FakeCustomer) -> bool:
-        return record.id in (deal.company_ids if company else deal.contact_ids)
-
+    mine = deals.get(record.id, [])
     embedded: Json = {"tags": []}
     if "leads" in with_:
-        embedded["leads"] = [{"id": lead.id} for lead in data.leads if linked(lead)]
+        embedded["leads"] = [{"id": d.id} for d in mine if isinstance(d, FakeLead)]
     if "customers" in with_:
-        embedded["customers"] = [{"id": c.id} for c in data.customers if linked(c)]
+        embedded["customers"] = [{"id": d.id} for d in mine if isinstance(d, FakeCustomer)]
     item["_embedded"] = embedded
     return item
