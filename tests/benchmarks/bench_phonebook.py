@@ -69,6 +69,10 @@ def dataset(contacts: int) -> KommoDataset:
     return KommoDataset(people, companies, leads, customers)
 
 
+def _size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.glob("phonebook.sqlite3*")) / 1e6
+
+
 async def run(report: Report, quick: bool) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     contacts = 10_000 if quick else 100_000
@@ -101,7 +105,7 @@ async def run(report: Report, quick: bool) -> None:
                     book.find(number)
                     times.append((time.perf_counter_ns() - t0) / 1000)
                 await book.close()
-        size_mb = sum(p.stat().st_size for p in Path(tmp).glob("phonebook.sqlite3*")) / 1e6
+        size_mb = _size_mb(Path(tmp))
     pace = KOMMO_RATE - HEADROOM
     label = f"{contacts:,} contacts"
     report.add(f"phone book full pass, {label}: requests", str(outcome.requests))

@@ -134,6 +134,13 @@ class Daemon:
         return self._running is not None and self._running.links.connected
 
     @property
+    def phonebook_ready(self) -> bool:
+        """The phone book's first full pass is done (True without ``[phonebook]``)."""
+        running = self._running
+        parts = running.phonebook if running is not None else None
+        return parts is None or parts.book.complete
+
+    @property
     def http_port(self) -> int | None:
         """The bound port of the HTTP endpoint (``listen`` may ask for port 0), or None."""
         running = self._running

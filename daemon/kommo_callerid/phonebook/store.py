@@ -22,7 +22,6 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from kommo_callerid.core.models import Entity, EntityType
 from kommo_callerid.core.phonebook_models import BookKind, Deal, PhoneOwner
