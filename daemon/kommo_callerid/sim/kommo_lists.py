@@ -94,7 +94,8 @@ def _href(base: str, kind: str, query: Mapping[str, str], ids: Sequence[str], pa
 def _deals_by_owner(data: KommoDataset, company: bool) -> dict[int, list[FakeLead | FakeCustomer]]:
     """Each owner's leads and customers (one pass, not one per record: big benchmark sets)."""
     found: dict[int, list[FakeLead | FakeCustomer]] = {}
-    for deal in (*data.leads, *data.customers):
+    every: list[FakeLead | FakeCustomer] = [*data.leads, *data.customers]
+    for deal in every:
         for owner in deal.company_ids if company else deal.contact_ids:
             found.setdefault(owner, []).append(deal)
     return found
