@@ -1,7 +1,8 @@
 """SIGHUP: re-read the configuration file and apply what can change without dropping a link.
 
 ``[notify]``, ``[calls]``, ``[journal]`` (except ``database``), ``[daemon]``, ``[log] level``
-and ``mask_numbers``, ``[phonebook]`` intervals and ``trust_unknown`` apply at once (``config.reloaded``, with the keys). Any other changed key
+and ``mask_numbers``, ``[phonebook]`` intervals and ``trust_unknown`` apply at once
+(``config.reloaded``, with the keys). Any other changed key
 — ``[ami]``, ``[kommo]``, ``[cluster]``, ``[http]``, ``[cache]``, ``[log] format``,
 ``[journal] database`` — keeps its running value and is named in ``config.restart_needed``.
 A file that does not load is ``config.reload_failed`` and the running configuration stays.
