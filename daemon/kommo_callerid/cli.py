@@ -1,6 +1,8 @@
 """The command line: a thin layer that parses arguments, loads the configuration, and hands
 over to the daemon. Exit codes: 0 clean stop, 1 runtime failure, 2 bad command line (argparse),
 3 bad configuration or a start-up failure a restart will not fix.
+
+Size: every command's sub-parser and its thin hand-over in one place.
 """
 
 from __future__ import annotations
@@ -133,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     authorize.add_argument("code", metavar="CODE", help="the code from Kommo (valid 20 minutes)")
     _add_journal(command, with_config)
+    phonebook = with_config(
+        command(
+            "phonebook",
+            "the local phone book: entries, last sync, lookups answered from it",
+            "Show the local phone book ([phonebook]): entries per kind, the last sync and full "
+            "pass, lookups answered from it. --sync runs one full pass now (through the "
+            "running daemon when one runs).",
+        )
+    )
+    phonebook.add_argument("--sync", action="store_true", help="run one full sync now")
+    phonebook.add_argument("--json", action="store_true", help="JSON for scripts")
     demo = command(
         "demo",
         "run against embedded AMI and Kommo simulators",
@@ -201,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _authorize(config, args.code)
         if args.command == "journal":
             return _journal(config, args)
+        if args.command == "phonebook":
+            return _phonebook(config, args)
         return _lookup(config, args.number)
     except KeyboardInterrupt:
         return EXIT_OK
@@ -293,6 +308,13 @@ def _journal(config: Config, args: argparse.Namespace) -> int:
     return journal.show(
         config, pending=args.pending, failed=args.failed, since=args.since, as_json=args.json
     )
+
+
+def _phonebook(config: Config, args: argparse.Namespace) -> int:
+    from kommo_callerid.commands import phonebook  # noqa: PLC0415
+
+    configure_logging(config.log, secrets=secrets_of(config), stream=sys.stderr)
+    return phonebook.run(config, sync=args.sync, as_json=args.json)
 
 
 def _lookup(config: Config, number: str) -> int:

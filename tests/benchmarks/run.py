@@ -28,6 +28,7 @@ import bench_logging  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_outcome  # noqa: E402
 import bench_pbxs  # noqa: E402
+import bench_phonebook  # noqa: E402
 import bench_reconnect  # noqa: E402
 from common import Report  # noqa: E402
 
@@ -44,6 +45,7 @@ BENCHMARKS = {
     "reconnect": bench_reconnect,
     "journal": bench_journal,
     "pbxs": bench_pbxs,
+    "phonebook": bench_phonebook,
 }
 
 

@@ -12,8 +12,9 @@ from kommo_callerid.cli import main
 def test_the_demo_tells_a_story(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--calls", "3"]) == 0
     out = capsys.readouterr().out
-    assert '+1 830-580-3077 → Kommo contact "John Doe" → notified user 8375357 in ' in out
-    assert '+1 415-555-0199 → Kommo lead "Fleet renewal 2025" → notified users ' in out
+    book = "(answered from the phone book)"
+    assert f'+1 830-580-3077 → Kommo contact "John Doe" {book} → notified user 8375357 in ' in out
+    assert f'+1 415-555-0199 → Kommo lead "Fleet renewal 2025" {book} → notified users ' in out
     assert "anonymous → skipped: withheld number" in out
     assert "inbound calls detected   3" in out
     assert "{" not in out  # no raw log line

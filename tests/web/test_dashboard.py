@@ -16,7 +16,7 @@ from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
 from kommo_callerid.sim.scenarios import CallScenarios
 
-from support import ROOT, make_config, running_daemon, wait_for
+from support import ROOT, make_config, running_daemon, temp_journal, wait_for
 
 DASHBOARD = ROOT / "docs" / "grafana" / "kommo-callerid.json"
 RULES = ROOT / "docs" / "prometheus" / "kommo-callerid.rules.yml"
@@ -48,7 +48,8 @@ def _queried(text: str) -> set[str]:
 
 async def _scraped(ami: FakeAmiServer, kommo: FakeKommo) -> set[str]:
     """Sample names in /metrics after one notified call."""
-    config = make_config(ami, kommo, http={"listen": "127.0.0.1:0"})
+    phonebook = {"enabled": True, "database": temp_journal() + ".phonebook"}
+    config = make_config(ami, kommo, http={"listen": "127.0.0.1:0"}, phonebook=phonebook)
     async with running_daemon(config) as daemon, aiohttp.ClientSession() as client:
         await ami.play(CallScenarios().inbound("18305803077").events)
         await wait_for(lambda: len(kommo.events) >= 1)

@@ -57,6 +57,7 @@ def demo_config(
         "log": {"format": "json" if raw else "auto"},
         "daemon": {"shutdown_timeout": 2.0},
         "journal": {"database": journal, "unknown": "unsorted"},
+        "phonebook": {"enabled": True, "database": str(Path(journal).with_name("phonebook.db"))},
     }
 
 
@@ -110,7 +111,7 @@ async def _demo(count: int, raw: bool) -> int:
             )
         daemon = Daemon(config)
         serving = asyncio.create_task(daemon.serve(), name="demo-daemon")
-        await _wait_for(lambda: daemon.ami_connected, SETTLE_TIMEOUT)
+        await _wait_for(lambda: daemon.ami_connected and daemon.phonebook_ready, SETTLE_TIMEOUT)
         calls = demo_calls(count)
         for call in calls:
             await ami.play(call.events)

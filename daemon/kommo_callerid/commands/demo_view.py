@@ -134,6 +134,8 @@ class DemoView:
         if story is not None:
             found = f'Kommo {entity_type} "{event.get("name")}"' if entity_type else "not in Kommo"
             story.entity = found + (" (cached)" if event.get("cached") else "")
+            if event.get("source") == "phonebook":
+                story.entity += " (answered from the phone book)"
 
     def _notified(self, event: EventDict) -> None:
         users = event.get("users")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -9,8 +10,11 @@ from typing import Any
 from kommo_callerid.core.config import Config
 from kommo_callerid.core.models import Entity, KommoError
 from kommo_callerid.daemon.cluster import cluster_if_reachable, publish_tokens
+from kommo_callerid.daemon.phonebook import MirrorFirst
 from kommo_callerid.kommo.auth import TokenFileUnusable
 from kommo_callerid.kommo.client import KommoClient
+from kommo_callerid.phonebook.book import PhoneBook
+from kommo_callerid.phonebook.store import MirrorError
 
 #: Learns the OAuth tokens as they arrive (the log scrubber's ``remember``).
 SecretSink = Callable[[str], None] | None
@@ -38,9 +42,12 @@ async def lookup_once(
         kommo = await stack.enter_async_context(
             KommoClient(config.kommo, config.cache, on_secret=on_secret, **extra)
         )
+        mirror = await _mirror_first(config, kommo, stack)
         try:
-            await kommo.ensure_credentials()
-            result = await kommo.lookup(number)
+            result = mirror.from_mirror(number) if mirror is not None else None
+            if result is None:
+                await kommo.ensure_credentials()
+                result = await kommo.lookup(number)
         except TokenFileUnusable:
             raise  # an operator's mistake on this host: the command exits 3
         except KommoError as exc:
@@ -54,6 +61,22 @@ async def lookup_once(
         "cached": result.cached,
         "ms": round(result.ms, 1),
     }
+
+
+async def _mirror_first(
+    config: Config, kommo: KommoClient, stack: AsyncExitStack
+) -> MirrorFirst | None:
+    """With ``[phonebook]``, the daemon's mirror read as it is (no mirror yet: Kommo only)."""
+    section = config.phonebook
+    if not section.enabled:
+        return None
+    book = PhoneBook(section.database, sync_interval=section.sync_interval)
+    try:
+        await book.open(read_only=True)
+    except MirrorError:
+        return None
+    stack.push_async_callback(book.close)
+    return MirrorFirst(kommo, book, section, clock=time.monotonic)
 
 
 def _entity_dict(entity: Entity | None) -> dict[str, Any] | None:

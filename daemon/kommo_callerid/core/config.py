@@ -289,6 +289,16 @@ class ClusterConfig(_Section):
         return bool(self.redis_url)
 
 
+class PhonebookConfig(_Section):
+    """A local mirror of Kommo's phone book: lookups answered without a request."""
+
+    enabled: bool = False
+    database: Path = Path("/var/lib/kommo-callerid/phonebook.sqlite3")
+    sync_interval: Seconds = Field(default=10.0, ge=1.0, le=HOUR)
+    full_sync_interval: Seconds = Field(default=86400.0, ge=MINUTE, le=DAY * 30)
+    trust_unknown: bool = True
+
+
 class DaemonConfig(_Section):
     shutdown_timeout: Seconds = Field(default=5.0, ge=0, le=MINUTE * 10)
 
@@ -314,6 +324,7 @@ class Config(BaseSettings):
     daemon: DaemonConfig = DaemonConfig()
     journal: JournalConfig = JournalConfig()
     cluster: ClusterConfig = ClusterConfig()
+    phonebook: PhonebookConfig = PhonebookConfig()
     _pbxs: tuple[PbxConfig, ...] = PrivateAttr(default=())
 
     @property

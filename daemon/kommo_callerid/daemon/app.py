@@ -41,15 +41,17 @@ from kommo_callerid.daemon.links import PbxLinks
 from kommo_callerid.daemon.memory import release_after_floods
 from kommo_callerid.daemon.notifier import CallNotifier, TaskOwner
 from kommo_callerid.daemon.outcomes import DebugJournalSink, JournalSink
+from kommo_callerid.daemon.phonebook import MirrorFirst, PhoneBookParts, open_phonebook
 from kommo_callerid.daemon.reload import ConfigReloader
 from kommo_callerid.daemon.systemd import SystemdNotifier
 from kommo_callerid.journal.outbox import OutboxError
 from kommo_callerid.journal.sender import JournalSender
 from kommo_callerid.kommo.client import KommoClient
+from kommo_callerid.phonebook.store import MirrorError
 from kommo_callerid.web.callerid import CallerIdService
 from kommo_callerid.web.metrics import MetricsExporter
 from kommo_callerid.web.server import Health, HttpServer
-from kommo_callerid.web.stats import StatsView, log_fields
+from kommo_callerid.web.stats import PhonebookStats, StatsView, log_fields
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +96,9 @@ class _Running:
     cluster: Cluster | None = None
     #: The call journal's sender; None when ``[journal] enabled`` is false.
     journal: JournalSender | None = None
+    #: The phone book (mirror, sync) and the lookup in front of Kommo; None when disabled.
+    phonebook: PhoneBookParts | None = None
+    front: MirrorFirst | None = None
 
 
 class Daemon:
@@ -127,6 +132,13 @@ class Daemon:
     @property
     def ami_connected(self) -> bool:
         return self._running is not None and self._running.links.connected
+
+    @property
+    def phonebook_ready(self) -> bool:
+        """The phone book's first full pass is done (True without ``[phonebook]``)."""
+        running = self._running
+        parts = running.phonebook if running is not None else None
+        return parts is None or parts.book.complete
 
     @property
     def http_port(self) -> int | None:
@@ -179,7 +191,14 @@ class Daemon:
                 return EXIT_CONFIG
             if journal is not None:  # closed by _shutdown; this covers a failed start
                 stack.push_async_callback(journal.close, self.config.daemon.shutdown_timeout)
-            running = await self._startup(kommo, cluster, journal)
+            try:
+                phonebook = await open_phonebook(self.config, kommo)
+            except MirrorError as exc:
+                log.error("phonebook.error", detail=str(exc), retry_in=None)
+                return EXIT_CONFIG
+            if phonebook is not None:
+                stack.push_async_callback(phonebook.book.close)
+            running = await self._startup(kommo, cluster, journal, phonebook)
             if running is None:
                 return EXIT_CONFIG  # http.listen_failed says why
             exit_code = await self._main_loop(running)
@@ -220,12 +239,21 @@ class Daemon:
         return self._debug_sink
 
     async def _startup(
-        self, kommo: KommoClient, cluster: Cluster | None, journal: JournalSender | None
+        self,
+        kommo: KommoClient,
+        cluster: Cluster | None,
+        journal: JournalSender | None,
+        phonebook: PhoneBookParts | None = None,
     ) -> _Running | None:
         loop = asyncio.get_running_loop()
         cfg = self.config
         queue: asyncio.Queue[ChannelEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         call_tasks = TaskOwner()
+        front = (
+            MirrorFirst(kommo, phonebook.book, cfg.phonebook, clock=loop.time)
+            if phonebook is not None
+            else None
+        )
         running = _Running(
             queue=queue,
             tracker=PbxCallTrackers.build(
@@ -234,7 +262,7 @@ class Daemon:
                 cfg.calls.default_region,
             ),
             notifier=CallNotifier(
-                kommo,
+                front or kommo,
                 cfg.notify,
                 cfg.calls,
                 call_tasks,
@@ -252,6 +280,8 @@ class Daemon:
             ),
             cluster=cluster,
             journal=journal,
+            phonebook=phonebook,
+            front=front,
         )
         self._running = running
         if cluster is not None:
@@ -268,6 +298,10 @@ class Daemon:
             ),
             asyncio.create_task(self._reloader(running).run(self.reload), name="config-reload"),
         ]
+        if phonebook is not None:  # cancelled with the other background tasks
+            running.background.append(
+                asyncio.create_task(phonebook.sync.run(), name="phonebook-sync")
+            )
         if cluster is not None:
             running.background.append(asyncio.create_task(cluster.link.watch(), name="cluster"))
             cluster.claims.start()  # stopped at shutdown (or by cluster.close)
@@ -309,6 +343,9 @@ class Daemon:
             running.journal.reconfigure(config.journal, config.notify)
         if running.callerid is not None:
             running.callerid.reconfigure(calls)
+        if running.phonebook is not None and running.front is not None:  # intervals, trust
+            running.phonebook.sync.reconfigure(config.phonebook)
+            running.front.reconfigure(config.phonebook)
         if config.log != old.log and self._relog is not None:
             self._relog(config.log)
 
@@ -450,6 +487,20 @@ class Daemon:
             kommo_waiting=running.kommo.table_sizes().get("limiter_waiting", 0),
             **self._journal_view(running),
             pbx_links=running.links.stats() if running.links.named else (),
+            phonebook=self._phonebook_view(running),
+        )
+
+    def _phonebook_view(self, running: _Running) -> PhonebookStats | None:
+        parts, front = running.phonebook, running.front
+        if parts is None or front is None:
+            return None
+        return PhonebookStats(
+            entries=dict(parts.book.counts),
+            age_seconds=parts.book.age(),
+            sync_interval=self.config.phonebook.sync_interval,
+            lookups=dict(front.sources),
+            sync_requests=parts.sync.stats.requests,
+            sync_failures=parts.sync.stats.failures,
         )
 
     @staticmethod
@@ -468,7 +519,9 @@ class Daemon:
 
     async def _start_http(self, running: _Running) -> bool:
         """Bind before READY=1, so a monitor that sees the service up can scrape it."""
-        running.callerid = CallerIdService(running.kommo, self.config.calls, self.config.http)
+        running.callerid = CallerIdService(
+            running.front or running.kommo, self.config.calls, self.config.http
+        )
         running.http = HttpServer(
             self.config.http,
             health=lambda: self._health(running),
@@ -505,8 +558,22 @@ class Daemon:
                 "queue_depth": running.queue.qsize(),
                 **({"cluster": running.cluster.health} if running.cluster else {}),
                 "journal_pending": running.journal.pending if running.journal else None,
+                **self._phonebook_health(running),
             },
         )
+
+    @staticmethod
+    def _phonebook_health(running: _Running) -> dict[str, Any]:
+        if running.phonebook is None:
+            return {}
+        book = running.phonebook.book
+        age = book.age()
+        return {
+            "phonebook": {
+                "entries": book.entries,
+                "age_seconds": None if age is None else round(age, 1),
+            }
+        }
 
     @staticmethod
     def _status_line(counters: dict[str, Any]) -> str:

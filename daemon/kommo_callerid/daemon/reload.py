@@ -1,7 +1,8 @@
 """SIGHUP: re-read the configuration file and apply what can change without dropping a link.
 
 ``[notify]``, ``[calls]``, ``[journal]`` (except ``database``), ``[daemon]``, ``[log] level``
-and ``mask_numbers`` apply at once (``config.reloaded``, with the keys). Any other changed key
+and ``mask_numbers``, ``[phonebook]`` intervals and ``trust_unknown`` apply at once
+(``config.reloaded``, with the keys). Any other changed key
 — ``[ami]``, ``[kommo]``, ``[cluster]``, ``[http]``, ``[cache]``, ``[log] format``,
 ``[journal] database`` — keeps its running value and is named in ``config.restart_needed``.
 A file that does not load is ``config.reload_failed`` and the running configuration stays.
@@ -26,7 +27,15 @@ log = structlog.get_logger(__name__)
 
 #: Sections whose every key applies live; for the rest, only the keys listed here.
 LIVE_SECTIONS = frozenset({"notify", "calls", "journal", "daemon"})
-LIVE_KEYS = frozenset({"log.level", "log.mask_numbers"})
+LIVE_KEYS = frozenset(
+    {
+        "log.level",
+        "log.mask_numbers",
+        "phonebook.sync_interval",
+        "phonebook.full_sync_interval",
+        "phonebook.trust_unknown",
+    }
+)
 #: Keys of a live section that still need a restart.
 FIXED_KEYS = frozenset({"journal.database"})
 

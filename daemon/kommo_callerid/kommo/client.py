@@ -466,6 +466,7 @@ def _log_lookup(result: LookupResult) -> None:
         responsible_user_id=result.responsible_user_id,
         cached=result.cached,
         ms=result.ms,
+        source="kommo",
     )
 
 

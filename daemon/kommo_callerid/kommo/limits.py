@@ -23,12 +23,14 @@ Sleep = Callable[[float], Awaitable[None]]
 
 class Priority(IntEnum):
     """Lower goes first: a token refresh serves every request; a notification is worth more
-    than a lookup that may be cached; the call journal, durable, can always wait a little."""
+    than a lookup that may be cached; the call journal, durable, can always wait a little;
+    the phone book's sync, a copy that is still answering, waits for everything else."""
 
     AUTH = -1
     NOTIFY = 0
     LOOKUP = 1
     JOURNAL = 2
+    SYNC = 3
 
 
 class RateLimiter:

@@ -43,6 +43,7 @@ from kommo_callerid.sim.kommo_journal import (
     UNSORTED_SIP_PATH,
     FakeJournal,
 )
+from kommo_callerid.sim.kommo_lists import LIST_KINDS, BadQuery, list_page
 
 __all__ = [
     "ACCOUNT_PATH",
@@ -157,6 +158,8 @@ class FakeKommo:
         self.rate_limit = rate_limit
         #: When set, by_phone answers this status (e.g. 404: an account without the v2 search).
         self.by_phone_status: int | None = None
+        #: False: the account has customers switched off (their list answers 402).
+        self.customers_enabled = True
         self.events: list[RecordedEvent] = []
         self.requests: list[RequestRecord] = []
         self.violations = 0
@@ -177,6 +180,8 @@ class FakeKommo:
             ("POST", EVENTS_PATH): self._events,
             ("GET", ACCOUNT_PATH): self._account,
         }
+        for kind in LIST_KINDS[1:]:  # contacts: _contacts lists without a ``query``
+            self._routes["GET", f"/api/v4/{kind}"] = self._list
         #: The call journal's endpoints (and what they received).
         self.journal = FakeJournal(self.dataset)
         self._routes[("POST", CALLS_PATH)] = self.journal.add_calls
@@ -318,10 +323,26 @@ class FakeKommo:
         return web.json_response({"_embedded": {"items": [item]}}, content_type=HAL_JSON)
 
     async def _contacts(self, request: web.Request, arrival: _Arrival) -> web.Response:
+        if "query" not in request.query:
+            return await self._list(request, arrival)
         found = search_contacts(self.dataset, request.query.get("query", ""))
         if not found:
             return web.Response(status=204)
         return web.json_response({"_embedded": {"contacts": found}}, content_type=HAL_JSON)
+
+    async def _list(self, request: web.Request, arrival: _Arrival) -> web.Response:
+        kind = request.path.rsplit("/", 1)[-1]
+        if kind == "customers" and not self.customers_enabled:
+            return problem(402, "Payment Required", "customers are switched off for this account")
+        query = {key: value for key, value in request.query.items() if key != "filter[id][]"}
+        ids = request.query.getall("filter[id][]", [])
+        try:
+            body = list_page(self.dataset, kind, query, ids, self.base_url)
+        except BadQuery as exc:
+            return problem(400, "Bad Request", str(exc))
+        if body is None:
+            return web.Response(status=204)
+        return web.json_response(body, content_type=HAL_JSON)
 
     async def _events(self, request: web.Request, arrival: _Arrival) -> web.Response:
         try:

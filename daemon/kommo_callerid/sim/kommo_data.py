@@ -24,6 +24,8 @@ class _PhoneOwner:
     responsible_user_id: int
     #: Unix time; when several records share a number the oldest one wins.
     created_at: int
+    #: Unix time of the last change (the list endpoints' filter and order); 0: ``created_at``.
+    updated_at: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,7 @@ class FakeLead:
     active: bool = True
     contact_ids: tuple[int, ...] = ()
     company_ids: tuple[int, ...] = ()
+    updated_at: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,7 @@ class FakeCustomer:
     responsible_user_id: int
     contact_ids: tuple[int, ...] = ()
     company_ids: tuple[int, ...] = ()
+    updated_at: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +100,12 @@ def _item(type_id: int, id_: int, name: str, responsible_user_id: int) -> Json:
 
 
 def search_by_phone(data: KommoDataset, phone: str) -> Json | None:
-    """Kommo's telephony search: the item ``/api/v2/search/by_phone`` answers, or None."""
+    """Kommo's telephony search: the item ``/api/v2/search/by_phone`` answers, or None.
+
+    The last 7 digits; companies first, else contacts. When exactly one of the records with
+    the number has one deal (exactly one active lead and no customer, or exactly one customer
+    and no active lead), that deal, with the record as ``phone_entity``; otherwise the oldest
+    record (``created_at``, then id)."""
     wanted = _digits(phone)[-MATCH_DIGITS:]
     if len(wanted) < MATCH_DIGITS:
         return None
@@ -106,32 +115,40 @@ def search_by_phone(data: KommoDataset, phone: str) -> Json | None:
     )
     for type_id, owners in searches:
         matches = [o for o in owners if any(_digits(p).endswith(wanted) for p in o.phones)]
-        if matches:
-            oldest = min(matches, key=lambda owner: (owner.created_at, owner.id))
-            return _by_phone_item(data, type_id, oldest)
+        if not matches:
+            continue
+        with_deal = [
+            (owner, found)
+            for owner in matches
+            if (found := _one_deal(data, type_id, owner)) is not None
+        ]
+        if len(with_deal) == 1:
+            owner, (deal_type, deal) = with_deal[0]
+            return {
+                **_item(deal_type, deal.id, deal.name, deal.responsible_user_id),
+                "phone_entity": _item(type_id, owner.id, owner.name, owner.responsible_user_id),
+            }
+        oldest = min(matches, key=lambda owner: (owner.created_at, owner.id))
+        return _item(type_id, oldest.id, oldest.name, oldest.responsible_user_id)
     return None
 
 
-def _by_phone_item(data: KommoDataset, type_id: int, owner: _PhoneOwner) -> Json:
+def _one_deal(
+    data: KommoDataset, type_id: int, owner: _PhoneOwner
+) -> tuple[int, FakeLead | FakeCustomer] | None:
+    """The owner's one active lead (and no customer) or one customer (and no active lead)."""
+
     def linked(record: FakeLead | FakeCustomer) -> bool:
         ids = record.company_ids if type_id == TYPE_COMPANY else record.contact_ids
         return owner.id in ids
 
     leads = [lead for lead in data.leads if lead.active and linked(lead)]
     customers = [customer for customer in data.customers if linked(customer)]
-    owner_item = _item(type_id, owner.id, owner.name, owner.responsible_user_id)
-    deal: FakeLead | FakeCustomer | None = None
-    deal_type = TYPE_LEAD
     if len(leads) == 1 and not customers:
-        deal = leads[0]
-    elif len(customers) == 1 and not leads:
-        deal, deal_type = customers[0], TYPE_CUSTOMER
-    if deal is None:
-        return owner_item
-    return {
-        **_item(deal_type, deal.id, deal.name, deal.responsible_user_id),
-        "phone_entity": owner_item,
-    }
+        return TYPE_LEAD, leads[0]
+    if len(customers) == 1 and not leads:
+        return TYPE_CUSTOMER, customers[0]
+    return None
 
 
 def search_contacts(data: KommoDataset, query: str) -> list[Json]:

@@ -24,6 +24,7 @@ from kommo_callerid import __version__
 from kommo_callerid.calls.detector import SkipReason
 from kommo_callerid.core.models import AmiCounters, LatencyHistogram
 from kommo_callerid.web.callerid import Answer
+from kommo_callerid.web.metrics_phonebook import phonebook_metrics
 from kommo_callerid.web.stats import DISCARD_REASONS, StatsView, status_label
 
 PREFIX = "kommo_callerid_"
@@ -69,6 +70,8 @@ class DaemonCollector:
                 int(view.cluster_up),
             )
         yield from _journal(view)
+        if view.phonebook is not None:
+            yield from phonebook_metrics(PREFIX, view.phonebook)
 
 
 def _ami(view: StatsView) -> Iterator[Metric]:

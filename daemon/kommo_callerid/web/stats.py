@@ -27,6 +27,21 @@ class PbxLinkStats:
 
 
 @dataclass(frozen=True, slots=True)
+class PhonebookStats:
+    """The phone book at one moment (``[phonebook] enabled``)."""
+
+    #: Entries per kind: contacts, companies, leads, customers.
+    entries: Mapping[str, int]
+    #: Seconds since the last successful sync; None: never.
+    age_seconds: float | None
+    sync_interval: float
+    #: Lookups by who answered: phonebook, kommo.
+    lookups: Mapping[str, int]
+    sync_requests: int
+    sync_failures: int
+
+
+@dataclass(frozen=True, slots=True)
 class StatsView:
     """The counters at one moment. Histograms are the live objects (read, never written)."""
 
@@ -70,6 +85,7 @@ class StatsView:
     journal_untracked: Mapping[str, int] = field(default_factory=dict)
     #: Per PBX, with several (``[ami.NAME]``); empty for the one unnamed ``[ami]``.
     pbx_links: tuple[PbxLinkStats, ...] = ()
+    phonebook: PhonebookStats | None = None
 
 
 def log_fields(view: StatsView) -> dict[str, Any]:
@@ -109,6 +125,21 @@ def log_fields(view: StatsView) -> dict[str, Any]:
         "journal_dropped": sum(view.journal_dropped.values()),
         "journal_untracked": sum(view.journal_untracked.values()),
         **_pbx_fields(view.pbx_links),
+        **_phonebook_fields(view.phonebook),
+    }
+
+
+def _phonebook_fields(book: PhonebookStats | None) -> dict[str, Any]:
+    if book is None:
+        return {}
+    age = None if book.age_seconds is None else round(book.age_seconds, 1)
+    return {
+        "phonebook": {
+            "entries": dict(book.entries),
+            "age_seconds": age,
+            "lookups": dict(book.lookups),
+            "sync_requests": book.sync_requests,
+        }
     }
 
 

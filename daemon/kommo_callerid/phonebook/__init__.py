@@ -1,0 +1,1 @@
+"""The local phone book: a SQLite mirror of Kommo's phone owners, synced in the background."""
