@@ -64,7 +64,10 @@ def verify(key: bytes, token: str, now: float) -> Claim | Refusal:
         given = _unb64(signature)
     except (binascii.Error, ValueError):
         return Refusal.PATH
-    if not hmac.compare_digest(given, _mac(key, payload)):
+    # Only the canonical spelling counts: a changed character in the padding bits is a
+    # changed link too, never a second name for the same one.
+    canonical = _b64(payload) == encoded and _b64(given) == signature
+    if not hmac.compare_digest(given, _mac(key, payload)) or not canonical:
         return Refusal.SIGNATURE
     claim = _parse(payload)
     if claim is None:  # signed by us, yet unreadable: an older format, never a path
