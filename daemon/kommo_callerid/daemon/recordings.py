@@ -18,7 +18,7 @@ from aiohttp import web
 from kommo_callerid.core.config import Config
 from kommo_callerid.journal.entry import JournalEntry
 from kommo_callerid.recordings.keys import SigningKeyError, signing_key
-from kommo_callerid.recordings.links import RecordedCall, RecordingLinks, Resolution
+from kommo_callerid.recordings.links import GRACE, RecordedCall, RecordingLinks, Resolution
 from kommo_callerid.recordings.serve import RecordingServer, recording_routes
 
 log = structlog.get_logger(__name__)
@@ -34,11 +34,24 @@ class Recordings:
     """Built at start-up (the key is read or made only when ``directory`` is set); SIGHUP
     hands it the new configuration."""
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        base_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+        grace: float = GRACE,
+    ) -> None:
+        #: The links' base; None: ``[public] url`` (tests give their own listener's).
+        self._base_url = base_url
         key = self._key(config)
-        self.links = RecordingLinks(config.recordings, key, public_url(config), clock=clock)
+        base = self._base(config)
+        self.links = RecordingLinks(config.recordings, key, base, clock=clock, grace=grace)
         self.server = RecordingServer(config.recordings, key, clock=clock)
-        self._on = bool(key) and bool(public_url(config))
+        self._on = bool(key) and bool(base)
+
+    def _base(self, config: Config) -> str:
+        return public_url(config) if self._base_url is None else self._base_url
 
     @staticmethod
     def _key(config: Config) -> bytes:
@@ -55,9 +68,9 @@ class Recordings:
         except SigningKeyError as exc:
             log.error("recordings.unusable", detail=str(exc))
             return
-        self.links.reconfigure(config.recordings, key, public_url(config))
+        self.links.reconfigure(config.recordings, key, self._base(config))
         self.server.reconfigure(config.recordings, key)
-        self._on = bool(key) and bool(public_url(config))
+        self._on = bool(key) and bool(self._base(config))
 
     def routes(self) -> list[web.RouteDef]:
         return recording_routes(self.server)
