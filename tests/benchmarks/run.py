@@ -29,6 +29,7 @@ import bench_memory  # noqa: E402
 import bench_outcome  # noqa: E402
 import bench_pbxs  # noqa: E402
 import bench_reconnect  # noqa: E402
+import bench_recordings  # noqa: E402
 from common import Report  # noqa: E402
 
 BENCHMARKS = {
@@ -44,6 +45,7 @@ BENCHMARKS = {
     "reconnect": bench_reconnect,
     "journal": bench_journal,
     "pbxs": bench_pbxs,
+    "recordings": bench_recordings,
 }
 
 

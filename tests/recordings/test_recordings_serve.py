@@ -7,6 +7,7 @@ feeds random paths and signed claims, and no byte from outside ``directory`` is 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from datetime import date, datetime
@@ -64,6 +65,17 @@ def test_a_good_link_serves_the_file_with_its_audio_type(site: TlsRecordingSite)
     assert (status, headers["content-type"], body) == (200, "audio/wav", AUDIO)
     assert headers["accept-ranges"] == "bytes"
     assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_file_is_sent_once_with_no_server_error(
+    site: TlsRecordingSite, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The handler prepares the response (the download slot is held while it streams);
+    aiohttp's second prepare must not open and send the file again."""
+    with caplog.at_level(logging.ERROR, logger="aiohttp.server"):
+        assert site.request("GET", link())[0] == 200
+        assert site.request("GET", link(), {"Range": "bytes=0-9"})[0] == 206
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiohttp")] == []
 
 
 def test_head_answers_as_get_without_a_body(site: TlsRecordingSite) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from kommo_callerid.core.config import RecordingsConfig
 from kommo_callerid.recordings.locate import Found, find
@@ -100,7 +101,7 @@ class RecordingServer:
             self._slots.release()
 
     async def _send(self, request: web.Request, found: Found) -> web.StreamResponse:
-        response = web.FileResponse(
+        response = _PreparedOnce(
             found.path,
             headers={
                 "Content-Type": found.content_type,
@@ -117,6 +118,17 @@ class RecordingServer:
         # Never the token: its signature is a secret (the contract's log rule).
         log.info("recordings.refused", reason=str(reason), uniqueid=uniqueid)
         return web.Response(status=STATUS[reason])
+
+
+class _PreparedOnce(web.FileResponse):
+    """aiohttp prepares a handler's response again after the handler returns; a
+    ``FileResponse`` prepared in the handler (to hold the download slot while it streams)
+    would then open and send its file a second time."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
 
 
 def recording_routes(server: RecordingServer) -> list[web.RouteDef]:
