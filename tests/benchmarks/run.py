@@ -30,6 +30,7 @@ import bench_outcome  # noqa: E402
 import bench_pbxs  # noqa: E402
 import bench_phonebook  # noqa: E402
 import bench_reconnect  # noqa: E402
+import bench_recordings  # noqa: E402
 from common import Report  # noqa: E402
 
 BENCHMARKS = {
@@ -46,6 +47,7 @@ BENCHMARKS = {
     "journal": bench_journal,
     "pbxs": bench_pbxs,
     "phonebook": bench_phonebook,
+    "recordings": bench_recordings,
 }
 
 

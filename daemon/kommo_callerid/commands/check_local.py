@@ -1,7 +1,8 @@
 """The local half of ``kommo-callerid check`` (also with ``--offline``): this host's files,
 contacting nothing. Warnings only — each says what to change: example values left in the
 configuration, credential or token files other users may read or write, secrets written into
-a world-readable configuration file.
+a world-readable configuration file; and whether ``[recordings] directory`` can be read
+(a failure: without it no call gets a link).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ SECRET_KEYS = (
     ("kommo", "client_secret"),
     ("kommo", "refresh_token"),
     ("cluster", "redis_password"),
+    ("recordings", "key"),
 )
 _OTHERS = stat.S_IRWXG | stat.S_IRWXO
 
@@ -39,6 +41,7 @@ def check_local(config: Config, config_path: Path, report: Report) -> None:
     _token_file(config, report)
     if report.warnings == before:
         report.ok("files: no example values, credentials and tokens readable by their owner only")
+    _recordings(config, report)
 
 
 def _example_values(config: Config, report: Report) -> None:
@@ -141,6 +144,32 @@ def _token_file(config: Config, report: Report) -> None:
         report.warn(
             f"{path.parent} (the token file's directory) may be written by every user",
             f"chmod 700 {path.parent}",
+        )
+
+
+def _recordings(config: Config, report: Report) -> None:
+    """``[recordings] directory``: there, and readable (and searchable) by whoever runs the
+    check — run it as the service user (``sudo -u kommo-callerid``) for the daemon's view."""
+    directory = config.recordings.directory
+    if directory is None:
+        return
+    fix = (
+        "set [recordings] directory to Asterisk's monitor directory, and let the service "
+        "read it (the .deb's unit: SupplementaryGroups=asterisk, ReadOnlyPaths=)"
+    )
+    if not directory.is_dir():
+        report.fail(f"[recordings] directory {directory} does not exist", fix)
+    elif not os.access(directory, os.R_OK | os.X_OK):
+        report.fail(f"[recordings] directory {directory} is not readable by this user", fix)
+    else:
+        report.ok(f"recordings: {directory} is readable")
+    key_file = config.kommo.token_file.parent / "recordings.key"
+    mode = _mode(key_file)
+    if not config.recordings.key.get_secret_value() and mode is not None and mode & _OTHERS:
+        report.warn(
+            f"the recordings signing key {key_file} may be read by other users "
+            f"(mode {stat.S_IMODE(mode):04o}): they could sign links to any recording",
+            f"chmod 600 {key_file}, then delete it and restart to rotate the key",
         )
 
 

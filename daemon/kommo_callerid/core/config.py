@@ -255,6 +255,38 @@ class JournalConfig(_Section):
     database: Path = Path("/var/lib/kommo-callerid/journal.sqlite3")
 
 
+class RecordingsConfig(_Section):
+    """Signed links to call recordings, served by the public endpoint; empty ``directory``: off."""
+
+    directory: Path | None = None
+    #: Under ``directory``; {yyyy} {mm} {dd} (the call's date) and {uniqueid} (each channel).
+    pattern: str = Field(default="{yyyy}/{mm}/{dd}/*-{uniqueid}.*", min_length=1)
+    #: Seconds a link stays valid; 0: until the signing key changes.
+    link_ttl: Seconds = Field(default=0.0, ge=0, le=DAY * 3650)
+    #: The signing key (the credential file ``recordings_key``); empty: one generated once.
+    key: SecretStr = SecretStr("")
+
+    @field_validator("directory", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_names_the_call(cls, value: str) -> str:
+        if "{uniqueid}" not in value:
+            raise ValueError(f"must contain {{uniqueid}} (the file of one call), got {value!r}")
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError(f"must be relative to directory, without '..', got {value!r}")
+        try:
+            value.format(yyyy="2000", mm="01", dd="01", uniqueid="1.1")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"may use only {{yyyy}} {{mm}} {{dd}} {{uniqueid}}, got {value!r} ({exc})"
+            ) from None
+        return value
+
+
 def redis_url_for_messages(url: str) -> str:
     """The URL without its user and password (``redis://:pw@host`` -> ``redis://host``)."""
     tail = url.split("@", 1)[-1]
@@ -325,6 +357,7 @@ class Config(BaseSettings):
     journal: JournalConfig = JournalConfig()
     cluster: ClusterConfig = ClusterConfig()
     phonebook: PhonebookConfig = PhonebookConfig()
+    recordings: RecordingsConfig = RecordingsConfig()
     _pbxs: tuple[PbxConfig, ...] = PrivateAttr(default=())
 
     @property

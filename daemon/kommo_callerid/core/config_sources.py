@@ -26,6 +26,7 @@ CREDENTIAL_FILES: Mapping[str, tuple[str, str]] = {
     "kommo_refresh_token": ("kommo", "refresh_token"),
     "kommo_proxy": ("kommo", "proxy"),  # a proxy URL with its user:password
     "redis_password": ("cluster", "redis_password"),
+    "recordings_key": ("recordings", "key"),
 }
 #: A PBX name: what ``[ami.NAME]``, ``ami_secret_NAME`` and ``NAME/KEY`` may use.
 PBX_NAME = re.compile(r"[a-z0-9_-]+")

@@ -42,12 +42,14 @@ from kommo_callerid.daemon.memory import release_after_floods
 from kommo_callerid.daemon.notifier import CallNotifier, TaskOwner
 from kommo_callerid.daemon.outcomes import DebugJournalSink, JournalSink
 from kommo_callerid.daemon.phonebook import MirrorFirst, PhoneBookParts, open_phonebook
+from kommo_callerid.daemon.recordings import Recordings, recordings_view
 from kommo_callerid.daemon.reload import ConfigReloader
 from kommo_callerid.daemon.systemd import SystemdNotifier
 from kommo_callerid.journal.outbox import OutboxError
 from kommo_callerid.journal.sender import JournalSender
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.phonebook.store import MirrorError
+from kommo_callerid.recordings.keys import SigningKeyError
 from kommo_callerid.web.callerid import CallerIdService
 from kommo_callerid.web.metrics import MetricsExporter
 from kommo_callerid.web.server import Health, HttpServer
@@ -128,6 +130,9 @@ class Daemon:
         self.journal_sink = journal_sink
         self._debug_sink = DebugJournalSink()
         self._running: _Running | None = None
+        #: Signed recording links (the journal) and their server (the public listener's
+        #: routes: ``recordings.routes()``); built by :meth:`serve`.
+        self.recordings: Recordings | None = None
 
     @property
     def ami_connected(self) -> bool:
@@ -185,7 +190,12 @@ class Daemon:
             if not await self._credentials_usable(kommo):
                 return EXIT_CONFIG
             try:
-                journal = await open_journal(self.config, kommo)
+                self.recordings = Recordings(self.config)
+            except SigningKeyError as exc:
+                log.error("recordings.unusable", detail=str(exc))
+                return EXIT_CONFIG
+            try:
+                journal = await open_journal(self.config, kommo, self.recordings)
             except OutboxError as exc:
                 log.error("journal.unusable", detail=str(exc))
                 return EXIT_CONFIG
@@ -346,6 +356,8 @@ class Daemon:
         if running.phonebook is not None and running.front is not None:  # intervals, trust
             running.phonebook.sync.reconfigure(config.phonebook)
             running.front.reconfigure(config.phonebook)
+        if self.recordings is not None:
+            self.recordings.reconfigure(config)
         if config.log != old.log and self._relog is not None:
             self._relog(config.log)
 
@@ -486,6 +498,7 @@ class Daemon:
             cluster_up=running.cluster.link.ok if running.cluster else None,
             kommo_waiting=running.kommo.table_sizes().get("limiter_waiting", 0),
             **self._journal_view(running),
+            **recordings_view(self.recordings),
             pbx_links=running.links.stats() if running.links.named else (),
             phonebook=self._phonebook_view(running),
         )

@@ -1,8 +1,8 @@
 """SIGHUP: re-read the configuration file and apply what can change without dropping a link.
 
-``[notify]``, ``[calls]``, ``[journal]`` (except ``database``), ``[daemon]``, ``[log] level``
-and ``mask_numbers``, ``[phonebook]`` intervals and ``trust_unknown`` apply at once
-(``config.reloaded``, with the keys). Any other changed key
+``[notify]``, ``[calls]``, ``[journal]`` (except ``database``), ``[daemon]``, ``[recordings]``
+(its signing key re-read), ``[log] level`` and ``mask_numbers``, ``[phonebook]`` intervals and
+``trust_unknown`` apply at once (``config.reloaded``, with the keys). Any other changed key
 — ``[ami]``, ``[kommo]``, ``[cluster]``, ``[http]``, ``[cache]``, ``[log] format``,
 ``[journal] database`` — keeps its running value and is named in ``config.restart_needed``.
 A file that does not load is ``config.reload_failed`` and the running configuration stays.
@@ -26,7 +26,7 @@ from kommo_callerid.core.pbx_config import reload_pbxs, with_pbxs
 log = structlog.get_logger(__name__)
 
 #: Sections whose every key applies live; for the rest, only the keys listed here.
-LIVE_SECTIONS = frozenset({"notify", "calls", "journal", "daemon"})
+LIVE_SECTIONS = frozenset({"notify", "calls", "journal", "daemon", "recordings"})
 LIVE_KEYS = frozenset(
     {
         "log.level",

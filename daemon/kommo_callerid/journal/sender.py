@@ -79,6 +79,16 @@ class CallLog(Protocol):
     async def add_task(self, task: CallbackTask) -> JournalAnswer: ...
 
 
+class LinkResolver(Protocol):
+    """Sets records' recording links just before they are sent (the daemon's recordings)."""
+
+    async def settle(
+        self, entries: list[JournalEntry]
+    ) -> tuple[list[JournalEntry], list[JournalEntry]]:
+        """(records to send now, links set; records to send later, ``next_try`` set)."""
+        ...
+
+
 @dataclass
 class JournalStats:
     recorded: int = 0
@@ -100,8 +110,10 @@ class JournalSender:
         *,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
+        links: LinkResolver | None = None,
     ) -> None:
         self.outbox = outbox
+        self._links = links
         self._kommo = kommo
         self._journal = journal
         self._notify = notify
@@ -244,6 +256,9 @@ class JournalSender:
         steps = [expire(e, retain) for e in due if now >= e.recorded_at + retain]
         live = [e for e in due if now < e.recorded_at + retain]
         calls = [entry for entry in live if entry.state is State.PENDING]
+        if calls and self._links is not None:  # a file may appear a moment after the hangup
+            calls, later = await self._links.settle(calls)
+            steps.extend(Step(entry) for entry in later)
         if calls:
             steps.extend(await self._send_calls(calls))
         for entry in live:

@@ -34,6 +34,7 @@ DROP_REASONS = ("ttl", "rejected", "shed")
 CALLERID_RESULTS = tuple(str(answer) for answer in Answer)
 JOURNAL_DROP_REASONS = ("rejected", "expired", "unknown", "full")
 JOURNAL_UNTRACKED_REASONS = ("overflow", "stale", "link_lost")
+RECORDING_REFUSALS = ("signature", "expired", "path", "missing")
 
 
 class MetricsExporter:
@@ -72,6 +73,8 @@ class DaemonCollector:
         yield from _journal(view)
         if view.phonebook is not None:
             yield from phonebook_metrics(PREFIX, view.phonebook)
+        if view.recordings_enabled:
+            yield from _recordings(view)
 
 
 def _ami(view: StatsView) -> Iterator[Metric]:
@@ -211,6 +214,24 @@ def _journal(view: StatsView) -> Iterator[Metric]:
         "reason",
         view.journal_untracked,
         JOURNAL_UNTRACKED_REASONS if view.journal_enabled else (),
+    )
+
+
+def _recordings(view: StatsView) -> Iterator[Metric]:
+    yield _labelled_counter(
+        "recordings_served",
+        "Recording requests answered with the file, by status (200, 206, 304, 416 ...).",
+        "status",
+        view.recordings_served,
+        ("200", "206"),
+    )
+    yield _labelled_counter(
+        "recordings_refused",
+        "Recording requests refused, by reason: signature (403), expired (410), path and "
+        "missing (404).",
+        "reason",
+        view.recordings_refused,
+        RECORDING_REFUSALS,
     )
 
 

@@ -83,6 +83,10 @@ class StatsView:
     journal_dropped: Mapping[str, int] = field(default_factory=dict)
     #: Calls forgotten before they ended (so never journaled), by reason.
     journal_untracked: Mapping[str, int] = field(default_factory=dict)
+    #: Recording requests (the public endpoint): answered by status, refused by reason.
+    recordings_enabled: bool = False
+    recordings_served: Mapping[str, int] = field(default_factory=dict)
+    recordings_refused: Mapping[str, int] = field(default_factory=dict)
     #: Per PBX, with several (``[ami.NAME]``); empty for the one unnamed ``[ami]``.
     pbx_links: tuple[PbxLinkStats, ...] = ()
     phonebook: PhonebookStats | None = None

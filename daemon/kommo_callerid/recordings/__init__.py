@@ -1,0 +1,1 @@
+"""Call recordings: signed links in the journal, served by the public endpoint."""
