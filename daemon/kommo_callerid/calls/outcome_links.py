@@ -9,6 +9,8 @@ at the channel's Hangup; each map is capped (a Hangup lost without a link loss).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from kommo_callerid.calls.detector import channel_extension
 
 #: Local ;1 -> ;2 -> ... chains followed when naming who answered.
@@ -81,6 +83,21 @@ class ChannelLinks:
                 if device != trunk:
                     return device
         return channel_extension(channel)
+
+    def bridge_of(self, uniqueid: str) -> str | None:
+        return self._bridge_of.get(uniqueid)
+
+    def uniqueids(self) -> set[str]:
+        """Every channel something is known of."""
+        return {*self._locals.values(), *self._answered, *self._bridge_of}
+
+    def forget(self, uniqueids: Collection[str]) -> None:
+        """Forget channels that went in a gap (their Hangups are gone)."""
+        for uniqueid in uniqueids:
+            self.leave(uniqueid)
+            self._answered.pop(uniqueid, None)
+        for name in [name for name, u in self._locals.items() if u in uniqueids]:
+            del self._locals[name]
 
     def clear(self) -> None:
         for table in (self._locals, self._answered, self._bridges, self._bridge_of):
