@@ -96,3 +96,40 @@ async def test_a_call_that_started_while_the_link_was_down_is_taken_up_not_notif
     assert abs(record.started_at - started) < 1.5  # from the PBX's Duration
     assert 1 <= record.duration <= 4, record.duration
     assert kommo.events == []  # a call taken up is journaled, never notified
+
+
+async def test_without_a_channel_list_a_call_across_the_gap_is_counted_lost() -> None:
+    """No ``write = system``: CoreShowChannels is refused, and the call from before the gap
+    is dropped and counted (``link_lost``), as before; nothing waits for it forever."""
+    user = AmiUser(DEMO_SECRET, write=frozenset())
+    sink = CollectingSink()
+    async with (
+        FakeAmiServer(users={DEMO_USERNAME: user}) as ami,
+        FakeKommo(demo_dataset()) as kommo,
+    ):
+        daemon = Daemon(make_config(ami, kommo), journal_sink=sink)
+        serving = asyncio.create_task(daemon.serve())
+        await wait_for(lambda: daemon.ami_connected)
+        await ami.play(CallScenarios().inbound(agents=("100",)).events)
+        await wait_for(lambda: daemon.table_sizes()["outcomes"] == 1)
+        ami.drop()
+        await wait_for(lambda: ami.logins == 2 and daemon.ami_connected)
+        await wait_for(lambda: daemon.table_sizes()["outcomes"] == 0)
+        assert untracked(daemon)["link_lost"] == 1
+        daemon.stop.set()
+        assert await serving == EXIT_OK
+    assert listings(ami) == 2 and sink.calls == []
+
+
+async def test_an_ami_1x_pbx_is_not_asked_for_its_channels() -> None:
+    async with FakeAmiServer(version="1.3") as ami, FakeKommo(demo_dataset()) as kommo:
+        daemon = Daemon(make_config(ami, kommo, ami={"ping_interval": 0.05}))
+        serving = asyncio.create_task(daemon.serve())
+        await wait_for(lambda: daemon.ami_connected)
+        ami.drop()
+        await wait_for(lambda: ami.logins == 2 and daemon.ami_connected)
+        # The list would go out before the session's first Ping (it is not slept on).
+        await wait_for(lambda: ami.actions[-1].get("action") == "Ping")
+        daemon.stop.set()
+        assert await serving == EXIT_OK
+    assert listings(ami) == 0
