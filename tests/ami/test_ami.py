@@ -15,14 +15,20 @@ from panoramisk.manager import Manager
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from kommo_callerid.ami.client import AmiActionRefused, AmiClient, AmiConnectionError, AmiLoginError
+from kommo_callerid.ami.client import (
+    AmiActionRefused,
+    AmiClient,
+    AmiConnectionError,
+    AmiLoginError,
+    duration_seconds,
+)
 from kommo_callerid.core.config import AmiConfig
 from kommo_callerid.core.models import AmiSessionInfo, ChannelEvent, ChannelEventKind
 from kommo_callerid.sim.ami_server import AmiUser, FakeAmiServer
 from kommo_callerid.sim.recording import events_only, format_message, read_recording
 from kommo_callerid.sim.scenarios import CallScenarios
 
-from support import RECORDINGS, refused_port
+from support import RECORDINGS, ManualClock, refused_port
 
 ASTERISK_22 = sorted(
     p for p in (RECORDINGS / "asterisk-22").glob("*.txt") if not p.name.endswith(".actions.txt")
@@ -458,6 +464,53 @@ async def test_active_channels_lists_uniqueids_and_needs_write_system(
     with pytest.raises(AmiActionRefused, match="Permission denied"):
         await readonly.active_channels(timeout=2.0)
     await readonly.close()
+
+
+async def test_list_channels_gives_the_calls_up_from_the_pbx_as_typed_events(
+    server: FakeAmiServer, client: AmiClient, queue: EventQueue
+) -> None:
+    call = CallScenarios().inbound(agents=("100",), via_local=False)
+    server.pbx_channels.clock = clock = ManualClock()
+    await server.play(call.events)  # the fake PBX keeps the channels its events made
+    clock.advance(3 * 3600 + 65.5)
+    listed = await client.list_channels(timeout=2.0)
+    assert {e.kind for e in listed} == {ChannelEventKind.CHANNEL_UP}
+    root, phone = sorted(listed, key=lambda e: e.uniqueid != e.linkedid)
+    assert (root.uniqueid, root.linkedid, root.context, root.exten) == (
+        call.linkedid,
+        call.linkedid,
+        "from-trunk",
+        "5551000",
+    )
+    assert (root.caller_num, phone.linkedid) == ("18305803077", call.linkedid)
+    assert root.bridge_id == phone.bridge_id != ""
+    assert [e.age for e in listed] == [3 * 3600 + 65] * 2  # Duration: 03:01:05
+    assert all(e.has_linkedid for e in listed)
+    await server.play(call.hangups)
+    assert await client.list_channels(timeout=2.0) == []
+    assert [e.kind for e in drain(queue)].count(ChannelEventKind.CHANNEL_UP) == 0
+
+
+def test_duration_is_read_as_asterisk_lists_it() -> None:
+    assert duration_seconds("00:00:07") == 7
+    assert duration_seconds("27:03:10") == 27 * 3600 + 190
+    assert duration_seconds("42") == 42
+    assert duration_seconds("") == duration_seconds("1:x") == 0
+
+
+async def test_a_channel_hung_up_while_the_list_comes_is_not_listed(
+    server: FakeAmiServer, client: AmiClient
+) -> None:
+    """Asterisk may list a channel and send its Hangup first: it must not come back."""
+    gone = {"Channel": "PJSIP/100-00000001", "Uniqueid": "1.1", "Linkedid": "1.1"}
+    server.channels = [
+        gone,
+        {"Channel": "PJSIP/101-00000002", "Uniqueid": "1.2", "Linkedid": "1.2"},
+    ]
+    listing = asyncio.create_task(client.list_channels(timeout=2.0))
+    await asyncio.sleep(0)  # the action is on its way; the Hangup overtakes its answer
+    server.emit({"Event": "Hangup", "Privilege": "call,all", **gone, "Cause": "16"})
+    assert [e.uniqueid for e in await listing] == ["1.2"]
 
 
 async def test_an_unknown_action_gets_the_error_response(client: AmiClient) -> None:

@@ -256,3 +256,29 @@ async def test_a_link_busy_with_events_is_alive_though_its_pong_is_late(
             await wait_for(lambda: not daemon.ami_connected, timeout=2)  # silence: dead
     lost = events(logs, "ami.disconnected")
     assert lost[0]["reason"] == "no answer to Ping within 0.2 s"
+
+
+# ---- issue 18, point 13: a PBX that drops the link after sub-second working sessions ----
+
+
+async def test_short_sessions_that_delivered_a_call_event_reconnect_within_3_s(
+    ami: FakeAmiServer,
+) -> None:
+    config = config_for(ami.port, reconnect_min=0.5, reconnect_max=30.0)  # the defaults
+    queue: EventQueue = asyncio.Queue()
+    supervisor = AmiSupervisor(config, lambda: AmiClient(config, queue))
+    task = asyncio.create_task(supervisor.run())
+    gaps = []
+    try:
+        for session in range(1, 11):
+            await ami.wait_logged_in(session, timeout=60)
+            ami.emit(newchannel(f"1700000000.{session}"))
+            await wait_for(lambda n=session: queue.qsize() >= n)  # the session delivered it
+            dropped_at = time.monotonic()
+            ami.drop()  # well under a second after the login
+            await ami.wait_logged_in(session + 1, timeout=60)
+            gaps.append(time.monotonic() - dropped_at)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert max(gaps) <= 3.0, gaps  # before: the backoff grew with every drop, up to 8.3 s

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from kommo_callerid.calls.outcome import OutcomeTracker
 from kommo_callerid.core.models import ChannelEvent, ChannelEventKind, FinishedCall
 
@@ -22,13 +24,29 @@ class FakePbx:
         self._seq = 0
         self._names: dict[str, str] = {}
         self._linked: dict[str, str] = {}
+        self._born: dict[str, tuple[float, str, str, str]] = {}  # at, context, exten, number
+        #: While True the events are made but never fed: the tracker does not see them (a gap).
+        self.muted = False
 
     def at(self, seconds: float) -> FakePbx:
         self.now = 1_000.0 + seconds
         return self
 
     def feed(self, event: ChannelEvent) -> None:
-        self.finished.extend(self.tracker.feed(event))
+        if not self.muted:
+            self.finished.extend(self.tracker.feed(event))
+
+    def link_lost(self) -> None:
+        self.finished.extend(self.tracker.feed(ChannelEvent.link_lost(self.now)))
+
+    def listed(self, *up: tuple[str, str]) -> None:
+        """After a login: the channels up, each ``(uniqueid, bridge_id)``, then the end of
+        the list. ``Duration`` is each channel's age since its Newchannel."""
+        for uniqueid, bridge_id in up:
+            born, context, exten, num = self._born[uniqueid]
+            event = self._event(K.CHANNEL_UP, uniqueid, context=context, exten=exten, num=num)
+            self.feed(replace(event, bridge_id=bridge_id, age=float(int(self.now - born))))
+        self.feed(ChannelEvent.marker(K.CHANNELS_LISTED, self.now))
 
     def channel(
         self,
@@ -44,6 +62,7 @@ class FakePbx:
         uniqueid = f"{self._prefix}.{self._seq}"
         self._names[uniqueid] = name
         self._linked[uniqueid] = call or uniqueid
+        self._born[uniqueid] = (self.now, context, exten, num)
         self.feed(self._event(K.NEWCHANNEL, uniqueid, context=context, exten=exten, num=num))
         return uniqueid
 

@@ -7,7 +7,13 @@ from outcome_shapes import CALLER, DID, FakePbx
 
 from kommo_callerid.calls.detector import CallTracker
 from kommo_callerid.calls.outcome import OutcomeTracker
-from kommo_callerid.core.models import CallDirection, CallStatus, ChannelEvent, FinishedCall
+from kommo_callerid.core.models import (
+    CallDirection,
+    CallStatus,
+    ChannelEvent,
+    ChannelEventKind,
+    FinishedCall,
+)
 
 
 def only(pbx: FakePbx) -> FinishedCall:
@@ -221,11 +227,13 @@ def test_pbx_name_and_wall_clock_make_the_call_id_and_start() -> None:
     assert record.started_at == 1.7e9 + 1_000.0
 
 
-def test_a_lost_link_forgets_every_call_and_counts_them() -> None:
+def test_a_lost_link_with_no_channel_list_forgets_every_call_and_counts_them() -> None:
     pbx = FakePbx()
     calls = [pbx.inbound() for _ in range(3)]
     answer_via_local(pbx, calls[0], "100", "b")
     pbx.feed(ChannelEvent.link_lost(pbx.now))
+    assert pbx.tracker.stats.dropped_link_lost == 0  # kept until the next session says
+    pbx.feed(ChannelEvent.marker(ChannelEventKind.CHANNELS_UNKNOWN, pbx.now))
     assert pbx.tracker.stats.dropped_link_lost == 3
     assert_no_state(pbx.tracker)
     pbx.hangup(calls[0])  # a Hangup after the gap changes nothing

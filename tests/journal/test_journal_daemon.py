@@ -9,7 +9,7 @@ import aiohttp
 from structlog.testing import capture_logs
 
 from kommo_callerid.core.models import CallStatus
-from kommo_callerid.sim.ami_server import FakeAmiServer
+from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, AmiUser, FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
 from kommo_callerid.sim.scenarios import CallScenarios
 
@@ -61,8 +61,8 @@ async def test_disabled_journal_opens_no_database(ami: FakeAmiServer, tmp_path: 
 
 
 async def test_calls_lost_with_the_ami_link_are_counted_as_untracked(ami: FakeAmiServer) -> None:
-    """A call in progress when the link drops can never be journaled (its Hangups are in the
-    gap): /metrics and the stats line say so, by reason, instead of losing it silently."""
+    """A call that ends while the AMI link is down can never be journaled (its Hangups are in
+    the gap): /metrics and the stats line say so, by reason, instead of losing it silently."""
     call = CallScenarios().inbound("18305803077", agents=())
     async with FakeKommo(demo_dataset()) as kommo:
         config = make_config(ami, kommo, http=LOCAL)
@@ -70,7 +70,11 @@ async def test_calls_lost_with_the_ami_link_are_counted_as_untracked(ami: FakeAm
             async with running_daemon(config) as daemon, aiohttp.ClientSession() as http:
                 await ami.play(call.events)
                 await wait_for(lambda: daemon.table_sizes()["outcomes"] == 1)
+                ami.users[DEMO_USERNAME] = AmiUser("changed-by-the-admin")  # no relogin yet
                 ami.drop()
+                await wait_for(lambda: ami.login_failures >= 1)
+                await ami.play(call.hangups)  # nobody hears them
+                ami.users[DEMO_USERNAME] = AmiUser(DEMO_SECRET)
                 await wait_for(lambda: daemon.table_sizes()["outcomes"] == 0)
                 async with http.get(f"http://127.0.0.1:{daemon.http_port}/metrics") as answer:
                     metrics = await answer.text()

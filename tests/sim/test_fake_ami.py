@@ -214,6 +214,28 @@ async def test_play_keeps_order_and_delay(server: FakeAmiServer, peer: Peer) -> 
     assert [await peer.message() for _ in events] == [format_message(e) for e in events]
 
 
+async def test_core_show_channels_lists_what_the_events_left_up(
+    server: FakeAmiServer, peer: Peer
+) -> None:
+    """Like a PBX: a dropped link leaves the channels up; a bridge shows in BridgeId, a
+    Hangup takes the channel away."""
+    call = CallScenarios().inbound(agents=("100",), via_local=False)
+    server.drop()  # nobody receives the events: the channels are up all the same
+    for event in call.events:
+        server.emit(event)
+    listed = server.pbx_channels.listed()
+    assert [c["Linkedid"] for c in listed] == [call.linkedid] * 2
+    assert listed[0]["Uniqueid"] == call.linkedid  # the root, then the agent's phone
+    assert {c["BridgeId"] for c in listed} == {f"bridge-{listed[1]['Uniqueid']}"}
+    assert listed[0]["Context"] == "from-trunk" and listed[0]["Duration"] == "00:00:00"
+    assert list(listed[0])[-4:] == ["BridgeId", "Application", "ApplicationData", "Duration"]
+    server.emit(call.events[-1] | {"Event": "BridgeLeave"})
+    assert server.pbx_channels.listed()[0]["BridgeId"] == ""
+    for event in call.hangups:
+        server.emit(event)
+    assert server.pbx_channels.listed() == []
+
+
 # ---- recording helpers ----
 
 

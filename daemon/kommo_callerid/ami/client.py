@@ -44,9 +44,17 @@ log = structlog.get_logger(__name__)
 
 _CLOSE_GRACE = 2.0  # seconds a closing link may take to flush before it is aborted
 _WARN_EVERY = 1000  # drops and bad events are logged on the 1st, 1001st, ... occurrence
-_KINDS = {
-    kind.value.lower(): kind for kind in ChannelEventKind if kind is not ChannelEventKind.LINK_LOST
-}
+#: What the daemon makes itself, or reads from an action's answer: never a live event.
+_NOT_EVENTS = frozenset({
+    ChannelEventKind.LINK_LOST,
+    ChannelEventKind.CHANNEL_UP,
+    ChannelEventKind.CHANNELS_LISTED,
+    ChannelEventKind.CHANNELS_UNKNOWN,
+})  # fmt: skip
+_KINDS = {kind.value.lower(): kind for kind in ChannelEventKind if kind not in _NOT_EVENTS}
+#: Hangups remembered while a channel list is on its way (see :meth:`AmiClient.list_channels`).
+_MAX_HANGUPS_WHILE_LISTING = 10_000
+_HANGUP = ChannelEventKind.HANGUP
 
 T = TypeVar("T")
 
@@ -78,6 +86,8 @@ class AmiClient:
         self._started = False
         self._closing = False
         self._logged_in = False
+        #: Uniqueids hung up while a channel list is on its way; None when none is.
+        self._hung_up: set[str] | None = None
 
     @property
     def counters(self) -> AmiCounters:
@@ -152,12 +162,31 @@ class AmiClient:
         that is what makes it a witness of calls the events did not show. Asterisk wants
         ``write = system`` (or ``reporting``) for it; without, AmiActionRefused.
         """
+        return frozenset(_header(item, "Uniqueid") for item in await self._channel_list(timeout))
+
+    async def list_channels(self, timeout: float) -> list[ChannelEvent]:
+        """The channels up now, as CHANNEL_UP events (calls to resume after a gap).
+
+        A channel whose Hangup arrived while the list was on its way is left out: Asterisk
+        may list it and send its Hangup first, and it must not come back to life.
+        AmiActionRefused without ``write = system``; TimeoutError when unanswered.
+        """
+        self._hung_up = set()
+        try:
+            items = await self._channel_list(timeout)
+            hung_up = self._hung_up
+        finally:
+            self._hung_up = None
+        at = self._clock()
+        listed = (_channel_up(item, at, self._pbx) for item in items)
+        return [e for e in listed if e is not None and e.uniqueid not in hung_up]
+
+    async def _channel_list(self, timeout: float) -> list[dict[str, str]]:
         link = self._live_link()
         answer = await self._wait(link.submit({"Action": "CoreShowChannels"}), link, timeout)
         response, *items = all_headers(answer)
         _raise_if_refused(response)
-        listed = (m for m in items if _header(m, "Event").lower() == "coreshowchannel")
-        return frozenset(_header(m, "Uniqueid") for m in listed)
+        return [m for m in items if _header(m, "Event").lower() == "coreshowchannel"]
 
     async def wait_closed(self) -> str:
         """Wait until the link is lost or closed; the reason, e.g. "connection closed by server"."""
@@ -267,6 +296,9 @@ class AmiClient:
         if event is None:
             self._count_invalid("no Uniqueid")
             return
+        hung_up = self._hung_up
+        if hung_up is not None and kind is _HANGUP and len(hung_up) < _MAX_HANGUPS_WHILE_LISTING:
+            hung_up.add(event.uniqueid)
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -344,6 +376,44 @@ def _channel_event(
 
 def _int(text: str) -> int:
     return int(text) if text.isdigit() else 0
+
+
+def _channel_up(item: Mapping[str, str], at: float, pbx: str) -> ChannelEvent | None:
+    """One ``CoreShowChannel`` item; None without a Uniqueid.
+
+    Its Context and Exten say where the channel is in the dialplan now, not where it was
+    born: for a call's root, still waiting in Dial or Queue, that is where it came in.
+    """
+    uniqueid, linkedid = _header(item, "Uniqueid"), _header(item, "Linkedid")
+    if not uniqueid:
+        return None
+    return ChannelEvent(
+        kind=ChannelEventKind.CHANNEL_UP,
+        channel=_header(item, "Channel"),
+        uniqueid=uniqueid,
+        linkedid=linkedid or uniqueid,
+        caller_num=_header(item, "CallerIDNum"),
+        caller_name=_header(item, "CallerIDName"),
+        context=_header(item, "Context"),
+        exten=_header(item, "Exten"),
+        received_at=at,
+        bridge_id=_header(item, "BridgeId"),
+        pbx=pbx,
+        has_linkedid=bool(linkedid),
+        age=duration_seconds(_header(item, "Duration")),
+    )
+
+
+def duration_seconds(text: str) -> float:
+    """``Duration`` as Asterisk lists it, ``HH:MM:SS`` (hours past 24 too), or plain seconds;
+    0 when unreadable."""
+    parts = text.strip().split(":")
+    if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        return 0.0
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + int(part)
+    return float(seconds)
 
 
 def _legacy_dial(

@@ -19,13 +19,20 @@ import structlog
 
 from kommo_callerid.ami.hints import connect_hint, is_legacy, warn_if_legacy
 from kommo_callerid.core.config import AmiConfig
-from kommo_callerid.core.models import AmiConnectionError, AmiLoginError, AmiSessionInfo
+from kommo_callerid.core.models import (
+    AmiActionRefused,
+    AmiConnectionError,
+    AmiLoginError,
+    AmiSessionInfo,
+    ChannelEvent,
+)
 
 log = structlog.get_logger(__name__)
 
-#: A logged-in session that stayed up this long was a working link: after its loss the next
-#: try waits only ``reconnect_min`` (a PBX reload, a flaky network). Shorter sessions (a server
-#: that accepts and drops at once) and failed connects or logins back off.
+#: A logged-in session that stayed up this long, or that delivered a call event however short
+#: it was, was a working link: after its loss the next try waits only ``reconnect_min`` (a PBX
+#: reload, a flaky network, a PBX that drops the link after every few events). Other sessions
+#: (a server that accepts and drops at once) and failed connects or logins back off.
 HEALTHY_SESSION = 1.0
 #: A session this old that has seen no call event suggests an AMI user without ``read = call``.
 SILENCE_WARNING_AFTER = 600.0
@@ -50,6 +57,7 @@ class AmiLink(Protocol):
     async def connect(self) -> AmiSessionInfo: ...
     async def send_action(self, action: Mapping[str, str], timeout: float) -> dict[str, str]: ...
     async def wait_closed(self) -> str: ...
+    async def list_channels(self, timeout: float) -> list[ChannelEvent]: ...
     def abort(self, reason: str) -> None: ...
     @property
     def events_received(self) -> int: ...
@@ -96,6 +104,7 @@ class AmiSupervisor:
         *,
         on_state: Callable[[bool], None] = lambda connected: None,
         on_link_lost: Callable[[], Awaitable[None]] | None = None,
+        on_channels: Callable[[list[ChannelEvent] | None], Awaitable[None]] | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         silence_warning_after: float = SILENCE_WARNING_AFTER,
@@ -104,6 +113,9 @@ class AmiSupervisor:
         self._link_factory = link_factory
         self._on_state = on_state
         self._on_link_lost = on_link_lost
+        #: Told after each login which channels are up (None: not known), so that calls
+        #: that were in progress across a gap can be followed to their end.
+        self._on_channels = on_channels
         self._clock = clock
         self._sleep = sleep
         self._silence_warning_after = silence_warning_after
@@ -159,16 +171,20 @@ class AmiSupervisor:
         self.ever_connected = True
         log.info("ami.connected", host=info.host, port=info.port, ami_version=info.ami_version)
         warn_if_legacy(info.ami_version)
+        legacy = is_legacy(info.ami_version)
         try:
-            await self._subscribe(link, legacy=is_legacy(info.ami_version))
+            await self._subscribe(link, legacy=legacy)
             self._set_connected(True)
-            reason = await self._watch(link)
+            reason = await self._watch(link, legacy=legacy)
         except (AmiConnectionError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
         log.warning("ami.disconnected", reason=reason)
         if self._on_link_lost is not None:
             await self._on_link_lost()  # state from before the gap is not trusted
-        return _SessionEnd(reason, healthy=self._now() - started >= HEALTHY_SESSION)
+        # A short session that delivered a call event worked: a PBX that drops the link after
+        # every few events must not push the relogins out to reconnect_max.
+        worked = link.events_received > 0 or self._now() - started >= HEALTHY_SESSION
+        return _SessionEnd(reason, healthy=worked)
 
     async def _subscribe(self, link: AmiLink, *, legacy: bool = False) -> None:
         """Only the call class, and only the events the daemon uses (per session: re-sent).
@@ -204,22 +220,46 @@ class AmiSupervisor:
                 )
                 return
 
-    async def _watch(self, link: AmiLink) -> str:
-        """Wait for the link to close, pinging it; a Ping unanswered in time kills it."""
+    async def _watch(self, link: AmiLink, *, legacy: bool = False) -> str:
+        """Wait for the link to close, pinging it; a Ping unanswered in time kills it.
+
+        Meanwhile the channels up are listed (beside the pinger: a PBX that hangs while
+        listing is found out as fast as any other).
+        """
         pinger = asyncio.create_task(self._ping_until_silent(link), name="ami-ping")
         closed = asyncio.create_task(link.wait_closed(), name="ami-wait-closed")
         silence = asyncio.create_task(self._warn_if_no_calls(link), name="ami-silence")
+        listing = asyncio.create_task(self._list_channels(link, legacy), name="ami-channels")
+        tasks = (pinger, closed, silence, listing)
         try:
             done, _ = await asyncio.wait({pinger, closed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (pinger, closed, silence):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(pinger, closed, silence, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
         if closed in done:
             return closed.result()
         reason = pinger.result()
         link.abort(reason)
         return reason
+
+    async def _list_channels(self, link: AmiLink, legacy: bool) -> None:
+        """Tell ``on_channels`` which channels are up now (None when that cannot be known).
+
+        AMI 1.x is not asked: its channels carry no Linkedid, and its calls are not followed.
+        A lost link ends this with the session (the next session lists again).
+        """
+        if self._on_channels is None:
+            return
+        listed: list[ChannelEvent] | None = None
+        if not legacy:
+            try:
+                listed = await link.list_channels(self._config.connect_timeout)
+            except (AmiActionRefused, TimeoutError) as exc:
+                log.info("ami.channels_unlisted", reason=str(exc) or type(exc).__name__)
+            except AmiConnectionError:
+                return
+        await self._on_channels(listed)
 
     async def _warn_if_no_calls(self, link: AmiLink) -> None:
         """AMI cannot tell a user its read classes; a long silence is the only symptom."""

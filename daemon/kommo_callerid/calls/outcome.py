@@ -30,15 +30,26 @@ The first party answered; later ones are transfers.
 AMI 1.x (Asterisk 11 and older) sends no Linkedid, ``DialEnd`` or bridge events: its events
 are counted (``no_linkedid``) and otherwise ignored here, so none of its calls is journaled.
 
+A lost AMI link (``LINK_LOST``) is a gap: the Hangups in it are gone. What was known is kept
+until the next session's list of the channels up (CHANNEL_UP events, then CHANNELS_LISTED):
+a channel from before the gap that is not listed went in it, and a call with none left is
+dropped (``link_lost``: when it ended is unknown); a listed call the tracker does not follow
+(it started in the gap, or before the daemon) is taken up (:mod:`.outcome_resume`). Either
+way its later Hangups end it as usual. When no list comes (CHANNELS_UNKNOWN: refused, AMI 1.x)
+every call with a channel from before the gap is dropped.
+
 Memory: a call's state lives from its root's Newchannel to its last Hangup; at most
-``max_calls`` calls for at most ``max_age`` seconds. Over the cap the oldest call nobody has
-answered goes first (a flood of calls that never hang up is all unanswered; a conversation
-in progress keeps its record), then the oldest call. A lost AMI link
-(``LINK_LOST``) forgets everything, since the Hangups in the gap are gone. Channel and bridge
-maps are freed on Hangup and capped too. Every call dropped without a verdict is counted.
+``max_calls`` calls, for at most ``max_age`` seconds unanswered and ``max_answered_age``
+answered (a conference, a forgotten hold). Over the cap the oldest call nobody has answered
+goes first (a flood of calls that never hang up is all unanswered; a conversation in progress
+keeps its record), then the oldest call. Channel and bridge maps are freed on Hangup and
+capped too. Every call dropped without a verdict is counted.
 
 Who is connected to whom (Local halves, Dials, bridges) is kept in :mod:`.outcome_links`; the
 rules that judge a finished call are in :mod:`.outcome_verdict`.
+
+Size: one PBX's call table with every event that changes it, gaps included; the pieces that
+need none of the table live in the modules named above.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ from dataclasses import asdict, dataclass, replace
 
 from kommo_callerid.calls.detector import channel_extension, is_withheld
 from kommo_callerid.calls.outcome_links import ChannelLinks, put
+from kommo_callerid.calls.outcome_resume import births, bridge_entries
 from kommo_callerid.calls.outcome_verdict import (
     ANSWER,
     CallFacts,
@@ -58,8 +70,10 @@ from kommo_callerid.calls.outcome_verdict import (
 )
 from kommo_callerid.core.models import ChannelEvent, ChannelEventKind, FinishedCall
 
-#: Calls older than this are dropped even if their last Hangup never came.
+#: Unanswered calls older than this are dropped even if their last Hangup never came.
 MAX_CALL_AGE = 4 * 3600.0
+#: The same for answered calls: a conference or a forgotten hold may last all day.
+MAX_ANSWERED_CALL_AGE = 24 * 3600.0
 #: Calls in progress per PBX: more than one Asterisk carries (a call is two channels or
 #: more); beyond it Hangups were lost or the PBX is flooded, and memory must stay bounded.
 MAX_TRACKED_CALLS = 5_000
@@ -69,6 +83,8 @@ MAX_CHANNELS = 50_000
 MAX_DIALS_PER_CALL = 500
 
 _K = ChannelEventKind
+#: A lost link and what the next session says of the channels up.
+_GAP_KINDS = frozenset({_K.LINK_LOST, _K.CHANNEL_UP, _K.CHANNELS_LISTED, _K.CHANNELS_UNKNOWN})
 
 
 @dataclass(slots=True)
@@ -80,6 +96,7 @@ class OutcomeStats:
     dropped_stale: int = 0  # older than max_age
     dropped_overflow: int = 0  # pushed out by max_calls
     no_linkedid: int = 0  # events of an AMI 1.x PBX (no Linkedid): their calls are not followed
+    resumed: int = 0  # calls taken up from the channels listed after a login
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -107,6 +124,7 @@ class OutcomeTracker:
         wall_offset: float = 0.0,
         max_calls: int = MAX_TRACKED_CALLS,
         max_age: float = MAX_CALL_AGE,
+        max_answered_age: float = MAX_ANSWERED_CALL_AGE,
         max_channels: int = MAX_CHANNELS,
     ) -> None:
         self.rules = VerdictRules(
@@ -120,12 +138,20 @@ class OutcomeTracker:
         self.stats = OutcomeStats()
         self._max_calls = max_calls
         self._max_age = max_age
+        self._max_answered_age = max_answered_age
         self._max_channels = max_channels
         self._calls: dict[str, CallFacts] = {}  # by Linkedid, oldest first
         self._unanswered: dict[str, None] = {}  # Linkedids nobody answered yet, oldest first
         self._call_of: dict[str, str] = {}  # Uniqueid -> Linkedid of a tracked call
         self._caller_side: dict[str, str] = {}  # Uniqueid -> Linkedid whose caller it carries
         self._links = ChannelLinks(max_channels)
+        #: In a gap: the channels known before it (each may have hung up in it); else None.
+        self._before_gap: set[str] | None = None
+        #: When the gap began at the latest: the last event before it.
+        self._gap_from = 0.0
+        self._last_at = float("-inf")
+        #: CHANNEL_UP events of the list on its way, by Uniqueid.
+        self._listing: dict[str, ChannelEvent] = {}
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -154,6 +180,8 @@ class OutcomeTracker:
             "unanswered": len(self._unanswered),
             "channels": len(self._call_of),
             "caller_side": len(self._caller_side),
+            "listing": len(self._listing),
+            "before_gap": len(self._before_gap or ()),
             **self._links.sizes(),
         }
 
@@ -164,6 +192,8 @@ class OutcomeTracker:
             # missed; such a PBX's calls are not journaled at all rather than journaled wrong.
             self.stats.no_linkedid += 1
             return []
+        if kind is not _K.LINK_LOST:
+            self._last_at = event.received_at
         if kind is _K.NEWCHANNEL:
             return self._new_channel(event)
         if kind is _K.NEWCALLERID:
@@ -176,14 +206,18 @@ class OutcomeTracker:
             self._links.leave(event.uniqueid)
         elif kind is _K.HANGUP:
             return self._hangup(event)
-        elif kind is _K.LINK_LOST:
-            self.stats.dropped_link_lost += len(self._calls)
-            self._clear()
+        elif kind in _GAP_KINDS:
+            self._gap_event(event)
         return []
 
     def expire(self, now: float) -> int:
-        """Drop calls older than ``max_age`` (a Hangup was lost); how many."""
-        stale = [c for c in self._calls.values() if now - c.started >= self._max_age]
+        """Drop calls older than ``max_age``, or ``max_answered_age`` when answered (a Hangup
+        was lost); how many."""
+
+        def limit(call: CallFacts) -> float:
+            return self._max_age if call.answered_at is None else self._max_answered_age
+
+        stale = [c for c in self._calls.values() if now - c.started >= limit(c)]
         for call in stale:
             self._drop(call)
         self.stats.dropped_stale += len(stale)
@@ -277,6 +311,64 @@ class OutcomeTracker:
         self.stats.recorded += 1
         return [finished]
 
+    # -- gaps -----------------------------------------------------------------------------
+
+    def _gap_event(self, event: ChannelEvent) -> None:
+        kind = event.kind
+        if kind is _K.CHANNEL_UP:
+            if len(self._listing) < self._max_channels:
+                self._listing[event.uniqueid] = event
+        elif kind is _K.CHANNELS_LISTED:
+            self._channels_listed()
+        elif kind is _K.CHANNELS_UNKNOWN:
+            self._end_gap(None)
+        else:
+            self._link_lost(event)
+
+    def _link_lost(self, event: ChannelEvent) -> None:
+        if self._before_gap is None:
+            self._before_gap = set()
+            self._gap_from = min(self._last_at, event.received_at)
+            if self._gap_from == float("-inf"):
+                self._gap_from = event.received_at  # nothing seen before the gap
+        # Channels born in a session lost before its list came are as unsure as older ones.
+        self._before_gap.update(self._call_of, self._caller_side, self._links.uniqueids())
+        self._listing.clear()
+
+    def _channels_listed(self) -> None:
+        """The list is complete: forget what went in the gap, take up what is new."""
+        listed, self._listing = self._listing, {}
+        floor = self._gap_from if self._before_gap is not None else float("-inf")
+        self._end_gap(listed)
+        for born in births(listed.values(), self._call_of):
+            tracked = born.linkedid in self._calls
+            self._new_channel(born)
+            if not tracked and born.linkedid in self._calls:
+                self.stats.resumed += 1
+        links, side = self._links, self._caller_side
+        for entry in bridge_entries(listed.values(), links.bridge_of, side, floor):
+            self._bridge_enter(entry)
+
+    def _end_gap(self, listed: dict[str, ChannelEvent] | None) -> None:
+        """Forget the channels from before the gap that are not ``listed``; with no list,
+        every call that had one (it may have ended in the gap)."""
+        before, self._before_gap = self._before_gap, None
+        if before is None:
+            return
+        gone = before.difference(listed or ())
+        for call in list(self._calls.values()):
+            lost = call.alive & gone
+            if not lost:
+                continue
+            call.alive -= lost
+            if listed is None or not call.alive:
+                self._drop(call)
+                self.stats.dropped_link_lost += 1
+        for uniqueid in gone:
+            self._call_of.pop(uniqueid, None)
+            self._caller_side.pop(uniqueid, None)
+        self._links.forget(gone)
+
     # -- helpers --------------------------------------------------------------------------
 
     def _who(self, channel: str, call: CallFacts) -> str:
@@ -300,8 +392,3 @@ class OutcomeTracker:
         for uniqueid in call.alive:
             self._call_of.pop(uniqueid, None)
             self._caller_side.pop(uniqueid, None)
-
-    def _clear(self) -> None:
-        for table in (self._calls, self._call_of, self._caller_side, self._unanswered):
-            table.clear()
-        self._links.clear()

@@ -4,10 +4,13 @@ Pure bookkeeping for :mod:`.outcome`: it names the party behind a channel
 (``Local/100@agents-...;1`` -> what its ``;2`` half answered -> ``PJSIP/100-...`` -> ``100``)
 and tells who already sits in a bridge a channel enters. Kept for every channel of the PBX,
 not only tracked calls: a transfer target or a pickup belongs to another Linkedid. Entries go
-at the channel's Hangup; each map is capped (a Hangup lost without a link loss).
+at the channel's Hangup, or when the list of channels up after a gap no longer has it;
+each map is capped (a Hangup lost without a link loss).
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from kommo_callerid.calls.detector import channel_extension
 
@@ -82,9 +85,20 @@ class ChannelLinks:
                     return device
         return channel_extension(channel)
 
-    def clear(self) -> None:
-        for table in (self._locals, self._answered, self._bridges, self._bridge_of):
-            table.clear()
+    def bridge_of(self, uniqueid: str) -> str | None:
+        return self._bridge_of.get(uniqueid)
+
+    def uniqueids(self) -> set[str]:
+        """Every channel something is known of."""
+        return {*self._locals.values(), *self._answered, *self._bridge_of}
+
+    def forget(self, uniqueids: Collection[str]) -> None:
+        """Forget channels that went in a gap (their Hangups are gone)."""
+        for uniqueid in uniqueids:
+            self.leave(uniqueid)
+            self._answered.pop(uniqueid, None)
+        for name in [name for name, u in self._locals.items() if u in uniqueids]:
+            del self._locals[name]
 
     def _bridge_mate(self, uniqueid: str) -> str:
         """A channel sharing a bridge with this one (a device before a Local), or ""."""

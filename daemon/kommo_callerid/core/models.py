@@ -2,6 +2,8 @@
 
 Raw panoramisk messages stay in the ``ami/`` room and raw Kommo JSON in the
 ``kommo/`` room; everything else in the daemon speaks these types.
+
+Size: every type that crosses rooms, in one place to look them up.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ class ChannelEventKind(StrEnum):
     DIAL_LEGACY = "Dial"
     #: Not from Asterisk: the supervisor's marker that the AMI link was lost (a gap).
     LINK_LOST = "LinkLost"
+    #: A channel up when a session began, from ``CoreShowChannels`` (its ``CoreShowChannel``
+    #: item): not a new channel, so nothing is notified for it; ``age`` says how old it is.
+    CHANNEL_UP = "CoreShowChannel"
+    #: Not from Asterisk: every channel up was sent as CHANNEL_UP (the list is complete).
+    CHANNELS_LISTED = "ChannelsListed"
+    #: Not from Asterisk: after a gap no channel list came (refused, unanswered, AMI 1.x).
+    CHANNELS_UNKNOWN = "ChannelsUnknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +70,17 @@ class ChannelEvent:
     #: False when Asterisk sent no Linkedid (AMI 1.x): ``linkedid`` is then a guess, and the
     #: call's outcome cannot be followed.
     has_linkedid: bool = True
+    #: CHANNEL_UP: seconds the channel had existed when listed (``Duration``).
+    age: float = 0.0
 
     @classmethod
     def link_lost(cls, at: float, pbx: str = "") -> ChannelEvent:
-        return cls(ChannelEventKind.LINK_LOST, "", "", "", "", "", "", "", at, pbx=pbx)
+        return cls.marker(ChannelEventKind.LINK_LOST, at, pbx)
+
+    @classmethod
+    def marker(cls, kind: ChannelEventKind, at: float, pbx: str = "") -> ChannelEvent:
+        """A marker that is no channel's event (LINK_LOST, CHANNELS_LISTED, ...)."""
+        return cls(kind, "", "", "", "", "", "", "", at, pbx=pbx)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,11 @@ task, so a PBX that hangs (logged in, never answering a Ping) or refuses us only
 on its own timers: the others' events keep flowing. Each supervisor task runs with ``pbx``
 bound in its logging context, so ``ami.*`` lines say which PBX they are about (not for the
 one unnamed ``[ami]``, whose lines stay as they were).
+
+After each login the supervisor lists the channels up; :class:`_Resync` puts them on the queue
+(CHANNEL_UP events, then CHANNELS_LISTED) behind the LINK_LOST of the gap, so the outcome
+tracker follows the calls that went on across it. Nothing is queued when there was no gap and
+no channel is up (a quiet start).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import structlog
 
 from kommo_callerid.ami.sessions import AmiSessions
 from kommo_callerid.ami.supervisor import AmiSupervisor
-from kommo_callerid.core.models import AmiCounters, ChannelEvent
+from kommo_callerid.core.models import AmiCounters, ChannelEvent, ChannelEventKind
 from kommo_callerid.core.pbx_config import PbxConfig
 from kommo_callerid.web.stats import PbxLinkStats
 
@@ -49,12 +54,13 @@ class PbxLinks:
         clock: Callable[[], float],
     ) -> _Link:
         sessions = AmiSessions(pbx.ami, queue, pbx.name)
-
-        async def link_lost() -> None:  # state from before the gap is not trusted
-            await queue.put(ChannelEvent.link_lost(clock(), pbx.name))
-
+        resync = _Resync(queue, clock, pbx.name)
         supervisor = AmiSupervisor(
-            pbx.ami, sessions.new_client, on_state=on_state, on_link_lost=link_lost
+            pbx.ami,
+            sessions.new_client,
+            on_state=on_state,
+            on_link_lost=resync.link_lost,
+            on_channels=resync.channels,
         )
         return _Link(pbx, sessions, supervisor)
 
@@ -120,3 +126,36 @@ class PbxLinks:
             context.run(structlog.contextvars.bind_contextvars, pbx=name)
         task_name = f"ami-supervisor-{name}" if name else "ami-supervisor"
         return asyncio.create_task(link.supervisor.run(), name=task_name, context=context)
+
+
+class _Resync:
+    """One PBX's gaps, as markers on the event queue (``await put``: never dropped)."""
+
+    def __init__(
+        self, queue: asyncio.Queue[ChannelEvent], clock: Callable[[], float], pbx: str
+    ) -> None:
+        self._queue = queue
+        self._clock = clock
+        self._pbx = pbx
+        #: A LINK_LOST was queued and no channel list (or the word that none comes) since.
+        self._gap = False
+
+    async def link_lost(self) -> None:
+        """State from before the gap is not trusted until the next list says what is left."""
+        self._gap = True
+        await self._queue.put(ChannelEvent.link_lost(self._clock(), self._pbx))
+
+    async def channels(self, listed: list[ChannelEvent] | None) -> None:
+        if listed is None:
+            if self._gap:
+                unknown = ChannelEventKind.CHANNELS_UNKNOWN
+                await self._queue.put(ChannelEvent.marker(unknown, self._clock(), self._pbx))
+                self._gap = False
+            return
+        if not listed and not self._gap:
+            return
+        for event in listed:
+            await self._queue.put(event)
+        done = ChannelEventKind.CHANNELS_LISTED
+        await self._queue.put(ChannelEvent.marker(done, self._clock(), self._pbx))
+        self._gap = False

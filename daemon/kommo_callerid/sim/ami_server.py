@@ -22,6 +22,7 @@ from ssl import SSLContext
 from types import TracebackType
 from typing import cast
 
+from .ami_channels import PbxChannels
 from .recording import format_message
 
 DEMO_USERNAME = "kommo-callerid"
@@ -89,7 +90,9 @@ class FakeAmiServer:
         self._stopping = False
         self._logged_in = asyncio.Condition()
         self._started_at = time.monotonic()
-        #: The channels up now, as CoreShowChannels lists them (``Channel``, ``Uniqueid``, ...).
+        #: The channels up that the emitted events made (CoreShowChannels lists them).
+        self.pbx_channels = PbxChannels()
+        #: More channels CoreShowChannels lists as they are (``Channel``, ``Uniqueid``, ...).
         self.channels: list[dict[str, str]] = []
         #: Every action received, in order; a Login's Secret is masked.
         self.actions: list[dict[str, str]] = []
@@ -138,7 +141,11 @@ class FakeAmiServer:
         return list(self._sessions)
 
     def emit(self, event: Mapping[str, str]) -> int:
-        """Send an event to each logged-in session allowed to see it; returns how many got it."""
+        """Send an event to each logged-in session allowed to see it; returns how many got it.
+
+        The PBX's channels follow it whoever receives it (see :attr:`pbx_channels`).
+        """
+        self.pbx_channels.apply(event)
         if not self._awake.is_set():
             return 0
         data = format_message(event)
@@ -308,9 +315,10 @@ class FakeAmiServer:
             _reply(session, action, "Error", Message="Permission denied")
             return
         _reply(session, action, "Success", EventList="start", Message="Channels will follow")
-        for channel in self.channels:
+        channels = [*self.pbx_channels.listed(), *self.channels]
+        for channel in channels:
             _reply_item(session, action, "CoreShowChannel", channel)
-        complete = {"EventList": "Complete", "ListItems": str(len(self.channels))}
+        complete = {"EventList": "Complete", "ListItems": str(len(channels))}
         _reply_item(session, action, "CoreShowChannelsComplete", complete)
 
 
