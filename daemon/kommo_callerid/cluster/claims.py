@@ -30,9 +30,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 import structlog
+from redis.exceptions import ResponseError
 
 from kommo_callerid.cluster.claim_scripts import CLAIM, FINISH, RECORD, RELEASE, TICK
-from kommo_callerid.cluster.link import FAILURES, ClusterLink
+from kommo_callerid.cluster.link import FAILURES, GUARD, ClusterLink
 from kommo_callerid.cluster.ticker import Ticker
 
 log = structlog.get_logger(__name__)
@@ -115,8 +116,9 @@ class Claims:
         self._link = link
         self.ttl = ttl
         redis = link.redis
-        self._claim = redis.register_script(CLAIM)
-        self._tick = redis.register_script(TICK)
+        # Guarded (link.GUARD): after a flush a claim or a watched one would read as free.
+        self._claim = redis.register_script(GUARD + CLAIM)
+        self._tick = redis.register_script(GUARD + TICK)
         self.finish_script = redis.register_script(FINISH)
         self._record = redis.register_script(RECORD)
         self.release_script = redis.register_script(RELEASE)
@@ -173,7 +175,7 @@ class Claims:
         keys = [key, sent_key(key)]
         try:
             answer = await self._link.call_bounded(
-                lambda: self._claim(keys=keys, args=[token, ttl_ms])
+                lambda: self._claim(**self._link.guarded(keys, [token, ttl_ms]))
             )
         except FAILURES:
             return Claim(None, key, ""), FREE
@@ -235,7 +237,8 @@ class Claims:
         try:
             for keys, tokens in self._chunks():
                 ttl_ms = round(self.ttl * 1000)
-                answer = await self._tick(keys=keys, args=[ttl_ms, len(tokens), *tokens])
+                args: list[int | str] = [ttl_ms, len(tokens), *tokens]
+                answer = await self._link.call(self._tick(**self._link.guarded(keys, args)))
                 for index, (key, state) in enumerate(zip(keys, answer, strict=True)):
                     if index >= len(tokens):
                         states[key] = int(state)
@@ -244,6 +247,8 @@ class Claims:
                         self.lost += 1
         except FAILURES as exc:
             self.failed_ticks += 1
+            if isinstance(exc, ResponseError):
+                return False  # refused: the link is degraded now and logged it
             log.warning(
                 "cluster.claims_tick_failed",
                 reason=f"{type(exc).__name__}: {exc}"[:200],
