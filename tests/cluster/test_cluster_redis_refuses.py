@@ -215,7 +215,6 @@ async def test_flushall_is_seen_and_handled_like_an_outage(
             flushed_at = time.monotonic()
             await wait_for(lambda: _degraded(logs) == ["a", "b"], timeout=5)
             seen_in = time.monotonic() - flushed_at
-            health_lost = await _health(daemons)
             await wait_for(lambda: len(events(logs, "cluster.restored")) == 2, timeout=5)
             await _hang_up(ami, ringing)
             await asyncio.sleep(1.5)  # the shared window again
@@ -227,14 +226,15 @@ async def test_flushall_is_seen_and_handled_like_an_outage(
     finally:
         await admin.aclose()
     print(
-        f"flushall: degraded after {seen_in:.2f} s, health {health_lost} -> {health_after}; "
+        f"flushall: degraded after {seen_in:.2f} s, health then {health_after}; "
         f"twice notified: in progress {_twice(_notified(kommo, ringing))}, done "
         f"{_twice(_notified(kommo, done))}, later {_twice(_notified(kommo, later))}; twice "
         f"journaled {_twice(_journaled(journals, done + ringing + later))}"
     )
     reasons = {line["reason"] for line in events(logs, "cluster.degraded")}
     assert all("lost the cluster state" in reason for reason in reasons), reasons
-    assert "degraded" in health_lost and health_after == ["ok", "ok"]
+    assert seen_in < 1.5
+    assert health_after == ["ok", "ok"]
     for calls in (done, later):
         assert set(_notified(kommo, calls).values()) == {1}
     assert set(_journaled(journals, done + ringing + later).values()) == {1}

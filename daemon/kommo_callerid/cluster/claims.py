@@ -14,7 +14,8 @@ claim and reads every watched one in one Lua call (``TICK``; a call per
 releasing stay one command per call, at most ``BOUNDED_CALLS`` at once
 (:meth:`~.link.ClusterLink.call_bounded`), so a flood never drains the connection pool. A
 failed tick is tried again after ``ttl / 6`` and does not by itself mark the link degraded
-(the link's probe decides that): a claim lapses only when three ticks in a row missed it.
+(the link's probe decides that): a claim lapses only when three ticks in a row missed it. A
+tick Redis *refused* (full, or the epoch lost: :mod:`.link`) degrades it at once.
 
 While Redis is lost every claim is granted locally (the daemon works alone): a call that
 several daemons see is then handled by each of them (duplicates, never a lost call).
@@ -238,7 +239,7 @@ class Claims:
             for keys, tokens in self._chunks():
                 ttl_ms = round(self.ttl * 1000)
                 args: list[int | str] = [ttl_ms, len(tokens), *tokens]
-                answer = await self._link.call(self._tick(**self._link.guarded(keys, args)))
+                answer = await self._tick(**self._link.guarded(keys, args))
                 for index, (key, state) in enumerate(zip(keys, answer, strict=True)):
                     if index >= len(tokens):
                         states[key] = int(state)
@@ -248,7 +249,8 @@ class Claims:
         except FAILURES as exc:
             self.failed_ticks += 1
             if isinstance(exc, ResponseError):
-                return False  # refused: the link is degraded now and logged it
+                self._link.failed(exc)  # refused (full, a lost epoch): degraded at once, logged
+                return False
             log.warning(
                 "cluster.claims_tick_failed",
                 reason=f"{type(exc).__name__}: {exc}"[:200],
