@@ -21,6 +21,8 @@ While Redis is lost every claim is granted locally (the daemon works alone): a c
 several daemons see is then handled by each of them (duplicates, never a lost call).
 
 The journal claims with ``purpose="journal"``, notifications with ``"notify"``.
+
+Size: a claim, its ticker and every script call on claims are one protocol, read together.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ class Claims:
         keys = [key, sent_key(key)]
         try:
             answer = await self._link.call_bounded(
-                lambda: self._claim(**self._link.guarded(keys, [token, ttl_ms]))
+                lambda: self._link.guarded(self._claim, keys, [token, ttl_ms])
             )
         except FAILURES:
             return Claim(None, key, ""), FREE
@@ -239,7 +241,7 @@ class Claims:
             for keys, tokens in self._chunks():
                 ttl_ms = round(self.ttl * 1000)
                 args: list[int | str] = [ttl_ms, len(tokens), *tokens]
-                answer = await self._tick(**self._link.guarded(keys, args))
+                answer = await self._link.guarded(self._tick, keys, args)
                 for index, (key, state) in enumerate(zip(keys, answer, strict=True)):
                     if index >= len(tokens):
                         states[key] = int(state)

@@ -266,9 +266,8 @@ class SharedRateLimiter:
         self._asking = True
         try:
             with self.presence.sending():  # the ask beats (ACQUIRE)
-                wait_ms = await self._link.call(
-                    self._acquire(**self._link.guarded(self._keys, [*self._args, member]))
-                )
+                asking = self._link.guarded(self._acquire, self._keys, [*self._args, member])
+                wait_ms = await self._link.call(asking)
         finally:
             self._asking = False
             self._waiters.wake_head()  # a newer head may have queued behind this ask

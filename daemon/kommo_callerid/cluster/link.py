@@ -45,11 +45,12 @@ import math
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import structlog
 from redis import asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from kommo_callerid.core.config import ClusterConfig, redis_url_for_messages
@@ -168,10 +169,10 @@ class ClusterLink:
         log.info("cluster.connected", redis=where, node=self.node)
 
     def guarded(
-        self, keys: list[str], args: list[int | str]
-    ) -> dict[str, list[str] | list[int | str]]:
-        """The ``keys`` / ``args`` of a script that starts with :data:`GUARD`."""
-        return {"keys": [self._epoch_key, *keys], "args": [self.epoch, *args]}
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[int | str]
+    ) -> Awaitable[Any]:
+        """Run ``script``, which starts with :data:`GUARD`, with the epoch we know."""
+        return script(keys=[self._epoch_key, *keys], args=[self.epoch, *args])
 
     async def _write_epoch(self) -> str:
         """The probe's write: the current epoch (a new one when Redis has none)."""

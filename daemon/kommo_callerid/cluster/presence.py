@@ -132,7 +132,7 @@ class Presence:
             return
         present = self._all_in_window()
         dated_back = 0 if present else round(AWAY * 1e6)
-        args = [self._link.node, round(REMEMBER * 1000), dated_back]
+        args: list[int | str] = [self._link.node, round(REMEMBER * 1000), dated_back]
         try:
             with self.sending() if present else contextlib.nullcontext():
                 await self._link.call(self._beat(keys=[self.key], args=args))
