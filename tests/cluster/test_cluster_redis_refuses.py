@@ -5,6 +5,7 @@ future. Each is seen, logged and handled like a lost link, or cleared."""
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
@@ -16,6 +17,9 @@ from cluster_helpers import UniqueCalls, cluster_config
 from redis_server import RedisServer
 from structlog.testing import capture_logs
 
+from kommo_callerid.cluster.link import ClusterLink
+from kommo_callerid.commands.check_cluster import check_cluster
+from kommo_callerid.commands.report import Report
 from kommo_callerid.core.models import FinishedCall
 from kommo_callerid.daemon.app import EXIT_OK, Daemon
 from kommo_callerid.sim.ami_server import FakeAmiServer
@@ -274,3 +278,34 @@ async def test_window_slots_dated_in_the_future_are_cleared(
     assert set(_notified(kommo, calls).values()) == {1} and len(_notified(kommo, calls)) == 3
     assert dropped == 0
     assert left == 0
+
+
+async def test_a_full_redis_at_start_up_is_worked_alone_until_it_takes_writes(
+    ami: FakeAmiServer, redis_server: RedisServer
+) -> None:
+    # Not exit 3 (systemd would not restart it): the daemon starts alone, and check says why.
+    admin = redis_server.client()
+    await admin.mset({f"junk:{n}": "x" * 10_000 for n in range(200)})
+    await admin.config_set("maxmemory-policy", "noeviction")
+    await admin.config_set("maxmemory", "1mb")
+    out = io.StringIO()
+    async with FakeKommo() as kommo:
+        config = cluster_config(ami, kommo, redis_server.url, "a")
+    await check_cluster(config, Report(out, colour=False))
+    link = ClusterLink(config.cluster)
+    try:
+        with capture_logs() as logs:
+            await link.connect()
+            started_alone = not link.ok
+            probe = asyncio.create_task(link.watch())
+            await admin.config_set("maxmemory", "0")
+            await wait_for(lambda: link.ok, timeout=5)
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
+    finally:
+        await link.close()
+        await admin.aclose()
+    assert started_alone
+    assert events(logs, "cluster.degraded")[0]["reason"].startswith("OutOfMemoryError")
+    assert events(logs, "cluster.restored")
+    assert "refuses writes (OutOfMemoryError" in out.getvalue()

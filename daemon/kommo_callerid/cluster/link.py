@@ -126,6 +126,8 @@ class ClusterLink:
         #: When (``time.monotonic``) Redis last came back; never, at first.
         self.restored_at = -math.inf
         self.degradations = 0
+        #: Why the link last degraded (the ``cluster.degraded`` line's reason).
+        self.reason = ""
         self._bounded = asyncio.Semaphore(BOUNDED_CALLS)
         #: An operation failed while ok: the probe PINGs now; this is the reason if it fails.
         self._suspect: BaseException | None = None
@@ -161,7 +163,11 @@ class ClusterLink:
         try:
             self.epoch = await self._write_epoch()
         except ResponseError as exc:
-            raise ClusterStartError(f"Redis at {where} refused a write: {exc}") from None
+            # Reachable and ours, but refusing writes (full, read-only): a restart would not
+            # help, so start alone; the probe brings the daemon in once a write goes through.
+            log.info("cluster.connected", redis=where, node=self.node)
+            self._degrade(exc)
+            return
         except FAILURES as exc:
             raise ClusterStartError(
                 f"Redis at {where} stopped answering ({type(exc).__name__}: {exc})"
@@ -209,9 +215,10 @@ class ClusterLink:
             self._ok = False
             self.degradations += 1
             self._restored = asyncio.Event()
+            self.reason = f"{type(exc).__name__}: {exc}"[:200]
             log.warning(
                 "cluster.degraded",
-                reason=f"{type(exc).__name__}: {exc}"[:200],
+                reason=self.reason,
                 node=self.node,
                 rate_share=f"1/{self.config.expected_nodes}",
             )
