@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from kommo_callerid.cluster.claim_scripts import TICK
 from kommo_callerid.cluster.claims import Claim, Claims
-from kommo_callerid.cluster.link import ClusterLink
+from kommo_callerid.cluster.link import GUARD, ClusterLink
 from kommo_callerid.core.config import ClusterConfig
 
 from support import events, wait_for
@@ -28,6 +28,8 @@ CALLS = 1_000
 @pytest.fixture
 async def two(redis_server: RedisServer) -> AsyncIterator[list[Claims]]:
     links = [ClusterLink(ClusterConfig(redis_url=redis_server.url, node=n)) for n in "ab"]
+    for link in links:
+        await link.connect()  # the cluster's epoch (the claims' scripts check it)
     claims = [Claims(link, ttl=TTL) for link in links]
     for each in claims:
         each.start()
@@ -52,7 +54,8 @@ async def test_a_thousand_claims_are_renewed_and_watched_in_one_call_a_tick(
         await asyncio.sleep(3 * TTL)  # 3 lifetimes of a claim without renewal
     assert a.holding == CALLS and all(claim is not None and claim.held for claim in held)
     assert not any(task.done() for task in watchers)
-    ticks = monitor.by_name[f"evalsha:{hashlib.sha1(TICK.encode()).hexdigest()[:8]}"]
+    tick = hashlib.sha1((GUARD + TICK).encode()).hexdigest()[:8]
+    ticks = monitor.by_name[f"evalsha:{tick}"]
     assert ticks <= 2 * (3 * TTL / (TTL / 3) + 1)  # one per tick and Claims, whatever the calls
     assert monitor.total <= ticks + 2, monitor.by_name  # nothing per call
     # finished: every watcher gives up at its next tick, without a claim
@@ -90,6 +93,7 @@ async def test_a_finished_call_is_not_claimed_or_watched(two: list[Claims]) -> N
 
 async def test_a_failed_tick_does_not_degrade_the_link(redis_server: RedisServer) -> None:
     link = ClusterLink(ClusterConfig(redis_url=redis_server.url, node="a"))
+    await link.connect()
     claims = Claims(link)  # the daemon's ttl: a tick a second, again 0.5 s after a failure
     client = redis_server.client()
     try:

@@ -23,6 +23,8 @@ from support import wait_for
 @pytest.fixture
 async def limiters(redis_server: RedisServer) -> AsyncIterator[list[SharedRateLimiter]]:
     links = [ClusterLink(ClusterConfig(redis_url=redis_server.url, node=f"n{i}")) for i in range(3)]
+    for link in links:
+        await link.connect()  # the cluster's epoch (the window's script checks it)
     alone = [RateLimiter(3, clock=time.monotonic, sleep=asyncio.sleep) for _ in links]
     yield [
         SharedRateLimiter(link, 7, local, lease=10.0)

@@ -14,12 +14,15 @@ claim and reads every watched one in one Lua call (``TICK``; a call per
 releasing stay one command per call, at most ``BOUNDED_CALLS`` at once
 (:meth:`~.link.ClusterLink.call_bounded`), so a flood never drains the connection pool. A
 failed tick is tried again after ``ttl / 6`` and does not by itself mark the link degraded
-(the link's probe decides that): a claim lapses only when three ticks in a row missed it.
+(the link's probe decides that): a claim lapses only when three ticks in a row missed it. A
+tick Redis *refused* (full, or the epoch lost: :mod:`.link`) degrades it at once.
 
 While Redis is lost every claim is granted locally (the daemon works alone): a call that
 several daemons see is then handled by each of them (duplicates, never a lost call).
 
 The journal claims with ``purpose="journal"``, notifications with ``"notify"``.
+
+Size: a claim, its ticker and every script call on claims are one protocol, read together.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 import structlog
+from redis.exceptions import ResponseError
 
 from kommo_callerid.cluster.claim_scripts import CLAIM, FINISH, RECORD, RELEASE, TICK
-from kommo_callerid.cluster.link import FAILURES, ClusterLink
+from kommo_callerid.cluster.link import FAILURES, GUARD, ClusterLink
 from kommo_callerid.cluster.ticker import Ticker
 
 log = structlog.get_logger(__name__)
@@ -115,8 +119,9 @@ class Claims:
         self._link = link
         self.ttl = ttl
         redis = link.redis
-        self._claim = redis.register_script(CLAIM)
-        self._tick = redis.register_script(TICK)
+        # Guarded (link.GUARD): after a flush a claim or a watched one would read as free.
+        self._claim = redis.register_script(GUARD + CLAIM)
+        self._tick = redis.register_script(GUARD + TICK)
         self.finish_script = redis.register_script(FINISH)
         self._record = redis.register_script(RECORD)
         self.release_script = redis.register_script(RELEASE)
@@ -173,7 +178,7 @@ class Claims:
         keys = [key, sent_key(key)]
         try:
             answer = await self._link.call_bounded(
-                lambda: self._claim(keys=keys, args=[token, ttl_ms])
+                lambda: self._link.guarded(self._claim, keys, [token, ttl_ms])
             )
         except FAILURES:
             return Claim(None, key, ""), FREE
@@ -235,7 +240,8 @@ class Claims:
         try:
             for keys, tokens in self._chunks():
                 ttl_ms = round(self.ttl * 1000)
-                answer = await self._tick(keys=keys, args=[ttl_ms, len(tokens), *tokens])
+                args: list[int | str] = [ttl_ms, len(tokens), *tokens]
+                answer = await self._link.guarded(self._tick, keys, args)
                 for index, (key, state) in enumerate(zip(keys, answer, strict=True)):
                     if index >= len(tokens):
                         states[key] = int(state)
@@ -244,6 +250,9 @@ class Claims:
                         self.lost += 1
         except FAILURES as exc:
             self.failed_ticks += 1
+            if isinstance(exc, ResponseError):
+                self._link.failed(exc)  # refused (full, a lost epoch): degraded at once, logged
+                return False
             log.warning(
                 "cluster.claims_tick_failed",
                 reason=f"{type(exc).__name__}: {exc}"[:200],

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
 
-from kommo_callerid.cluster.link import FAILURES, ClusterLink
+from kommo_callerid.cluster.link import FAILURES, GUARD, ClusterLink
 from kommo_callerid.cluster.presence import FRESH, REMEMBER, SETTLE, Presence
 from kommo_callerid.core.waiters import SlotExpired, WaitQueue
 
@@ -42,13 +42,23 @@ LIFO_AFTER = 2.0
 
 # Scores are formatted by hand: Lua would print 1.7e15 with 14 digits and lose the µs.
 # KEYS: the window, the daemons' beats (.presence). ARGV: permits, lease (µs), a daemon's
-# share, FRESH and REMEMBER (µs), this daemon's name, the slot's member.
+# share, FRESH and REMEMBER (µs), this daemon's name, the slot's member. Guarded (link.GUARD):
+# a flushed window is empty while Kommo still counts the requests it held.
+# No slot frees later than a lease from now, and no beat is dated after now: such an entry
+# was written before Redis' clock stepped back (or by hand), and would hold its place for as
+# long as the step (a window that stays full: every request refused). The window drops them;
+# a beat is dated now, so it ages from here.
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local fresh_since = now - tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+redis.call('ZREMRANGEBYSCORE', KEYS[1], string.format('(%.0f', now + tonumber(ARGV[2])), '+inf')
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now - tonumber(ARGV[5])))
+local ahead = redis.call('ZRANGEBYSCORE', KEYS[2], string.format('(%.0f', now), '+inf')
+for _, node in ipairs(ahead) do
+  redis.call('ZADD', KEYS[2], string.format('%.0f', now), node)
+end
 local away = redis.call('ZCOUNT', KEYS[2], '-inf', string.format('(%.0f', fresh_since))
 local mine = redis.call('ZSCORE', KEYS[2], ARGV[6])
 if mine and tonumber(mine) < fresh_since then away = away - 1 end
@@ -128,7 +138,7 @@ class SharedRateLimiter:
         self.presence = Presence(
             link, self._all_in_window, period=self._period, clock=clock, sleep=sleep
         )
-        self._acquire = link.redis.register_script(ACQUIRE)
+        self._acquire = link.redis.register_script(GUARD + ACQUIRE)
         self._release = link.redis.register_script(RELEASE)
         self._waiters = WaitQueue(math.floor(LIFO_AFTER * rate), clock)
         self._expired_on_arrival = 0
@@ -254,11 +264,10 @@ class SharedRateLimiter:
         a time: in a flood every newcomer is the head for a moment (newest first), and Redis
         must not see a thousand concurrent asks (they would exhaust the connection pool)."""
         self._asking = True
-        self.presence.promise()  # the ask beats (ACQUIRE)
         try:
-            wait_ms = await self._link.call(
-                self._acquire(keys=self._keys, args=[*self._args, member])
-            )
+            with self.presence.sending():  # the ask beats (ACQUIRE)
+                asking = self._link.guarded(self._acquire, self._keys, [*self._args, member])
+                wait_ms = await self._link.call(asking)
         finally:
             self._asking = False
             self._waiters.wake_head()  # a newer head may have queued behind this ask

@@ -22,6 +22,11 @@ The window's script (:mod:`.limiter`) keeps ``share`` slots free for every daemo
 costs nobody its share; one that died is reserved for until :data:`REMEMBER` has passed, as it
 may only be cut off and working alone.
 
+A beat that Redis *refused* (full, read-only, a lost epoch: see :mod:`.link`) did not land,
+as a refused script writes nothing (the refusal comes at its first write, and the beat's
+``ZADD`` is the first that can be refused), so it promises nothing: a daemon whose Redis
+refuses writes works alone once its last beat that may have landed has run out.
+
 A Redis that restarted has forgotten the set, and a daemon that has not yet noticed it is
 back still works alone. So a daemon that sees Redis come back keeps working alone for
 :data:`SETTLE` (it marks itself away at once): by then every daemon that can reach Redis has
@@ -33,7 +38,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+
+from redis.exceptions import ResponseError
 
 from kommo_callerid.cluster.link import FAILURES, PROBE_INTERVAL, SOCKET_TIMEOUT, ClusterLink
 from kommo_callerid.cluster.ticker import Ticker
@@ -75,7 +82,9 @@ class Presence:
         self._clock = clock
         self.key = link.key("nodes")
         self._beat = link.redis.register_script(BEAT)
+        #: The promise of the beats that may have landed, and of those on their way.
         self._promised_until = 0.0
+        self._in_flight: list[float] = []
         #: From sending a beat to the end of its promise: the beat may land as late as the
         #: socket timeout, vouches for FRESH, and the others' slots taken meanwhile hold
         #: their place for a period.
@@ -83,14 +92,28 @@ class Presence:
         self._ticker = Ticker(self._step, "cluster-presence", sleep)
         self.beats = 0
 
-    def promise(self) -> None:
-        """A beat is being sent (here, or with an ask for a slot in the window)."""
-        self._promised_until = self._clock() + self._promise
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[None]:
+        """A beat is being sent (here, or with an ask for a slot in the window): it promises
+        from now on, unless Redis refuses it. Promised before sending: a beat whose answer is
+        lost may still have landed."""
+        promise = self._clock() + self._promise
+        self._in_flight.append(promise)
+        landed = True
+        try:
+            yield
+        except ResponseError:
+            landed = False
+            raise
+        finally:
+            self._in_flight.remove(promise)
+            if landed:
+                self._promised_until = max(self._promised_until, promise)
 
     def promised_until(self) -> float:
         """Until when (this daemon's clock) the others may count us as in the window: no
         local slot before then."""
-        return self._promised_until
+        return max([self._promised_until, *self._in_flight])
 
     def start(self) -> None:
         self._ticker.start()
@@ -108,16 +131,11 @@ class Presence:
         if not self._link.ok:
             return
         present = self._all_in_window()
-        if present:
-            # Promised before sending: a beat whose answer is lost may still have landed.
-            self.promise()
         dated_back = 0 if present else round(AWAY * 1e6)
+        args: list[int | str] = [self._link.node, round(REMEMBER * 1000), dated_back]
         try:
-            await self._link.call(
-                self._beat(
-                    keys=[self.key], args=[self._link.node, round(REMEMBER * 1000), dated_back]
-                )
-            )
+            with self.sending() if present else contextlib.nullcontext():
+                await self._link.call(self._beat(keys=[self.key], args=args))
         except FAILURES:
             return  # the link's probe decides whether Redis is lost
         self.beats += present

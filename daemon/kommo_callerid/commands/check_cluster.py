@@ -16,6 +16,12 @@ async def check_cluster(config: Config, report: Report) -> None:
     except ClusterStartError as exc:
         report.fail(str(exc), "fix [cluster] redis_url or the redis_password credential")
     else:
-        report.ok(f"Redis answered; this daemon is node {link.node!r} of the cluster")
+        if link.ok:
+            report.ok(f"Redis answered; this daemon is node {link.node!r} of the cluster")
+        else:
+            report.fail(
+                f"Redis answered but refuses writes ({link.reason}); daemons would work alone",
+                "free memory in Redis (maxmemory), or point redis_url at the primary",
+            )
     finally:
         await link.close()
