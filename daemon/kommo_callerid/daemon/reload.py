@@ -1,9 +1,11 @@
 """SIGHUP: re-read the configuration file and apply what can change without dropping a link.
 
-``[notify]``, ``[calls]``, ``[journal]`` (except ``database``), ``[daemon]``, ``[log] level``
+``[notify]``, ``[calls]``, ``[journal]`` (except ``database``), ``[daemon]``, ``[clicktocall]``,
+``[public]`` (except ``listen``; its TLS files are re-read on every SIGHUP), ``[log] level``
 and ``mask_numbers`` apply at once (``config.reloaded``, with the keys). Any other changed key
 — ``[ami]``, ``[kommo]``, ``[cluster]``, ``[http]``, ``[cache]``, ``[log] format``,
-``[journal] database`` — keeps its running value and is named in ``config.restart_needed``.
+``[journal] database``, ``[public] listen`` — keeps its running value and is named in
+``config.restart_needed``.
 A file that does not load is ``config.reload_failed`` and the running configuration stays.
 The signal handler only sets an event; :meth:`ConfigReloader.run` is an owned task.
 """
@@ -25,10 +27,10 @@ from kommo_callerid.core.pbx_config import reload_pbxs, with_pbxs
 log = structlog.get_logger(__name__)
 
 #: Sections whose every key applies live; for the rest, only the keys listed here.
-LIVE_SECTIONS = frozenset({"notify", "calls", "journal", "daemon"})
+LIVE_SECTIONS = frozenset({"notify", "calls", "journal", "daemon", "clicktocall", "public"})
 LIVE_KEYS = frozenset({"log.level", "log.mask_numbers"})
 #: Keys of a live section that still need a restart.
-FIXED_KEYS = frozenset({"journal.database"})
+FIXED_KEYS = frozenset({"journal.database", "public.listen"})
 
 
 @dataclass(frozen=True, slots=True)
