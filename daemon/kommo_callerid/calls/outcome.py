@@ -39,6 +39,8 @@ maps are freed on Hangup and capped too. Every call dropped without a verdict is
 
 Who is connected to whom (Local halves, Dials, bridges) is kept in :mod:`.outcome_links`; the
 rules that judge a finished call are in :mod:`.outcome_verdict`.
+
+Size: every event handler of one call's life (and the click-to-call mark) reads in one place.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from kommo_callerid.calls.outcome_links import ChannelLinks, put
 from kommo_callerid.calls.outcome_verdict import (
     ANSWER,
     CallFacts,
+    Click,
     Dial,
     VerdictRules,
     context_matcher,
@@ -65,6 +68,8 @@ MAX_CALL_AGE = 4 * 3600.0
 MAX_TRACKED_CALLS = 5_000
 #: Cap on each per-channel map (Local halves, answered dials, bridge members).
 MAX_CHANNELS = 50_000
+#: Clicks waiting for their channel (the daemon originated them a moment ago).
+MAX_PENDING_CLICKS = 1_000
 #: Dials remembered per call (a queue ringing for an hour retries its agents again and again).
 MAX_DIALS_PER_CALL = 500
 
@@ -126,6 +131,15 @@ class OutcomeTracker:
         self._call_of: dict[str, str] = {}  # Uniqueid -> Linkedid of a tracked call
         self._caller_side: dict[str, str] = {}  # Uniqueid -> Linkedid whose caller it carries
         self._links = ChannelLinks(max_channels)
+        #: Click-to-call: the root Uniqueid (Originate ChannelId) -> the click, until it shows.
+        self._clicks: dict[str, Click] = {}
+
+    def expect_click(self, uniqueid: str, click: Click) -> None:
+        """The daemon is about to originate a click whose first channel gets ``uniqueid``:
+        that call is the user's outbound call, whatever context its Local channel is in."""
+        if len(self._clicks) >= MAX_PENDING_CLICKS:
+            del self._clicks[next(iter(self._clicks))]  # the oldest: its channel is long due
+        self._clicks[uniqueid] = click
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -154,6 +168,7 @@ class OutcomeTracker:
             "unanswered": len(self._unanswered),
             "channels": len(self._call_of),
             "caller_side": len(self._caller_side),
+            "clicks": len(self._clicks),
             **self._links.sizes(),
         }
 
@@ -182,7 +197,9 @@ class OutcomeTracker:
         return []
 
     def expire(self, now: float) -> int:
-        """Drop calls older than ``max_age`` (a Hangup was lost); how many."""
+        """Drop calls older than ``max_age`` (a Hangup was lost); how many. Clicks whose
+        channel never came are forgotten too (not counted: no call was lost)."""
+        self._clicks = {k: c for k, c in self._clicks.items() if c.until > now}
         stale = [c for c in self._calls.values() if now - c.started >= self._max_age]
         for call in stale:
             self._drop(call)
@@ -201,7 +218,7 @@ class OutcomeTracker:
         if call is not None:
             call.alive.add(uniqueid)
             put(self._call_of, uniqueid, linkedid, self._max_channels)
-            if name.endswith(";2") and call.root_channel == name[:-1] + "1":
+            if name.endswith(";2") and call.root_channel == name[:-1] + "1" and not call.click:
                 self._caller_side[uniqueid] = linkedid  # the root's other Local half
         return []
 
@@ -209,7 +226,11 @@ class OutcomeTracker:
         rules = self.rules
         if event.linkedid in self._calls:
             return  # a repeated Newchannel
-        if not (rules.is_inbound(event.context) or rules.is_outbound(event.context)):
+        click = self._clicks.pop(event.uniqueid, None)
+        if click is not None and click.until < event.received_at:
+            click = None  # not the click's channel (a Uniqueid reused long after)
+        known = rules.is_inbound(event.context) or rules.is_outbound(event.context)
+        if click is None and not known:
             return  # neither inbound nor outbound: never journaled, not tracked
         self._make_room()
         call = CallFacts(
@@ -219,6 +240,7 @@ class OutcomeTracker:
             event.exten,
             event.caller_num,
             event.received_at,
+            click=click,
         )
         call.alive.add(event.uniqueid)
         self._calls[event.linkedid] = call

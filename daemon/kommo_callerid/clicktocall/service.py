@@ -85,10 +85,10 @@ class ClickToCall:
         originator: Originator,
         names: NameSource,
         clock: Callable[[], float],
-        on_originate: Callable[[OriginateRequest, int, str], None] | None = None,
+        on_originate: Callable[[OriginateRequest, int, str, str], None] | None = None,
     ) -> None:
         """``clock``: monotonic seconds (``min_interval``). ``on_originate(request, user_id,
-        number)`` runs just before the Originate is sent (the call journal's mark)."""
+        extension, number)`` runs just before the Originate is sent (the call journal's mark)."""
         self._verifier = verifier
         self._replay = replay
         self._originator = originator
@@ -136,7 +136,7 @@ class ClickToCall:
             return _refused(429, "rate", wait, user_id=user_id)
         request = await self._request(target, number, user_id)
         if self._on_originate is not None:
-            self._on_originate(request, user_id, number)
+            self._on_originate(request, user_id, target.extension, number)
         result = await self._originator.originate(request)
         fields = {"user_id": user_id, "extension": str(target), "pbx": target.pbx}
         if result.status is OriginateStatus.NOT_CONNECTED:
