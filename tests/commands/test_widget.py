@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kommo_callerid.cli import main
+
 from support import ROOT
 
 
