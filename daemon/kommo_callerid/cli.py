@@ -1,6 +1,8 @@
 """The command line: a thin layer that parses arguments, loads the configuration, and hands
 over to the daemon. Exit codes: 0 clean stop, 1 runtime failure, 2 bad command line (argparse),
 3 bad configuration or a start-up failure a restart will not fix.
+
+Size: every sub-command's parser in one place, so ``--help`` and the contract's table match.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ in ``CallerIDNum``). Each ringing agent adds, when the PBX dials through a queue
 ``DialEnd`` ANSWER and the ``BridgeEnter`` of both sides (what the outcome tracker reads; the
 other agents' Dials get no DialEnd). Hangups are kept apart so a test can place them
 whenever it likes.
+
+Size: every kind of synthetic call (inbound, internal, outbound, click-to-call) in one builder.
 """
 
 from __future__ import annotations
