@@ -146,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     phonebook.add_argument("--sync", action="store_true", help="run one full sync now")
     phonebook.add_argument("--json", action="store_true", help="JSON for scripts")
+    widget = with_config(
+        command(
+            "widget",
+            "write the Kommo widget archive (click-to-call) to upload in Kommo",
+            "Write the Kommo widget archive (manifest.json, script.js, i18n, images) that an "
+            "account administrator uploads in the integration's settings; its server URL "
+            "setting starts as [public] url.",
+        )
+    )
+    widget.add_argument(
+        "--output", metavar="FILE", help="where to write it (default kommo-callerid-widget.zip)"
+    )
     demo = command(
         "demo",
         "run against embedded AMI and Kommo simulators",
@@ -216,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _journal(config, args)
         if args.command == "phonebook":
             return _phonebook(config, args)
+        if args.command == "widget":
+            from kommo_callerid.commands.widget import run_widget  # noqa: PLC0415
+
+            return run_widget(config, args.output)
         return _lookup(config, args.number)
     except KeyboardInterrupt:
         return EXIT_OK

@@ -150,6 +150,12 @@ class AmiClient:
         link = self._live_link()
         return first_headers(await self._wait(link.submit(action), link, timeout))
 
+    async def request(self, action: Mapping[str, str], timeout: float) -> list[dict[str, str]]:
+        """Send an action; every message of its answer (an async Originate: the response,
+        then the OriginateResponse event with its ActionID). TimeoutError when unanswered."""
+        link = self._live_link()
+        return all_headers(await self._wait(link.submit(action), link, timeout))
+
     async def add_filter(self, expression: str, timeout: float) -> None:
         """Ask Asterisk to send only matching events; AmiActionRefused without write = system."""
         action = {"Action": "Filter", "Operation": "Add", "Filter": expression}

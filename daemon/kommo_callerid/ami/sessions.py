@@ -22,6 +22,11 @@ class AmiSessions:
         self._current: AmiClient | None = None
         self._closed = AmiCounters()
 
+    def live_client(self) -> AmiClient | None:
+        """This session's client while it is logged in (an Originate goes through it)."""
+        client = self._current
+        return client if client is not None and client.connected else None
+
     def new_client(self) -> AmiClient:
         if self._current is not None:
             self._closed = _add(self._closed, self._current.counters)

@@ -45,6 +45,8 @@ EVENT_FILTERS = (
     "Event: DialEnd",
     "Event: BridgeEnter",
     "Event: BridgeLeave",
+    # Click-to-call: the answer to an async Originate is this event (with its ActionID).
+    "Event: OriginateResponse",
 )
 #: AMI 1.x only: its Dial (SubEvent Begin) ties a dialled channel to its caller. Not sent to a
 #: modern Asterisk, where the regex would also let DialBegin/DialEnd/DialState through.

@@ -48,8 +48,8 @@ capped too. Every call dropped without a verdict is counted.
 Who is connected to whom (Local halves, Dials, bridges) is kept in :mod:`.outcome_links`; the
 rules that judge a finished call are in :mod:`.outcome_verdict`.
 
-Size: one PBX's call table with every event that changes it, gaps included; the pieces that
-need none of the table live in the modules named above.
+Size: one PBX's call table with every event that changes it, gaps included, and the
+click-to-call mark; the pieces that need none of the table live in the modules named above.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from kommo_callerid.calls.outcome_resume import births, bridge_entries
 from kommo_callerid.calls.outcome_verdict import (
     ANSWER,
     CallFacts,
+    Click,
     Dial,
     VerdictRules,
     context_matcher,
@@ -79,6 +80,8 @@ MAX_ANSWERED_CALL_AGE = 24 * 3600.0
 MAX_TRACKED_CALLS = 5_000
 #: Cap on each per-channel map (Local halves, answered dials, bridge members).
 MAX_CHANNELS = 50_000
+#: Clicks waiting for their channel (the daemon originated them a moment ago).
+MAX_PENDING_CLICKS = 1_000
 #: Dials remembered per call (a queue ringing for an hour retries its agents again and again).
 MAX_DIALS_PER_CALL = 500
 
@@ -152,6 +155,15 @@ class OutcomeTracker:
         self._last_at = float("-inf")
         #: CHANNEL_UP events of the list on its way, by Uniqueid.
         self._listing: dict[str, ChannelEvent] = {}
+        #: Click-to-call: the root Uniqueid (Originate ChannelId) -> the click, until it shows.
+        self._clicks: dict[str, Click] = {}
+
+    def expect_click(self, uniqueid: str, click: Click) -> None:
+        """The daemon is about to originate a click whose first channel gets ``uniqueid``:
+        that call is the user's outbound call, whatever context its Local channel is in."""
+        if len(self._clicks) >= MAX_PENDING_CLICKS:
+            del self._clicks[next(iter(self._clicks))]  # the oldest: its channel is long due
+        self._clicks[uniqueid] = click
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -182,6 +194,7 @@ class OutcomeTracker:
             "caller_side": len(self._caller_side),
             "listing": len(self._listing),
             "before_gap": len(self._before_gap or ()),
+            "clicks": len(self._clicks),
             **self._links.sizes(),
         }
 
@@ -212,7 +225,9 @@ class OutcomeTracker:
 
     def expire(self, now: float) -> int:
         """Drop calls older than ``max_age``, or ``max_answered_age`` when answered (a Hangup
-        was lost); how many."""
+        was lost); how many. Clicks whose channel never came are forgotten too (not counted:
+        no call was lost)."""
+        self._clicks = {k: c for k, c in self._clicks.items() if c.until > now}
 
         def limit(call: CallFacts) -> float:
             return self._max_age if call.answered_at is None else self._max_answered_age
@@ -235,7 +250,7 @@ class OutcomeTracker:
         if call is not None:
             call.alive.add(uniqueid)
             put(self._call_of, uniqueid, linkedid, self._max_channels)
-            if name.endswith(";2") and call.root_channel == name[:-1] + "1":
+            if name.endswith(";2") and call.root_channel == name[:-1] + "1" and not call.click:
                 self._caller_side[uniqueid] = linkedid  # the root's other Local half
         return []
 
@@ -243,7 +258,11 @@ class OutcomeTracker:
         rules = self.rules
         if event.linkedid in self._calls:
             return  # a repeated Newchannel
-        if not (rules.is_inbound(event.context) or rules.is_outbound(event.context)):
+        click = self._clicks.pop(event.uniqueid, None)
+        if click is not None and click.until < event.received_at:
+            click = None  # not the click's channel (a Uniqueid reused long after)
+        known = rules.is_inbound(event.context) or rules.is_outbound(event.context)
+        if click is None and not known:
             return  # neither inbound nor outbound: never journaled, not tracked
         self._make_room()
         call = CallFacts(
@@ -253,6 +272,7 @@ class OutcomeTracker:
             event.exten,
             event.caller_num,
             event.received_at,
+            click=click,
         )
         call.alive.add(event.uniqueid)
         self._calls[event.linkedid] = call

@@ -41,6 +41,18 @@ class Dial:
     status: str
 
 
+@dataclass(frozen=True, slots=True)
+class Click:
+    """A click-to-call the daemon originated: the root channel's Uniqueid was its
+    ``ChannelId``, so the call is that user's outbound call to ``number``."""
+
+    user_id: int
+    extension: str
+    number: str
+    #: Loop time after which a click whose channel never appeared is forgotten.
+    until: float
+
+
 @dataclass(slots=True)
 class CallFacts:
     """What the tracker saw of one call, in loop time."""
@@ -61,6 +73,7 @@ class CallFacts:
     root_hangup_at: float | None = None
     root_cause: int = 0
     ended_at: float = 0.0
+    click: Click | None = None
 
     def add_party(self, extension: str, at: float) -> None:
         if extension == channel_extension(self.root_channel) and self.parties:
@@ -101,6 +114,7 @@ def verdict(facts: CallFacts, rules: VerdictRules) -> FinishedCall | None:
     answered_at = facts.answered_at
     duration = 0 if answered_at is None else whole_seconds(facts.ended_at - answered_at)
     inbound = direction is CallDirection.INBOUND
+    click = facts.click
     return FinishedCall(
         call_id=f"{rules.pbx}/{facts.linkedid}" if rules.pbx else facts.linkedid,
         pbx=rules.pbx,
@@ -112,10 +126,15 @@ def verdict(facts: CallFacts, rules: VerdictRules) -> FinishedCall | None:
         duration=duration,
         status=status,
         answered_by=facts.parties[0] if inbound and facts.parties else None,
-        extension=None if inbound else channel_extension(facts.root_channel),
+        extension=None if inbound else (click.extension if click else root_extension(facts)),
         did=facts.exten if inbound else None,
         result=_result(facts, direction, status, duration),
+        user_id=click.user_id if click else None,
     )
+
+
+def root_extension(facts: CallFacts) -> str:
+    return channel_extension(facts.root_channel)
 
 
 def whole_seconds(seconds: float) -> int:
@@ -123,7 +142,12 @@ def whole_seconds(seconds: float) -> int:
 
 
 def _direction(facts: CallFacts, rules: VerdictRules) -> tuple[CallDirection, str] | None:
-    if rules.is_inbound(facts.context):
+    if facts.click is not None:
+        if not leaf_dials(facts) and facts.answered_at is None:
+            return None  # the user's phone never answered: the customer was not dialled
+        number = normalize_number(facts.click.number, rules.default_region)
+        direction = CallDirection.OUTBOUND
+    elif rules.is_inbound(facts.context):
         if is_withheld(facts.caller_num):
             return None
         number = normalize_number(facts.caller_num, rules.default_region)
@@ -139,7 +163,11 @@ def _direction(facts: CallFacts, rules: VerdictRules) -> tuple[CallDirection, st
 
 
 def leaf_dials(facts: CallFacts) -> list[Dial]:
-    """Dials of real legs: a Dial of a Local ``;1`` whose ``;2`` dialled on is left out."""
+    """Dials of real legs: a Dial of a Local ``;1`` whose ``;2`` dialled on is left out.
+
+    A click's: only the root's Dials (to the customer); its other half rang the user."""
+    if facts.click is not None:
+        return [d for d in facts.dials if d.dialler == facts.root_channel]
     relays = {d.dialler[:-1] + "1" for d in facts.dials if d.dialler.endswith(";2")}
     return [d for d in facts.dials if d.dest not in relays]
 

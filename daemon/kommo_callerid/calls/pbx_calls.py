@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from kommo_callerid.calls.detector import CallTracker, Decision
 from kommo_callerid.calls.outcome import OutcomeTracker
+from kommo_callerid.calls.outcome_verdict import Click
 from kommo_callerid.core.models import ChannelEvent, FinishedCall
 
 
@@ -105,6 +106,12 @@ class PbxOutcomeTrackers:
     def feed(self, event: ChannelEvent) -> list[FinishedCall]:
         tracker = self._trackers.get(event.pbx)
         return tracker.feed(event) if tracker is not None else []
+
+    def expect_click(self, pbx: str, uniqueid: str, click: Click) -> None:
+        """Click-to-call: the call whose root gets ``uniqueid`` is ``click``'s (see
+        :meth:`OutcomeTracker.expect_click`)."""
+        if (tracker := self._trackers.get(pbx)) is not None:
+            tracker.expect_click(uniqueid, click)
 
     def expire(self, now: float) -> int:
         return sum(tracker.expire(now) for tracker in self._trackers.values())

@@ -62,14 +62,16 @@ async def run_online_checks(
     report = report or Report()
     report.heading("Online checks:")
     for pbx in config.pbxs:  # one after the other, so each PBX's lines stay together
-        await check_ami(pbx, listen, report)
+        await check_ami(pbx, listen, report, originate=config.clicktocall.enabled)
     await check_kommo(config, report)
     await check_cluster(config, report)
     report.summary()
     return report.all_well
 
 
-async def check_ami(pbx: PbxConfig, listen: float, report: Report) -> None:
+async def check_ami(
+    pbx: PbxConfig, listen: float, report: Report, *, originate: bool = False
+) -> None:
     """One PBX's AMI; its lines say ``AMI north:`` with several PBXs, ``AMI:`` with one."""
     ami, who = pbx.ami, _who(pbx)
     queue: asyncio.Queue[ChannelEvent] = asyncio.Queue(maxsize=_QUEUE_SIZE)
@@ -87,6 +89,8 @@ async def check_ami(pbx: PbxConfig, listen: float, report: Report) -> None:
                 "upgrade to Asterisk 13 or later for full call tracking and the journal",
             )
         await _check_filter(client, pbx, report)
+        if originate:
+            await _check_originate(client, pbx, report)
         seen = await _listen(client, queue, listen, ami.connect_timeout)
         _judge_call_class(seen, pbx, report)
         _report_contexts(seen, pbx, report)
@@ -128,6 +132,26 @@ async def _check_filter(client: AmiClient, pbx: PbxConfig, report: Report) -> No
         )
         return
     report.ok(f"{who}: Filter allowed (Asterisk sends only Newchannel, NewCallerid, Hangup)")
+
+
+async def _check_originate(client: AmiClient, pbx: PbxConfig, report: Report) -> None:
+    """Click-to-call needs ``write = originate``. An Originate without a Channel places no
+    call: Asterisk answers "Permission denied" without the class, else "Channel not
+    specified"."""
+    ami, who = pbx.ami, _who(pbx)
+    probe = {"Action": "Originate", "Async": "false"}
+    try:
+        answer = await client.send_action(probe, ami.connect_timeout)
+    except TimeoutError:
+        report.warn(f"{who}: no answer to an Originate probe within {ami.connect_timeout:g} s")
+        return
+    if "permission denied" in answer.get("Message", "").lower():
+        report.fail(
+            f"{who}: the AMI user {ami.username!r} may not Originate: click-to-call answers 502",
+            f"add originate to write = in [{ami.username}] of {_MANAGER_CONF}; {_RELOAD}",
+        )
+        return
+    report.ok(f"{who}: write = originate allowed (click-to-call can place calls)")
 
 
 async def _listen(

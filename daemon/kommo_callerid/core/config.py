@@ -11,6 +11,7 @@ Size: every section of the contract's configuration in one schema, so a key is f
 from __future__ import annotations
 
 import ipaddress
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -240,6 +241,142 @@ class HttpConfig(_Section):
         return parse_listen(self.listen)
 
 
+#: An extension the daemon may put into an AMI channel name: no separators, no line breaks.
+EXTENSION = re.compile(r"(?:[a-z0-9_-]+/)?[0-9A-Za-z*#+_-]{1,32}")
+
+
+def _no_control(value: str) -> str:
+    """AMI is a line protocol: a header value with a line break injects headers."""
+    if any(not ch.isprintable() for ch in value):
+        raise ValueError("must not contain line breaks or control characters")
+    return value
+
+
+def origin_of(url: str) -> str:
+    """``https://Example.kommo.com/x`` -> ``https://example.kommo.com`` (a browser's Origin)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    port = f":{parts.port}" if parts.port and parts.port != default else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
+class PublicConfig(_Section):
+    """The endpoint Kommo's web UI reaches (click-to-call, recordings); empty listen: off."""
+
+    listen: str = ""
+    url: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    origins: tuple[str, ...] = ()
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            parse_listen(value)
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError(f"must be a URL like https://pbx.example.com:8443, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+                raise ValueError(f"an origin is scheme://host[:port], got {origin!r}")
+        return tuple(origin_of(origin) for origin in value)
+
+    @model_validator(mode="after")
+    def _tls_unless_loopback(self) -> PublicConfig:
+        if self.listen and not (self.tls_cert and self.tls_key):
+            host, _ = parse_listen(self.listen)
+            if not is_loopback_host(host):
+                raise ValueError(
+                    f"listen = {self.listen!r} is not a loopback address: set tls_cert and "
+                    "tls_key (plain HTTP is only for a TLS proxy in front, on loopback)"
+                )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+
+class ClickToCallConfig(_Section):
+    """A click on a phone number in Kommo rings the user's extension, then dials it."""
+
+    enabled: bool = False
+    channel: str = "Local/{extension}@from-internal"
+    context: str = Field(default="from-internal", min_length=1, max_length=80)
+    caller_id: str = "{name} <{number}>"
+    dial_rules: tuple[tuple[str, str], ...] = ()
+    timeout: Seconds = Field(default=30.0, gt=0, le=MINUTE * 5)
+    min_interval: Seconds = Field(default=3.0, ge=0, le=HOUR)
+    users: dict[UserId, str] = Field(default_factory=dict)
+
+    @field_validator("channel", "context", "caller_id")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        return _no_control(value)
+
+    @field_validator("channel")
+    @classmethod
+    def _channel_template(cls, value: str) -> str:
+        try:
+            value.format(extension="101")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("may use only the placeholder {extension}") from None
+        if "{extension}" not in value:
+            raise ValueError("must contain {extension}, e.g. Local/{extension}@from-internal")
+        return value
+
+    @field_validator("caller_id")
+    @classmethod
+    def _caller_id_template(cls, value: str) -> str:
+        try:
+            value.format(name="n", number="1")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("may use only the placeholders {name} and {number}") from None
+        return value
+
+    @field_validator("dial_rules")
+    @classmethod
+    def _rules(cls, value: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        for pattern, replacement in value:
+            try:
+                re.compile(pattern).sub(replacement, "")
+            except (re.error, IndexError) as exc:
+                raise ValueError(f"dial rule {pattern!r} -> {replacement!r}: {exc}") from None
+        return value
+
+    @field_validator("users")
+    @classmethod
+    def _extensions(cls, value: dict[int, str]) -> dict[int, str]:
+        for user, extension in value.items():
+            if not EXTENSION.fullmatch(extension):
+                raise ValueError(
+                    f"user {user}: {extension!r} is not an extension like 101 or north/101"
+                )
+        return value
+
+
 class JournalConfig(_Section):
     """Finished calls logged to Kommo (``POST /api/v4/calls``) through a durable outbox."""
 
@@ -358,12 +495,30 @@ class Config(BaseSettings):
     cluster: ClusterConfig = ClusterConfig()
     phonebook: PhonebookConfig = PhonebookConfig()
     recordings: RecordingsConfig = RecordingsConfig()
+    public: PublicConfig = PublicConfig()
+    clicktocall: ClickToCallConfig = ClickToCallConfig()
     _pbxs: tuple[PbxConfig, ...] = PrivateAttr(default=())
 
     @property
     def pbxs(self) -> tuple[PbxConfig, ...]:
         """Every PBX to watch: the ``[ami.NAME]`` tables, or the one unnamed ``[ami]`` ("")."""
         return self._pbxs
+
+    @model_validator(mode="after")
+    def _clicktocall_needs(self) -> Config:
+        public, http = self.public, self.http
+        if public.listen and http.listen and public.address[1] == http.address[1] != 0:
+            raise ValueError("[public] listen must not share a port with [http] listen")
+        if not self.clicktocall.enabled:
+            return self
+        if not self.public.listen:
+            raise ValueError("[clicktocall] enabled needs [public] listen (Kommo reaches it)")
+        if not (self.kommo.client_id and self.kommo.client_secret.get_secret_value()):
+            raise ValueError(
+                "[clicktocall] enabled needs [kommo] client_id and client_secret: Kommo signs "
+                "its tokens with the integration's secret"
+            )
+        return self
 
     @model_validator(mode="wrap")
     @classmethod

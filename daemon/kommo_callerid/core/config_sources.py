@@ -28,6 +28,11 @@ CREDENTIAL_FILES: Mapping[str, tuple[str, str]] = {
     "redis_password": ("cluster", "redis_password"),
     "recordings_key": ("recordings", "key"),
 }
+#: systemd credential file name -> (section, key) whose value is the file's path: a PEM key is
+#: many lines, and the TLS code reads it (again on SIGHUP) from where it lies.
+CREDENTIAL_PATHS: Mapping[str, tuple[str, str]] = {
+    "public_tls_key": ("public", "tls_key"),
+}
 #: A PBX name: what ``[ami.NAME]``, ``ami_secret_NAME`` and ``NAME/KEY`` may use.
 PBX_NAME = re.compile(r"[a-z0-9_-]+")
 #: The credential file of one PBX's AMI secret: ``ami_secret_NAME``.
@@ -53,6 +58,10 @@ class CredentialsSource(PydanticBaseSettingsSource):
             path = Path(directory) / name
             if path.is_file():
                 found.setdefault(section, {})[key] = _read_credential(path)
+        for name, (section, key) in CREDENTIAL_PATHS.items():
+            path = Path(directory) / name
+            if path.is_file():
+                found.setdefault(section, {})[key] = str(path)
         for name, values in pbx_credentials(Path(directory)).items():
             found.setdefault("ami", {})[name] = values
         return found

@@ -267,6 +267,8 @@ class FinishedCall:
     did: str | None
     #: ``call_result``: a short human line (who answered and transfers, or why missed).
     result: str
+    #: A click-to-call: the Kommo user who clicked (the record's responsible user).
+    user_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

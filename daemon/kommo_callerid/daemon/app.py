@@ -25,7 +25,9 @@ import structlog
 
 from kommo_callerid import __version__
 from kommo_callerid.calls.pbx_calls import PbxCallTrackers, PbxOutcomeTrackers
+from kommo_callerid.clicktocall.tokens import LEEWAY
 from kommo_callerid.cluster.link import ClusterStartError
+from kommo_callerid.cluster.replay import SharedReplayGuard
 from kommo_callerid.core.config import Config, LogConfig
 from kommo_callerid.core.models import (
     AmiLoginError,
@@ -42,6 +44,7 @@ from kommo_callerid.daemon.memory import release_after_floods
 from kommo_callerid.daemon.notifier import CallNotifier, TaskOwner
 from kommo_callerid.daemon.outcomes import DebugJournalSink, JournalSink
 from kommo_callerid.daemon.phonebook import MirrorFirst, PhoneBookParts, open_phonebook
+from kommo_callerid.daemon.public import PublicEndpoint
 from kommo_callerid.daemon.recordings import Recordings, recordings_view
 from kommo_callerid.daemon.reload import ConfigReloader
 from kommo_callerid.daemon.systemd import SystemdNotifier
@@ -101,6 +104,8 @@ class _Running:
     #: The phone book (mirror, sync) and the lookup in front of Kommo; None when disabled.
     phonebook: PhoneBookParts | None = None
     front: MirrorFirst | None = None
+    #: ``[public]``: the endpoint Kommo's web UI reaches (click-to-call).
+    public: PublicEndpoint | None = None
 
 
 class Daemon:
@@ -150,6 +155,12 @@ class Daemon:
         """The bound port of the HTTP endpoint (``listen`` may ask for port 0), or None."""
         running = self._running
         return running.http.port if running is not None and running.http is not None else None
+
+    @property
+    def public_port(self) -> int | None:
+        """The bound port of the public endpoint (``[public] listen``), or None."""
+        running = self._running
+        return running.public.port if running is not None and running.public else None
 
     def table_sizes(self) -> dict[str, int]:
         """The size of every internal table (benchmarks, debugging); empty when not running."""
@@ -299,6 +310,10 @@ class Daemon:
         if cfg.http.listen and not await self._start_http(running):
             self._running = None
             return None
+        if cfg.public.listen and not await self._start_public(running):
+            await self._stop_http(running)
+            self._running = None
+            return None
         running.background = [
             *running.links.start(),
             asyncio.create_task(self._consume(running), name="call-intake"),
@@ -358,6 +373,8 @@ class Daemon:
             running.front.reconfigure(config.phonebook)
         if self.recordings is not None:
             self.recordings.reconfigure(config)
+        if running.public is not None:  # [clicktocall], origins, the TLS files (re-read)
+            running.public.reconfigure(config)
         if config.log != old.log and self._relog is not None:
             self._relog(config.log)
 
@@ -387,6 +404,8 @@ class Daemon:
         grace_ends = loop.time() + timeout - min(STOP_RESERVE_MAX, STOP_RESERVE_SHARE * timeout)
         self.systemd.stopping()
         await self._stop_http(running)
+        if running.public is not None:
+            await running.public.stop()
         for task in running.background:
             task.cancel()
         await asyncio.gather(*running.background, return_exceptions=True)
@@ -548,6 +567,20 @@ class Daemon:
             await running.callerid.close()
             return False
         return True
+
+    async def _start_public(self, running: _Running) -> bool:
+        cluster = running.cluster
+        shared = SharedReplayGuard(cluster.link, keep_after=LEEWAY) if cluster else None
+        recordings = self.recordings.routes() if self.recordings is not None else ()
+        running.public = PublicEndpoint(
+            self.config,
+            running.kommo,
+            running.links,
+            running.outcomes,
+            shared,
+            extra_routes=recordings,
+        )
+        return await running.public.start()
 
     async def _stop_http(self, running: _Running) -> None:
         if running.http is not None:

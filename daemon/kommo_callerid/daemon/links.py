@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 
 import structlog
 
+from kommo_callerid.ami.originate import AmiOriginator
 from kommo_callerid.ami.sessions import AmiSessions
 from kommo_callerid.ami.supervisor import AmiSupervisor
 from kommo_callerid.core.models import AmiCounters, ChannelEvent, ChannelEventKind
@@ -113,6 +114,10 @@ class PbxLinks:
         if not self.named:
             return addresses[0][1]
         return ", ".join(f"{name}={address}" for name, address in addresses)
+
+    def originator(self) -> AmiOriginator:
+        """Click-to-call's Originate port: each PBX's live session, whichever it is now."""
+        return AmiOriginator({link.pbx.name: link.sessions.live_client for link in self._links})
 
     def start(self) -> list[asyncio.Task[None]]:
         """One supervisor task per PBX; the daemon owns (and cancels) them."""

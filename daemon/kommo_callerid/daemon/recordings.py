@@ -25,9 +25,8 @@ log = structlog.get_logger(__name__)
 
 
 def public_url(config: Config) -> str:
-    """``[public] url``: where browsers reach the daemon ("" while there is no such section)."""
-    public: Any = getattr(config, "public", None)
-    return str(getattr(public, "url", "") or "")
+    """``[public] url``: where browsers reach the daemon (the links' base)."""
+    return config.public.url
 
 
 class Recordings:

@@ -1,10 +1,12 @@
 """SIGHUP: re-read the configuration file and apply what can change without dropping a link.
 
 ``[notify]``, ``[calls]``, ``[journal]`` (except ``database``), ``[daemon]``, ``[recordings]``
-(its signing key re-read), ``[log] level`` and ``mask_numbers``, ``[phonebook]`` intervals and
+(its signing key re-read), ``[clicktocall]``, ``[public]`` (except ``listen``; its TLS files are
+re-read on every SIGHUP), ``[log] level`` and ``mask_numbers``, ``[phonebook]`` intervals and
 ``trust_unknown`` apply at once (``config.reloaded``, with the keys). Any other changed key
 — ``[ami]``, ``[kommo]``, ``[cluster]``, ``[http]``, ``[cache]``, ``[log] format``,
-``[journal] database`` — keeps its running value and is named in ``config.restart_needed``.
+``[journal] database``, ``[public] listen`` — keeps its running value and is named in
+``config.restart_needed``.
 A file that does not load is ``config.reload_failed`` and the running configuration stays.
 The signal handler only sets an event; :meth:`ConfigReloader.run` is an owned task.
 """
@@ -26,7 +28,9 @@ from kommo_callerid.core.pbx_config import reload_pbxs, with_pbxs
 log = structlog.get_logger(__name__)
 
 #: Sections whose every key applies live; for the rest, only the keys listed here.
-LIVE_SECTIONS = frozenset({"notify", "calls", "journal", "daemon", "recordings"})
+LIVE_SECTIONS = frozenset(
+    {"notify", "calls", "journal", "daemon", "recordings", "clicktocall", "public"}
+)
 LIVE_KEYS = frozenset(
     {
         "log.level",
@@ -37,7 +41,7 @@ LIVE_KEYS = frozenset(
     }
 )
 #: Keys of a live section that still need a restart.
-FIXED_KEYS = frozenset({"journal.database"})
+FIXED_KEYS = frozenset({"journal.database", "public.listen"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,7 +113,10 @@ def build_entry(
 
 def responsible_user(call: FinishedCall, notify: NotifyConfig) -> int | None:
     """Inbound: the user of the extension that answered, else the DID's first user.
-    Outbound: the user of the calling extension. A ``NAME/KEY`` key beats a bare one."""
+    Outbound: the user of the calling extension (a click-to-call: the user who clicked).
+    A ``NAME/KEY`` key beats a bare one."""
+    if call.user_id is not None:
+        return call.user_id
     if call.direction is CallDirection.OUTBOUND:
         return _by_key(notify.extensions, call.pbx, call.extension)
     answered = _by_key(notify.extensions, call.pbx, call.answered_by)

@@ -98,6 +98,13 @@ class FakeAmiServer:
         self.actions: list[dict[str, str]] = []
         #: Action names (lower case) this server reads but never answers (a slow or odd PBX).
         self.unanswered: set[str] = set()
+        #: Originate: its ``Channel`` values that fail (OriginateResponse Failure, ``Reason``),
+        #: and how long the "phone" takes to answer before the OriginateResponse.
+        self.originate_failures: dict[str, str] = {}
+        self.originate_delay = 0.0
+        #: Every Originate received, with ``time.perf_counter()`` of its arrival.
+        self.originates: list[tuple[float, dict[str, str]]] = []
+        self._answering: set[asyncio.Task[None]] = set()
         self.connections = 0
         self.logins = 0
         self.login_failures = 0
@@ -124,6 +131,9 @@ class FakeAmiServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        for task in list(self._answering):
+            task.cancel()
+        await asyncio.gather(*self._answering, return_exceptions=True)
         self.drop()
         for session in self._sessions:
             await session.done.wait()
@@ -266,6 +276,8 @@ class FakeAmiServer:
             self._events(session, action)
         elif name == "coreshowchannels":
             self._core_show_channels(session, action)
+        elif name == "originate":
+            self._originate(session, action)
         else:
             _reply(session, action, "Error", Message="Invalid/unknown command")
         return True
@@ -320,6 +332,47 @@ class FakeAmiServer:
             _reply_item(session, action, "CoreShowChannel", channel)
         complete = {"EventList": "Complete", "ListItems": str(len(channels))}
         _reply_item(session, action, "CoreShowChannelsComplete", complete)
+
+    def _originate(self, session: FakeAmiSession, action: dict[str, str]) -> None:
+        # Like Asterisk: write = originate, a Channel, then (Async) "queued" at once and the
+        # OriginateResponse event, to every session that may read it, when the leg answered.
+        self.originates.append((time.perf_counter(), dict(action)))
+        user = self.users[session.username or ""]
+        if "originate" not in user.write and "all" not in user.write:
+            _reply(session, action, "Error", Message="Permission denied")
+            return
+        channel = action.get("channel", "")
+        if not channel:
+            _reply(session, action, "Error", Message="Channel not specified")
+            return
+        if action.get("async", "").lower() not in ("true", "yes", "1"):
+            _reply(session, action, "Success", Message="Originate successfully queued")
+            return
+        _reply(session, action, "Success", Message="Originate successfully queued")
+        task = asyncio.create_task(self._originate_response(action))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _originate_response(self, action: dict[str, str]) -> None:
+        if self.originate_delay:
+            await asyncio.sleep(self.originate_delay)
+        channel = action.get("channel", "")
+        reason = self.originate_failures.get(channel)
+        event = {
+            "Event": "OriginateResponse",
+            "Privilege": "call,all",
+            "ActionID": action.get("actionid", ""),
+            "Response": "Failure" if reason is not None else "Success",
+            "Channel": channel,
+            "Context": action.get("context", ""),
+            "Exten": action.get("exten", ""),
+            "Reason": reason if reason is not None else "4",
+            "Uniqueid": action.get("channelid", "<null>"),
+            "CallerIDNum": "<unknown>",
+            "CallerIDName": "<unknown>",
+        }
+        self.emit(event)
+        await self._drain()
 
 
 async def _read_message(reader: asyncio.StreamReader) -> dict[str, str] | None:

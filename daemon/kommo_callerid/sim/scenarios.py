@@ -10,6 +10,8 @@ in ``CallerIDNum``). Each ringing agent adds, when the PBX dials through a queue
 ``DialEnd`` ANSWER and the ``BridgeEnter`` of both sides (what the outcome tracker reads; the
 other agents' Dials get no DialEnd). Hangups are kept apart so a test can place them
 whenever it likes.
+
+Size: every kind of synthetic call (inbound, internal, outbound, click-to-call) in one builder.
 """
 
 from __future__ import annotations
@@ -200,6 +202,53 @@ class CallScenarios:
     ) -> SyntheticCall:
         """An extension dialling out through the trunk (the trunk leg is not the root)."""
         return self._dialled_call("outbound", ext, caller_name, number, self._trunk)
+
+    def click(
+        self,
+        channel_id: str,
+        ext: str = "101",
+        number: str = "18305803077",
+        *,
+        agent_answers: bool = True,
+        customer: str = "ANSWER",
+    ) -> SyntheticCall:
+        """A click-to-call: an Originate of ``Local/<ext>@from-internal`` with ``ChannelId``
+        ``channel_id`` (the root's Uniqueid), exten ``number``. The Local pair rings the
+        agent's phone; when it answers, the ``;1`` half dials ``number`` on the trunk and the
+        customer's leg ends with ``customer`` (ANSWER, BUSY, NOANSWER)."""
+        self._epoch += 2
+        self._local_seq += 1
+        base = f"Local/{ext}@{self._internal_context}-{self._local_seq:08x}"
+        one = _Channel(f"{base};1", channel_id, channel_id, self._internal_context, ext, 0)
+        two = replace(one, name=f"{base};2", uniqueid=f"{channel_id};2", state=4)
+        events = [one.event("Newchannel"), two.event("Newchannel")]
+        one.caller = (number, "Kommo")
+        events.append(one.event("NewCallerid"))
+        phone = self._phone_channel(
+            f"PJSIP/{ext}", self._internal_context, "s", state=5, linkedid=channel_id
+        )
+        events.append(phone.event("Newchannel"))
+        if not agent_answers:
+            events.append(_dial_end(two, phone, "NOANSWER"))
+            hangups = [phone.hangup(_NO_ANSWER), two.hangup(_NO_ANSWER), one.hangup(_NO_ANSWER)]
+            return SyntheticCall(
+                "click", channel_id, ext, number, (ext,), tuple(events), tuple(hangups)
+            )
+        events += _answer_events(two, [phone])[:1]  # the agent answers the ;2 half's Dial
+        one.state = two.state = phone.state = 6
+        trunk = self._phone_channel(
+            self._trunk, self._inbound_context, "s", state=0, linkedid=channel_id
+        )
+        events.append(trunk.event("Newchannel"))
+        if customer == "ANSWER":
+            events += _answer_events(one, [trunk])
+        else:
+            events.append(_dial_end(one, trunk, customer))
+        hangups = [trunk.hangup(_NORMAL_CLEARING), phone.hangup(_NORMAL_CLEARING)]
+        hangups += [two.hangup(_NORMAL_CLEARING), one.hangup(_NORMAL_CLEARING)]
+        return SyntheticCall(
+            "click", channel_id, ext, number, (ext,), tuple(events), tuple(hangups)
+        )
 
     def inbound_calls(self, count: int, *, did: str = "5551000") -> list[SyntheticCall]:
         """``count`` answered inbound calls from different numbers, ringing 100 and 101."""

@@ -1,0 +1,1 @@
+"""The public endpoint (``[public]``): the listener Kommo's web UI reaches, over TLS."""

@@ -1,0 +1,157 @@
+"""The public listener under hostile clients: slowloris, stalled handshakes, a renewed
+certificate read on SIGHUP. Real sockets, real TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from click_setup import ORIGINATOR, click_config, client_tls, post_click, self_signed
+from click_tokens import token
+from structlog.testing import capture_logs
+
+from kommo_callerid.core.config import PublicConfig
+from kommo_callerid.public.bounds import Bounds
+from kommo_callerid.public.server import PublicServer
+from kommo_callerid.sim.ami_server import FakeAmiServer
+from kommo_callerid.sim.kommo_app import FakeKommo
+from kommo_callerid.sim.scenarios import CallScenarios
+
+from support import events, running_daemon, wait_for
+
+SLOW_CLIENTS = 1000
+
+
+async def _hello(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+@pytest.fixture
+async def small_server(tmp_path: Path) -> AsyncIterator[PublicServer]:
+    cert, key = self_signed(tmp_path)
+    config = PublicConfig(listen="127.0.0.1:0", tls_cert=str(cert), tls_key=str(key))
+    bounds = Bounds(max_connections=20, max_per_client=10, head_timeout=0.3)
+    server = PublicServer(config, frozenset, bounds=bounds)
+    server.add_route("GET", "/hello", _hello)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    try:
+        async with asyncio.timeout(seconds):
+            while await reader.read(1024):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return True
+
+
+async def test_a_stalled_handshake_is_dropped(small_server: PublicServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", small_server.port)
+    assert await _closed_within(reader, 3.0)
+    writer.close()
+    assert small_server.guard is not None and small_server.guard.open == 0
+
+
+async def test_a_trickled_request_head_is_dropped() -> None:
+    server = PublicServer(
+        PublicConfig(listen="127.0.0.1:0"), frozenset, bounds=Bounds(head_timeout=0.3)
+    )
+    server.add_route("GET", "/hello", _hello)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /hello HTTP/1.1\r\nHost: x\r\n")  # never the blank line
+        assert await _closed_within(reader, 3.0)
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"200 OK" in await reader.read(1024)  # a whole head in time is served
+        writer.close()
+    finally:
+        await server.stop()
+
+
+async def test_connections_beyond_the_caps_are_refused_at_accept(
+    small_server: PublicServer,
+) -> None:
+    held = [await asyncio.open_connection("127.0.0.1", small_server.port) for _ in range(30)]
+    guard = small_server.guard
+    assert guard is not None
+    await wait_for(lambda: guard.open + guard.refused >= 30)
+    assert guard.open == 10 and guard.refused == 20  # one client: max_per_client
+    for _, writer in held:
+        writer.close()
+    await wait_for(lambda: guard.open == 0)
+
+
+async def test_a_renewed_certificate_serves_the_next_connection(
+    small_server: PublicServer, tmp_path: Path
+) -> None:
+    config = small_server._config
+    new_cert, new_key = self_signed(tmp_path / "..", "renewed")
+
+    async def served() -> bytes:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        _, writer = await asyncio.open_connection("127.0.0.1", small_server.port, ssl=context)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        return bytes(der)
+
+    before = await served()
+    shutil.copy(new_cert, config.tls_cert)  # certbot renews in place
+    shutil.copy(new_key, config.tls_key)
+    with capture_logs() as logs:
+        small_server.reconfigure(config)
+        after = await served()
+        assert after != before
+        await asyncio.to_thread(Path(config.tls_key).write_text, "half-written")
+        small_server.reconfigure(config)
+        assert await served() == after  # a broken renewal keeps the running certificate
+    assert [line["event"] for line in logs] == ["public.tls_reloaded", "public.tls_reload_failed"]
+
+
+async def test_a_thousand_slow_clients_neither_grow_it_nor_stop_caller_id(
+    tmp_path: Path,
+) -> None:
+    cert, key = self_signed(tmp_path)
+    async with FakeAmiServer(users=ORIGINATOR) as ami, FakeKommo() as kommo:
+        config = click_config(ami, kommo, cert, key)
+        with capture_logs() as logs:
+            async with running_daemon(config) as daemon:
+                await wait_for(lambda: bool(events(logs, "clicktocall.account")))
+                public = daemon._running.public if daemon._running else None
+                assert public is not None and public.server.guard is not None
+                guard = public.server.guard
+                port = daemon.public_port
+                slow = []
+                for _ in range(SLOW_CLIENTS):  # each sends half a TLS record, then nothing
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write(b"\x16\x03\x01\x02\x00\x01")
+                    slow.append(writer)
+                await wait_for(lambda: guard.open + guard.refused >= SLOW_CLIENTS, 20.0)
+                assert guard.open <= guard.bounds.max_per_client
+                call = CallScenarios().inbound()
+                await ami.play(call.events)
+                await wait_for(lambda: len(kommo.events) >= 1, 10.0)  # caller ID goes on
+                for writer in slow:
+                    writer.close()
+                await wait_for(lambda: guard.open == 0, 10.0)
+                connector = aiohttp.TCPConnector(ssl=client_tls(cert))
+                async with aiohttp.ClientSession(connector=connector) as session:
+                    url = f"https://127.0.0.1:{port}"
+                    assert (await post_click(session, url, token()))[0] == 202
