@@ -1,5 +1,6 @@
 """``kommo-callerid run`` in a process of its own, for the tests that kill it or start two: its
-JSON log lines go to a file (never a pipe that fills up), ``/healthz`` is read over HTTP."""
+JSON log lines are copied from a pipe to a file as they come (the pipe never fills up, and a
+``prlimit --fsize=0`` daemon can still log), ``/healthz`` is read over HTTP."""
 
 from __future__ import annotations
 
@@ -42,16 +43,30 @@ class DaemonProcess:
         self.wrapper = wrapper
         self.proc: asyncio.subprocess.Process | None = None
         self._port: int | None = None
+        self._copying: asyncio.Task[None] | None = None
 
     async def start(self) -> DaemonProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("KOMMO_CALLERID_CONFIG", None)
         command = [*self.wrapper, sys.executable, "-m", "kommo_callerid", "run"]
-        with self.log.open("wb") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                *command, "-c", str(self.config), stdout=out, stderr=out, env=env
-            )
+        self.log.write_bytes(b"")
+        self.proc = await asyncio.create_subprocess_exec(
+            *command,
+            "-c",
+            str(self.config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+        self._copying = asyncio.create_task(self._copy(self.proc))
         return self
+
+    async def _copy(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        with self.log.open("ab") as out:
+            async for line in proc.stdout:
+                out.write(line)
+                out.flush()
 
     def lines(self) -> list[dict[str, Any]]:
         found = []
@@ -108,9 +123,11 @@ class DaemonProcess:
         assert self.proc is not None
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        return code
+        return await self.wait_exit(timeout)
 
     async def wait_exit(self, timeout: float = 20.0) -> int:
-        assert self.proc is not None
-        return await asyncio.wait_for(self.proc.wait(), timeout)
+        """The exit code, once the process has ended and its last line is in the file."""
+        assert self.proc is not None and self._copying is not None
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await asyncio.wait_for(self._copying, timeout)
+        return code
