@@ -50,6 +50,9 @@ username = "{DEMO_USERNAME}"
 secret = "{secret}"
 connect_timeout = 3.0
 
+[journal]
+database = "{tmp_path / "journal.sqlite3"}"
+
 [kommo]
 base_url = "{base_url}"
 access_token = "{token}"

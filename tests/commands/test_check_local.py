@@ -24,6 +24,8 @@ base_url = "https://acme.kommo.com"
 client_id = "integration"
 redirect_uri = "https://pbx.example/kommo"
 token_file = "{token_file}"
+[journal]
+database = "{journal}"
 """
 
 
@@ -47,7 +49,9 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (state / "tokens.json").write_text("{}")
     (state / "tokens.json").chmod(0o600)
     config = etc / "config.toml"
-    config.write_text(GOOD.format(token_file=state / "tokens.json"))
+    config.write_text(
+        GOOD.format(token_file=state / "tokens.json", journal=state / "journal.sqlite3")
+    )
     config.chmod(0o644)
     return config
 
@@ -91,6 +95,29 @@ def test_secrets_in_a_world_readable_config_are_warned_about(
     out = offline(host, capsys)
     assert "holds [kommo] client_secret, [kommo] proxy's password" in out
     assert "inline" not in out
+
+
+def test_a_missing_journal_directory_is_warned_about(
+    host: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, check said "No problems" and ``run`` then exited 3 (now it runs, with the
+    journal unusable): check names the directory and how to make it."""
+    missing = tmp_path / "nowhere" / "journal.sqlite3"
+    host.write_text(
+        host.read_text().replace(str(tmp_path / "state" / "journal.sqlite3"), str(missing))
+    )
+    out = offline(host, capsys)
+    assert f"the call journal's directory {missing.parent} does not exist" in out
+    assert f"install -d -m 0700 {missing.parent}" in out
+
+
+def test_a_journal_database_that_is_not_sqlite_is_warned_about(
+    host: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "state" / "journal.sqlite3"
+    broken.write_bytes(b"not a database at all")
+    out = offline(host, capsys)
+    assert f"the call journal's database {broken} is not an SQLite database" in out
 
 
 async def test_a_hostile_context_name_cannot_drive_the_terminal(

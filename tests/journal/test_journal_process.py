@@ -1,5 +1,5 @@
 """``kommo-callerid run`` in a process of its own: SIGKILL loses no record, and an unusable
-database stops the start with exit 3 and a sentence."""
+database leaves caller ID running while the journal reports it and retries."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiSer
 from kommo_callerid.sim.kommo_app import FakeContact, FakeKommo, KommoDataset, demo_dataset
 from kommo_callerid.sim.kommo_journal import CALLS_PATH
 from kommo_callerid.sim.scenarios import CallScenarios
+from process_support import DaemonProcess, process_config
 
 from support import finished_call, wait_for
 
@@ -146,23 +147,23 @@ def unsent(database: Path) -> int:
         outbox.close()
 
 
-async def exit_code_and_output(config: Path, *wrapper: str) -> tuple[int | None, str]:
-    proc = await start(config, *wrapper)
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 20)
-    return proc.returncode, stdout.decode() + stderr.decode()
-
-
-@pytest.mark.parametrize("damage", ["read-only", "full-disk", "corrupt"])
-async def test_an_unusable_database_at_start_exits_3_with_a_sentence(
+@pytest.mark.parametrize("damage", ["missing-directory", "read-only", "full-disk", "corrupt"])
+async def test_an_unusable_database_at_start_leaves_caller_id_running(
     tmp_path: Path, ami: FakeAmiServer, damage: str
 ) -> None:
-    (tmp_path / "db").mkdir()
-    database = tmp_path / "db" / "journal.sqlite3"
+    """Before: exit 3, which the unit never restarts, so caller ID stopped for good. Now the
+    daemon logs in to the AMI and notifies, /healthz answers 503 with "journal": "unusable",
+    a finished call waits in memory, one error line names the file; with the directory made,
+    the retry opens the database and the call is written and sent."""
+    folder = tmp_path / "db"
+    database = folder / "journal.sqlite3"
     wrapper: list[str] = []
+    if damage != "missing-directory":
+        folder.mkdir()
     if damage == "read-only":
         Outbox.open(database).close()
         database.chmod(0o400)
-        database.parent.chmod(0o500)  # no new -wal file either
+        folder.chmod(0o500)  # no new -wal file either
         if os.geteuid() == 0:
             if shutil.which("setpriv") is None:
                 pytest.skip("root without setpriv writes read-only files")
@@ -171,16 +172,33 @@ async def test_an_unusable_database_at_start_exits_3_with_a_sentence(
         if shutil.which("prlimit") is None:
             pytest.skip("prlimit (util-linux) simulates the full disk")
         wrapper = ["prlimit", "--fsize=0", "--"]  # every file write fails: EFBIG
-    else:
+    elif damage == "corrupt":
         database.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4096)
+    call = CallScenarios().inbound("18305803077")
     try:
         async with FakeKommo(demo_dataset()) as kommo:
-            config = write_config(tmp_path, ami, kommo, database)
-            code, output = await exit_code_and_output(config, *wrapper)
+            config = process_config(tmp_path, ami, kommo, database)
+            daemon = await DaemonProcess(config, tmp_path / "run.log", *wrapper).start()
+            try:
+                await daemon.wait_health(lambda h: h["ami"] == "connected")
+                await ami.play(call.events + call.hangups)
+                await wait_for(lambda: len(kommo.events) >= 1, 20)  # caller ID works
+                body = await daemon.wait_health(lambda h: h["journal_unwritten"] == 1)
+                status, body = await daemon.health()
+                assert (status, body["journal"]) == (503, "unusable"), body
+                if damage == "missing-directory":
+                    folder.mkdir()
+                    await wait_for(lambda: len(kommo.journal.calls) == 1, 60)
+                    status, body = await daemon.health()
+                    assert (status, body["journal"], body["journal_unwritten"]) == (200, "ok", 0)
+            finally:
+                code = await daemon.stop()
     finally:
-        database.parent.chmod(0o700)
-    assert code == 3, output
-    unusable = [json.loads(line) for line in output.splitlines() if "journal.unusable" in line]
-    assert len(unusable) == 1
+        if folder.exists():
+            folder.chmod(0o700)
+    assert code == 0, daemon.log.read_text()
+    unusable = daemon.events("journal.unusable")
+    assert unusable[0]["level"] == "error"
     assert unusable[0]["detail"].startswith(f"The call journal's database {database} cannot")
-    assert ami.logins == 0  # stopped before the AMI was touched
+    if damage != "missing-directory":
+        assert unusable[-1]["lost"] == 1  # the stop says what it could not write

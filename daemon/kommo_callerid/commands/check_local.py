@@ -1,8 +1,8 @@
 """The local half of ``kommo-callerid check`` (also with ``--offline``): this host's files,
 contacting nothing. Warnings only — each says what to change: example values left in the
 configuration, credential or token files other users may read or write, secrets written into
-a world-readable configuration file; and whether ``[recordings] directory`` can be read
-(a failure: without it no call gets a link).
+a world-readable configuration file, a call journal database the daemon could not use;
+and whether ``[recordings] directory`` can be read (a failure: without it no call gets a link).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def check_local(config: Config, config_path: Path, report: Report) -> None:
     _credential_files(config_path, report)
     _inline_secrets(config_path, report)
     _token_file(config, report)
+    _journal_database(config, report)
     if report.warnings == before:
         report.ok("files: no example values, credentials and tokens readable by their owner only")
     _recordings(config, report)
@@ -171,6 +172,46 @@ def _recordings(config: Config, report: Report) -> None:
             f"(mode {stat.S_IMODE(mode):04o}): they could sign links to any recording",
             f"chmod 600 {key_file}, then delete it and restart to rotate the key",
         )
+
+
+def _journal_database(config: Config, report: Report) -> None:
+    """The daemon runs without a usable journal database (caller ID goes on), but finished
+    calls then only wait in memory: say so before ``run`` does."""
+    if not config.journal.enabled:
+        return
+    path = config.journal.database
+    folder = path.parent
+    if not folder.is_dir():
+        report.warn(
+            f"the call journal's directory {folder} does not exist: finished calls would only "
+            "wait in memory",
+            f"install -d -m 0700 {folder} (as the user the daemon runs as; the .deb and the "
+            "unit's StateDirectory= make /var/lib/kommo-callerid)",
+        )
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        report.warn(
+            f"the call journal's directory {folder} may not be written by this user",
+            f"run check as the daemon's user, or give it the directory (chown, chmod 700 {folder})",
+        )
+    elif path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        report.warn(
+            f"the call journal's database {path} may not be read and written by this user",
+            f"chown it to the daemon's user and chmod 600 {path}",
+        )
+    elif path.exists() and not _looks_like_sqlite(path):
+        report.warn(
+            f"the call journal's database {path} is not an SQLite database",
+            f"move it aside (mv {path} {path}.broken); the daemon makes a new one",
+        )
+
+
+def _looks_like_sqlite(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return False
+    return head in (b"", b"SQLite format 3\x00")
 
 
 def _has_password(url: str) -> bool:

@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +48,7 @@ from kommo_callerid.daemon.public import PublicEndpoint
 from kommo_callerid.daemon.recordings import Recordings, recordings_view
 from kommo_callerid.daemon.reload import ConfigReloader
 from kommo_callerid.daemon.systemd import SystemdNotifier
-from kommo_callerid.journal.outbox import OutboxError
+from kommo_callerid.journal.lock import OutboxHeld
 from kommo_callerid.journal.sender import JournalSender
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.phonebook.store import MirrorError
@@ -119,6 +119,7 @@ class Daemon:
         on_secret: Callable[[str], None] | None = None,
         config_path: Path | None = None,
         relog: Callable[[LogConfig], None] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         #: The running configuration; SIGHUP replaces it (see :meth:`_apply_config`).
         self.config = config
@@ -138,6 +139,8 @@ class Daemon:
         #: Signed recording links (the journal) and their server (the public listener's
         #: routes: ``recordings.routes()``); built by :meth:`serve`.
         self.recordings: Recordings | None = None
+        #: Unix time of the moment (a call's start); ages and waits use the monotonic clock.
+        self._wall_clock = wall_clock
 
     @property
     def ami_connected(self) -> bool:
@@ -206,8 +209,10 @@ class Daemon:
                 log.error("recordings.unusable", detail=str(exc))
                 return EXIT_CONFIG
             try:
-                journal = await open_journal(self.config, kommo, self.recordings)
-            except OutboxError as exc:
+                journal = await open_journal(
+                    self.config, kommo, self.recordings, wall=self._wall_clock
+                )
+            except OutboxHeld as exc:  # any other journal problem leaves caller ID running
                 log.error("journal.unusable", detail=str(exc))
                 return EXIT_CONFIG
             if journal is not None:  # closed by _shutdown; this covers a failed start
@@ -297,8 +302,7 @@ class Daemon:
                 ((pbx.name, pbx.inbound_contexts, pbx.outbound_contexts) for pbx in cfg.pbxs),
                 cfg.calls.min_digits,
                 cfg.calls.default_region,
-                wall_offset=time.time() - loop.time(),
-            ),
+            ),  # loop time: _at_wall_time makes a finished call's start Unix time
             cluster=cluster,
             journal=journal,
             phonebook=phonebook,
@@ -421,6 +425,7 @@ class Daemon:
             in_flight_at_stop=in_flight,
             in_flight_cancelled=cancelled,
             **self._counters(running),
+            **({"journal_unwritten": running.journal.lost} if running.journal else {}),
         )
         self._running = None
 
@@ -440,13 +445,21 @@ class Daemon:
                 for decision in tracker.feed(event):
                     notifier.handle(decision)
                 for call in outcomes.feed(event):
-                    self._journal(call)
+                    self._journal(self._at_wall_time(call))
                 if taken >= CONSUME_BATCH or queue.empty():
                     break
                 event = queue.get_nowait()
                 taken += 1
             notifier.end_batch()
             await asyncio.sleep(0)
+
+    def _at_wall_time(self, call: FinishedCall) -> FinishedCall:
+        """The outcome trackers count in loop (monotonic) time; the call's start in Unix time
+        is the wall clock of this moment less the seconds since. An offset taken at start-up
+        would keep a clock step's error until a restart (a box booted 3 years behind sent
+        3-year-old dates after NTP corrected it)."""
+        elapsed = asyncio.get_running_loop().time() - call.started_at
+        return replace(call, started_at=self._wall_clock() - elapsed)
 
     def _journal(self, call: FinishedCall) -> None:
         try:
@@ -592,9 +605,11 @@ class Daemon:
         now = asyncio.get_running_loop().time()
         last = running.last_event_at
         pbx = {"pbx": running.links.states()} if running.links.named else {}
+        journal = running.journal
         return Health(
             ami_connected=running.links.connected,
             kommo=str(running.kommo.health),
+            journal="unusable" if journal is not None and not journal.usable else "ok",
             facts={
                 **pbx,
                 "version": __version__,
@@ -603,7 +618,8 @@ class Daemon:
                 "ami_reconnects": running.links.reconnects,
                 "queue_depth": running.queue.qsize(),
                 **({"cluster": running.cluster.health} if running.cluster else {}),
-                "journal_pending": running.journal.pending if running.journal else None,
+                "journal_pending": journal.pending if journal else None,
+                "journal_unwritten": journal.unwritten if journal else None,
                 **self._phonebook_health(running),
             },
         )

@@ -1,25 +1,55 @@
-"""The call journal's wiring: the outbox opened at start-up (unusable: exit 3 with a sentence)
-and the sender filled with the Kommo client's transport (one rate limit, lowest priority)."""
+"""The call journal's wiring: the sender filled with the Kommo client's transport (one rate
+limit, lowest priority) and the outbox opened once at start-up.
+
+Only a database another daemon holds stops the start (:class:`OutboxHeld`, exit 3): any other
+problem (a missing directory, a full disk, SQLite busy in another process) leaves caller ID
+running while the sender reports it and retries (see :mod:`kommo_callerid.journal.writer`)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from kommo_callerid.core.config import Config
+from kommo_callerid.journal.clock import SteadyClock
 from kommo_callerid.journal.outbox import AsyncOutbox
 from kommo_callerid.journal.sender import JournalSender, LinkResolver
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.kommo.journal_api import KommoJournal
 
+#: Seconds the daemon's statements wait for another process's write lock (``journal retry``)
+#: before the writer retries on its own schedule: a stop is not held up by SQLite's 5 s.
+BUSY_TIMEOUT = 0.5
+
 
 async def open_journal(
-    config: Config, kommo: KommoClient, links: LinkResolver | None = None
+    config: Config,
+    kommo: KommoClient,
+    links: LinkResolver | None = None,
+    *,
+    wall: Callable[[], float] = time.time,
 ) -> JournalSender | None:
     """The journal's sender (not started), or None when ``[journal] enabled`` is false;
-    raises :class:`~kommo_callerid.journal.outbox.OutboxError` when the database is unusable."""
+    raises :class:`~kommo_callerid.journal.lock.OutboxHeld` when another daemon holds the
+    database. ``wall``: the wall clock the sender's steady clock starts from."""
     if not config.journal.enabled:
         return None
-    outbox = AsyncOutbox(config.journal.database)
-    await outbox.open()
+    outbox = AsyncOutbox(config.journal.database, busy_timeout=BUSY_TIMEOUT)
     api = KommoJournal(
         kommo.transport, timeout=config.kommo.timeout, rate_limit=config.kommo.rate_limit
     )
-    return JournalSender(outbox, api, config.journal, config.notify, links=links)
+    sender = JournalSender(
+        outbox,
+        api,
+        config.journal,
+        config.notify,
+        clock=SteadyClock(wall),
+        exclusive=True,
+        links=links,
+    )
+    try:
+        await sender.open()
+    except BaseException:
+        await outbox.close()
+        raise
+    return sender

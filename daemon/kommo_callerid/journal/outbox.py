@@ -43,6 +43,8 @@ DEFAULT_CAPACITY = 100_000
 #: Sent and dropped records stay this long for ``kommo-callerid journal``.
 HISTORY_SECONDS = 30 * 86_400
 SCHEMA_VERSION = 1
+#: Seconds a statement of the commands waits for another process's write lock.
+BUSY_TIMEOUT = 5.0
 
 #: The record's columns, ``id`` first (the rest in the order of :class:`JournalEntry`).
 _COLUMNS = ("id", *(field.name for field in fields(JournalEntry) if field.name != "id"))
@@ -80,21 +82,29 @@ class Outbox:
         self.capacity = capacity
 
     @classmethod
-    def open(cls, path: Path, *, capacity: int = DEFAULT_CAPACITY, create: bool = True) -> Outbox:
+    def open(
+        cls,
+        path: Path,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        create: bool = True,
+        busy_timeout: float = BUSY_TIMEOUT,
+    ) -> Outbox:
         """Open (creating with mode 0600 unless ``create`` is false) and prove writable;
-        :class:`OutboxError` if not."""
+        :class:`OutboxError` if not. ``busy_timeout``: how long a statement waits for another
+        process's write lock before it fails."""
         if not create and not path.exists():
             raise OutboxError(f"There is no call journal at {path} yet: the daemon creates it.")
         try:
             _create_private(path)
-            connection = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+            connection = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
         except (OSError, sqlite3.Error) as exc:
-            raise OutboxError(_sentence(path, exc)) from None
+            raise OutboxError(unusable_sentence(path, exc)) from None
         try:
             _prepare(connection)
         except sqlite3.Error as exc:
             connection.close()
-            raise OutboxError(_sentence(path, exc)) from None
+            raise OutboxError(unusable_sentence(path, exc)) from None
         return cls(connection, capacity)
 
     def close(self) -> None:
@@ -175,11 +185,14 @@ class Outbox:
         return [_entry(row) for row in cursor]
 
     def due_now(self, now: float) -> int:
-        """Every unsent record is due at ``now`` (a restart tries at once); how many."""
+        """Every unsent record is due at ``now`` (a restart tries at once); how many. A record
+        written "in the future" (the wall clock was stepped back while it waited) counts its
+        ``retain`` from ``now``, so it is neither kept forever nor tried in a year."""
         with self._transaction():
             cursor = self._db.execute(
-                "UPDATE records SET next_try = ? WHERE state IN (?, ?) AND next_try > ?",
-                (now, *_UNSENT, now),
+                "UPDATE records SET next_try = ?, recorded_at = min(recorded_at, ?) "
+                "WHERE state IN (?, ?) AND (next_try > ? OR recorded_at > ?)",
+                (now, now, *_UNSENT, now, now),
             )
         return cursor.rowcount
 
@@ -222,22 +235,33 @@ class Outbox:
 class AsyncOutbox:
     """The outbox for the event loop: every call runs on one worker thread, in order."""
 
-    def __init__(self, path: Path, *, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(
+        self, path: Path, *, capacity: int = DEFAULT_CAPACITY, busy_timeout: float = BUSY_TIMEOUT
+    ) -> None:
         self.path = path
         self.capacity = capacity
+        self.busy_timeout = busy_timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-db")
         self._outbox: Outbox | None = None
         #: Records per state after the last write (read by /healthz, /metrics, ``stats``).
         self.counts: dict[str, int] = {"pending": 0, "sent": 0, "dropped": 0}
 
+    @property
+    def is_open(self) -> bool:
+        return self._outbox is not None
+
     async def open(self) -> None:
-        """Raises :class:`OutboxError` (a sentence) when the database is unusable."""
+        """Raises :class:`OutboxError` (a sentence) when the database is unusable; it may be
+        called again (the daemon retries until it works), until :meth:`close`."""
+        outbox = await self._run(
+            lambda: Outbox.open(self.path, capacity=self.capacity, busy_timeout=self.busy_timeout)
+        )
         try:
-            self._outbox = await self._run(lambda: Outbox.open(self.path, capacity=self.capacity))
-            await self.refresh_counts()
-        except OutboxError:
-            self._executor.shutdown(wait=True)
-            raise
+            self.counts = await self._run(outbox.counts)
+        except sqlite3.Error as exc:
+            await self._run(outbox.close)
+            raise OutboxError(unusable_sentence(self.path, exc)) from None
+        self._outbox = outbox
 
     async def close(self) -> None:
         if self._outbox is not None:
@@ -310,7 +334,7 @@ def _prepare(connection: sqlite3.Connection) -> None:
     connection.execute("COMMIT")
 
 
-def _sentence(path: Path, exc: BaseException) -> str:
+def unusable_sentence(path: Path, exc: BaseException) -> str:
     why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
     hint = (
         "check that the directory exists and the service user may write it, that the disk "

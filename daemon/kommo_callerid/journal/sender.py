@@ -1,14 +1,15 @@
 """The journal's sender: finished calls into the outbox, then from the outbox to Kommo.
 
-``record`` (the daemon's ``journal_sink``) only queues the call and wakes the loop; the loop
-commits whatever arrived in one transaction, and only then sends, in batches, the records
-that are due. Kommo's verdict per record is stored before the next step: attached (maybe
-with a follow-up still to make: an incoming lead for an unknown caller, a call-back task
-after a missed call), dropped (rejected, unknown, expired), or tried again after a capped,
-jittered backoff until ``retain`` has passed. The loop sleeps until a record arrives or one
-falls due (with nothing due, it looks at the outbox once a minute, for ``journal retry``).
+``record`` (the daemon's ``journal_sink``) only hands the call to the writer
+(:mod:`.writer`, its own task: writing never waits for a send); the loop sends, in batches,
+the records that are due, once the outbox is open. Kommo's verdict per record is stored
+before the next step: attached (maybe with a follow-up still to make: an incoming lead for an
+unknown caller, a call-back task after a missed call), dropped (rejected, unknown, expired),
+or tried again after a capped, jittered backoff until ``retain`` has passed. The loop sleeps
+until a record is written or one falls due (with nothing due, it looks at the outbox once a
+minute, for ``journal retry``).
 
-Size: one loop from the sink to Kommo (write, send in batches, follow up), with its logs
+Size: one loop from the outbox to Kommo (send in batches, follow up, stop), with its logs
 and counters; what an answer does to a record is :mod:`.lifecycle`.
 """
 
@@ -32,6 +33,7 @@ from kommo_callerid.core.models import (
     JournalCall,
     LatencyHistogram,
 )
+from kommo_callerid.journal.clock import SteadyClock
 from kommo_callerid.journal.entry import (
     DropReason,
     Followup,
@@ -49,7 +51,9 @@ from kommo_callerid.journal.lifecycle import (
     task_for,
     task_responsible,
 )
+from kommo_callerid.journal.lock import OutboxLock
 from kommo_callerid.journal.outbox import HISTORY_SECONDS, AsyncOutbox
+from kommo_callerid.journal.writer import OutboxWriter
 
 log = structlog.get_logger(__name__)
 
@@ -108,29 +112,54 @@ class JournalSender:
         journal: JournalConfig,
         notify: NotifyConfig,
         *,
-        clock: Clock = time.time,
+        clock: Clock | None = None,
         sleep: Sleep = asyncio.sleep,
         links: LinkResolver | None = None,
+        exclusive: bool = False,
+        lock: OutboxLock | None = None,
     ) -> None:
+        """``clock``: Unix time for ages and retries (``recorded_at``, ``next_try``,
+        ``retain``); by default a :class:`SteadyClock`, which a step of the wall clock does
+        not move. ``exclusive``: take the outbox's lock (:mod:`.lock`) before opening it;
+        ``lock``: one taken already."""
         self.outbox = outbox
         self._links = links
         self._kommo = kommo
         self._journal = journal
         self._notify = notify
-        self._clock = clock
+        self._clock = clock or SteadyClock()
         self._sleep = sleep
         self.stats = JournalStats()
-        self._incoming: list[JournalEntry] = []
+        self.writer = OutboxWriter(outbox, self._written, exclusive=exclusive, lock=lock)
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._next_prune = 0.0
+        self._due_now_done = False
         self._closed = False
+        #: The last stop's count of records it could not write (lost with the process).
+        self.lost = 0
+        #: Called with each record once Kommo accepted it (``sent``, or ``followup`` with an
+        #: incoming lead or task still to make) or it was dropped, after that state is on
+        #: disk; every later answer about the same record calls it again. For the cluster's
+        #: journal claim, which must be held until Kommo has the record.
+        self.on_settled: Callable[[JournalEntry], None] | None = None
 
     @property
     def pending(self) -> int:
-        """Records not yet accepted: in the outbox, and arrived but not yet written."""
-        return self.outbox.counts["pending"] + len(self._incoming)
+        """Records on disk that Kommo has not accepted yet (what is only in memory is
+        :attr:`unwritten`: a crash loses it)."""
+        return self.outbox.counts["pending"]
+
+    @property
+    def unwritten(self) -> int:
+        """Finished calls not yet on disk (the database is slow or unusable)."""
+        return self.writer.unwritten
+
+    @property
+    def usable(self) -> bool:
+        """False while the database cannot be opened or written (``/healthz`` 503)."""
+        return self.writer.usable
 
     def reconfigure(self, journal: JournalConfig, notify: NotifyConfig) -> None:
         """SIGHUP: later records follow the new settings (the database stays)."""
@@ -143,23 +172,43 @@ class JournalSender:
         entry = build_entry(call, self._journal, self._notify, self._clock())
         if entry is None:
             return
-        if len(self._incoming) >= self.outbox.capacity:  # the database has failed for a while
-            self._refused([entry.call_id])
-            return
-        self._incoming.append(entry)
-        self._wake.set()
+        if not self.writer.offer(entry):  # the database has failed for a while
+            self._refused(
+                [entry.call_id],
+                f"the database is unusable and {self.writer.capacity} calls wait in memory",
+            )
+
+    async def open(self) -> None:
+        """One attempt to open the outbox at start-up (a failure is reported and retried);
+        :class:`~kommo_callerid.journal.lock.OutboxHeld` when another daemon holds it."""
+        await self.writer.open()
 
     def start(self) -> None:
+        self.writer.start()
         self._task = asyncio.create_task(self._run(), name="journal-sender")
 
     async def close(self, timeout: float) -> None:
-        """Write what arrived, let a request in flight finish (up to ``timeout``), stop.
+        """Let a request in flight finish and write what arrived, both within ``timeout``;
+        then say at error level how many records could not be written, and stop.
         A second call does nothing."""
         if self._closed:
             return
         self._closed = True
         self._stopping = True
         self._wake.set()
+        _, self.lost = await asyncio.gather(self._stop_sending(timeout), self.writer.stop(timeout))
+        if self.lost:
+            log.error(
+                "journal.unusable",
+                detail=f"{self.lost} finished call(s) could not be written to "
+                f"{self.outbox.path} before the stop and are lost: "
+                f"{self.writer.problem or 'the database was too slow'}",
+                lost=self.lost,
+            )
+        await self.outbox.close()
+        self.writer.release()
+
+    async def _stop_sending(self, timeout: float) -> None:
         task = self._task
         if task is not None:
             done, _ = await asyncio.wait({task}, timeout=timeout)
@@ -167,19 +216,12 @@ class JournalSender:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        unwritten = len(self._incoming)
-        try:
-            await self._write_incoming()
-        except Exception:  # the disk failed on the way out: say what is lost
-            log.exception("journal.error", lost=unwritten)
-        await self.outbox.close()
 
     async def _run(self) -> None:
-        with contextlib.suppress(Exception):  # the loop below reports a failing database
-            # Whatever waited for a retry when the daemon stopped is tried at once: a restart
-            # is when an operator has fixed something.
-            await self.outbox.due_now(self._clock())
         while not self._stopping:
+            if not self.writer.opened.is_set():  # the writer retries; it wakes us when open
+                await self._idle(self._clock() + RECHECK)
+                continue
             try:
                 await self._step()
             except asyncio.CancelledError:
@@ -189,10 +231,15 @@ class JournalSender:
                 await self._idle(self._clock() + ERROR_PAUSE)
 
     async def _step(self) -> None:
+        if not self._due_now_done:
+            # Whatever waited for a retry when the daemon stopped is tried at once: a restart
+            # is when an operator has fixed something.
+            await self.outbox.due_now(self._clock())
+            self._due_now_done = True
         if self._clock() >= self._next_prune:
             self._next_prune = self._clock() + PRUNE_INTERVAL
             await self.outbox.prune(self._clock() - HISTORY_SECONDS)
-        await self._write_incoming()
+        self._wake.clear()
         due = await self.outbox.due(self._clock(), BATCH_SIZE)
         if due and not self._stopping:
             await self._send(due)
@@ -201,16 +248,9 @@ class JournalSender:
             recheck = self._clock() + RECHECK
             await self._idle(recheck if next_try is None else min(next_try, recheck))
 
-    async def _write_incoming(self) -> None:
-        self._wake.clear()
-        if not self._incoming:
-            return
-        entries, self._incoming = self._incoming, []
-        try:
-            written, refused = await self.outbox.insert(entries)
-        except Exception:  # the database failed (disk full?): keep them for the next try
-            self._incoming[:0] = entries
-            raise
+    def _written(self, written: list[JournalEntry], refused: list[str]) -> None:
+        """The writer committed ``written`` (or the outbox just opened): send what is due."""
+        self._wake.set()
         for entry in written:
             self.stats.recorded += 1
             log.info(
@@ -222,16 +262,13 @@ class JournalSender:
                 duration=entry.duration,
                 answered_by=entry.answered_by,
             )
-        self._refused(refused)
+        self._refused(refused, f"the outbox holds {self.outbox.capacity} unsent records already")
 
-    def _refused(self, call_ids: list[str]) -> None:
+    def _refused(self, call_ids: list[str], detail: str) -> None:
         for call_id in call_ids:
             self._count_drop(DropReason.FULL)
             log.warning(
-                "journal.dropped",
-                call_id=call_id,
-                reason=str(DropReason.FULL),
-                detail=f"the outbox holds {self.outbox.capacity} unsent records already",
+                "journal.dropped", call_id=call_id, reason=str(DropReason.FULL), detail=detail
             )
 
     async def _idle(self, until: float) -> None:
@@ -268,6 +305,11 @@ class JournalSender:
             if step.dropped is not None:
                 self._log_drop(step.entry, *step.dropped)
         await self.outbox.update([step.entry for step in steps])
+        if self.on_settled is not None:
+            settled = [s.entry for s in steps if s.entry.state is not State.PENDING]
+            for entry in settled:
+                if entry.state is State.DROPPED or entry.sent_at is not None:
+                    self.on_settled(entry)
 
     async def _send_calls(self, entries: list[JournalEntry]) -> list[Step]:
         started = time.monotonic()

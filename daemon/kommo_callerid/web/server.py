@@ -31,10 +31,13 @@ class Health:
     #: Whether notifications can go out: "ok", or what stops them ("unauthorised",
     #: "token_unreadable", "blocked", "backlog").
     kommo: str = "ok"
+    #: The call journal's database: "ok", or "unusable" (it cannot be opened or written;
+    #: caller ID goes on, finished calls wait in memory).
+    journal: str = "ok"
 
     @property
     def healthy(self) -> bool:
-        return self.ami_connected and self.kommo == "ok"
+        return self.ami_connected and self.kommo == "ok" and self.journal == "ok"
 
 
 class MetricsPage(Protocol):
@@ -89,7 +92,7 @@ class HttpServer:
     async def _healthz(self, request: web.Request) -> web.Response:
         health = self._health()
         state = "connected" if health.ami_connected else "disconnected"
-        body = {"ami": state, "kommo": health.kommo, **health.facts}
+        body = {"ami": state, "kommo": health.kommo, "journal": health.journal, **health.facts}
         return web.Response(
             text=json.dumps(body),
             status=200 if health.healthy else 503,
