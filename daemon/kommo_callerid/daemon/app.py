@@ -173,7 +173,8 @@ class Daemon:
             if not await self._credentials_usable(kommo):
                 return EXIT_CONFIG
             try:
-                journal = await open_journal(self.config, kommo)
+                gate = cluster.journal_calls if cluster is not None else None
+                journal = await open_journal(self.config, kommo, gate)
             except OutboxError as exc:
                 log.error("journal.unusable", detail=str(exc))
                 return EXIT_CONFIG

@@ -114,6 +114,10 @@ class JournalSender:
         self._task: asyncio.Task[None] | None = None
         self._next_prune = 0.0
         self._closed = False
+        #: Told ``(call id, accepted)`` once a call is settled: Kommo has its record (True),
+        #: or it is given up or left out (False). The cluster holds the call's journal claim
+        #: until then, so a daemon that dies before it is taken over by another.
+        self.on_settled: Callable[[str, bool], None] = lambda _call_id, _accepted: None
 
     @property
     def pending(self) -> int:
@@ -126,10 +130,11 @@ class JournalSender:
 
     def record(self, call: FinishedCall) -> None:
         """The daemon's journal sink: queue a finished call for the outbox (never blocks)."""
-        if not self._journal.enabled:  # switched off by a reload: what is pending still goes
-            return
-        entry = build_entry(call, self._journal, self._notify, self._clock())
+        entry = None  # switched off by a reload: what is pending still goes
+        if self._journal.enabled:
+            entry = build_entry(call, self._journal, self._notify, self._clock())
         if entry is None:
+            self.on_settled(call.call_id, False)
             return
         if len(self._incoming) >= self.outbox.capacity:  # the database has failed for a while
             self._refused([entry.call_id])
@@ -214,6 +219,7 @@ class JournalSender:
 
     def _refused(self, call_ids: list[str]) -> None:
         for call_id in call_ids:
+            self.on_settled(call_id, False)
             self._count_drop(DropReason.FULL)
             log.warning(
                 "journal.dropped",
@@ -253,6 +259,10 @@ class JournalSender:
             if step.dropped is not None:
                 self._log_drop(step.entry, *step.dropped)
         await self.outbox.update([step.entry for step in steps])
+        for step in steps:  # the call is in Kommo (a task may follow), or given up
+            done = step.entry
+            if done.state is not State.PENDING and done.followup is not Followup.UNSORTED:
+                self.on_settled(done.call_id, done.state is not State.DROPPED)
 
     async def _send_calls(self, entries: list[JournalEntry]) -> list[Step]:
         started = time.monotonic()
