@@ -73,6 +73,7 @@ class Cluster:
         return "ok" if self.link.ok else "degraded"
 
     async def close(self) -> None:
+        await self.journal.close()
         await self.claims.stop()
         await self.limiter.stop()
         await self.link.close()

@@ -46,6 +46,9 @@ log = structlog.get_logger(__name__)
 
 #: The claim's purpose for the call journal.
 JOURNAL = "journal"
+#: How long a stopping daemon waits for the claims of settled calls to be marked done (else
+#: they lapse and another daemon journals those calls again).
+FINISH_GRACE = 2.0
 
 
 class ClusterJournal:
@@ -57,7 +60,9 @@ class ClusterJournal:
         #: How long a settled call's marker stays, and a watcher waits for the owner.
         self.retain = retain
         self._held: dict[str, Claim] = {}
-        self._tasks: TaskOwner | None = None
+        #: Marking settled calls done: drained by :meth:`close`, after the journal's last
+        #: request (the daemon's call tasks are cancelled by then).
+        self._finishing = TaskOwner()
 
     @property
     def holding(self) -> int:
@@ -66,7 +71,6 @@ class ClusterJournal:
     def sink(self, sink: JournalSink, tasks: TaskOwner) -> JournalSink:
         """``sink`` behind the claims. A sink that says when calls settle (the journal's
         sender) keeps each claim until then; any other has it finished at once."""
-        self._tasks = tasks
         settles = isinstance(sink, JournalSender)
         if isinstance(sink, JournalSender):
             sink.on_settled = self.settled
@@ -101,12 +105,11 @@ class ClusterJournal:
         """The sender's ``on_settled``: finish the call's claim (nobody journals it again)."""
         claim = self._held.pop(call_id, None)
         if claim is not None:
-            self.finish(call_id, claim)
+            self._finishing.spawn(claim.finish(self.retain), name=f"journal-settled-{call_id}")
 
-    def finish(self, call_id: str, claim: Claim) -> None:
-        if self._tasks is None:
-            return  # not wired (a one-shot command): the claim lapses by itself
-        self._tasks.spawn(claim.finish(self.retain), name=f"journal-settled-{call_id}")
+    async def close(self) -> None:
+        """Let the last settled calls' claims be marked done (up to :data:`FINISH_GRACE`)."""
+        await self._finishing.drain(FINISH_GRACE)
 
     async def admit(self, call_id: str) -> JournalAnswer | None:
         """None: send the record (our claim is held). Else the answer that keeps it back:
