@@ -21,6 +21,9 @@ several daemons see is then handled by each of them (duplicates, never a lost ca
 
 The journal claims with ``purpose="journal"`` (held until Kommo took the record:
 :mod:`kommo_callerid.daemon.cluster_journal`), notifications with ``"notify"``.
+
+Size: a claim's whole life (won, renewed, watched, finished or released) in one place, since
+the ticker that renews and the watchers that read share one Redis call per tick.
 """
 
 from __future__ import annotations

@@ -13,22 +13,23 @@ Every record also passes a gate on its way to Kommo (:class:`ClaimedCallLog`): i
 only under a claim this daemon holds. That covers the records a daemon finds in its outbox
 when it starts again after a crash: one whose claim another daemon finished is not sent again
 (it is dropped, "journaled by another daemon"); one another daemon holds now waits (retried);
-one nobody holds is claimed and sent. It also covers a claim lost while the record waited
-(Redis emptied, an event loop stalled past the TTL).
+one nobody holds is claimed and sent; one this daemon settled itself before is sent again
+(``journal retry``). It also covers a claim lost while the record waited (an event loop
+stalled past the TTL and another daemon took the call over).
 
-At least once, not exactly once, in two windows: a daemon that dies (or loses Redis for longer
-than the claim TTL) after Kommo accepted a request of records but before their claims were
-finished (the answer, the outbox update, one Redis call: the records of the request in
-flight, at most one batch); and while Redis is unreachable, when every daemon that sees a call
-claims it locally and journals it.
+At least once, not exactly once, in these windows: a daemon that dies (or stalls, or loses
+Redis, for longer than the claim TTL) after Kommo accepted a request of records but before
+their claims were marked done (the answer, the outbox update, one Redis call: the records of
+the request in flight, at most one batch), or whose marking failed (Redis unreachable at that
+moment); while Redis is unreachable, when every daemon that sees a call claims it locally
+and journals it; and after Redis lost its data (a restart without persistence), when the
+done markers a restarted daemon's outbox would be checked against are gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-
-import structlog
 
 from kommo_callerid.cluster.claims import FINISHED, Claim, Claims
 from kommo_callerid.core.models import (
@@ -41,8 +42,6 @@ from kommo_callerid.core.models import (
 from kommo_callerid.daemon.notifier import TaskOwner
 from kommo_callerid.daemon.outcomes import JournalSink
 from kommo_callerid.journal.sender import CallLog, JournalSender
-
-log = structlog.get_logger(__name__)
 
 #: The claim's purpose for the call journal.
 JOURNAL = "journal"
@@ -64,17 +63,13 @@ class ClusterJournal:
         #: request (the daemon's call tasks are cancelled by then).
         self._finishing = TaskOwner()
 
-    @property
-    def holding(self) -> int:
-        return len(self._held)
-
     def sink(self, sink: JournalSink, tasks: TaskOwner) -> JournalSink:
         """``sink`` behind the claims. A sink that says when calls settle (the journal's
         sender) keeps each claim until then; any other has it finished at once."""
-        settles = isinstance(sink, JournalSender)
         if isinstance(sink, JournalSender):
             sink.on_settled = self.settled
-        return ClusterJournalSink(sink, self, tasks, settles=settles)
+            return ClusterJournalSink(sink, self, tasks, settles=True)
+        return ClusterJournalSink(sink, self, tasks, settles=False)
 
     def calls(self, api: CallLog) -> CallLog:
         """``api`` behind the gate: a record goes to Kommo only under our claim."""
