@@ -21,6 +21,7 @@ def cluster_config(
     kommo: FakeKommo,
     redis_url: str,
     node: str,
+    /,
     nodes: int = 2,
     **sections: dict[str, Any],
 ) -> Config:

@@ -94,6 +94,22 @@ async def test_refreshes_ahead_of_expiry_without_waiting_for_a_401(
     assert all(record.status != 401 for record in fake.requests)
 
 
+async def test_a_short_lived_token_is_refreshed_once_per_lifetime(token_file: Path) -> None:
+    # Issue 18, point 14: a fixed 300 s margin made a 60 s token due at once, so every
+    # request refreshed it; the margin is now a quarter of the lifetime.
+    wall = WallClock()
+    async with (
+        FakeKommo(oauth=FakeOAuth(expires_in=60)) as fake,
+        client(oauth_config(fake, token_file), wall) as kommo,
+    ):
+        for second in range(0, 125, 5):
+            wall.now += 5
+            assert await kommo.notify(JOHN, [second + 1], within=5) is NotifyOutcome.SENT
+    # the first pair, then one a lifetime (each refreshed 15 s early): 125 s, 3 pairs
+    assert fake.oauth is not None and fake.oauth.refreshes == 3
+    assert saved(token_file)["lifetime"] == 60
+
+
 async def test_a_second_start_uses_the_saved_pair_not_the_stale_config_token(
     fake: FakeKommo, token_file: Path
 ) -> None:

@@ -20,9 +20,11 @@ tick Redis *refused* (full, or the epoch lost: :mod:`.link`) degrades it at once
 While Redis is lost every claim is granted locally (the daemon works alone): a call that
 several daemons see is then handled by each of them (duplicates, never a lost call).
 
-The journal claims with ``purpose="journal"``, notifications with ``"notify"``.
+The journal claims with ``purpose="journal"`` (held until Kommo took the record:
+:mod:`kommo_callerid.daemon.cluster_journal`), notifications with ``"notify"``.
 
-Size: a claim, its ticker and every script call on claims are one protocol, read together.
+Size: a claim's whole life (won, renewed, watched, finished or released) in one place, since
+the ticker that renews and the watchers that read share one Redis call per tick.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import NamedTuple
 
 import structlog
 from redis.exceptions import ResponseError
@@ -55,6 +58,15 @@ TICK_CHUNK = 2_000
 FREE, HELD, FINISHED = 0, 1, 2
 #: What a watcher hears once the ticker has stopped (the daemon stops): give up.
 STOPPED = -1
+
+
+class Attempt(NamedTuple):
+    """One try at a claim: ``claim`` when won; else ``state`` (HELD or FINISHED) and, for a
+    finished one, the node that finished it (``by``; "" when unknown)."""
+
+    claim: Claim | None
+    state: int
+    by: str = ""
 
 
 class Claim:
@@ -168,11 +180,15 @@ class Claims:
 
     async def claim(self, call_id: str, purpose: str) -> Claim | None:
         """One try: the claim, or None when another daemon holds it or has finished it."""
-        return (await self._try(self.key(call_id, purpose)))[0]
+        return (await self._try(self.key(call_id, purpose))).claim
 
-    async def _try(self, key: str) -> tuple[Claim | None, int]:
+    async def try_claim(self, call_id: str, purpose: str) -> Attempt:
+        """One try, and what stood in the way when it failed."""
+        return await self._try(self.key(call_id, purpose))
+
+    async def _try(self, key: str) -> Attempt:
         if not self._link.ok:
-            return Claim(None, key, ""), FREE
+            return Attempt(Claim(None, key, ""), FREE)
         token = f"{self._link.node}:{uuid.uuid4().hex}"
         ttl_ms = round(self.ttl * 1000)
         keys = [key, sent_key(key)]
@@ -181,13 +197,14 @@ class Claims:
                 lambda: self._link.guarded(self._claim, keys, [token, ttl_ms])
             )
         except FAILURES:
-            return Claim(None, key, ""), FREE
+            return Attempt(Claim(None, key, ""), FREE)
         state, *notified = answer
-        if int(state) != FREE:
-            return None, int(state)
+        if int(state) != FREE:  # finished: notified is the marker, "done:NODE:HEX"
+            marker = _text(notified[0]) if notified else ""
+            return Attempt(None, int(state), marker[5:].rpartition(":")[0])
         self._held[key] = token
-        names = frozenset(n.decode() if isinstance(n, bytes) else str(n) for n in notified)
-        return Claim(self, key, token, names), FREE
+        names = frozenset(_text(n) for n in notified)
+        return Attempt(Claim(self, key, token, names), FREE)
 
     async def wait_claim(
         self, call_id: str, purpose: str, *, until: Callable[[], bool]
@@ -196,7 +213,7 @@ class Claims:
         ``until()`` says the call no longer needs anyone (None)."""
         key = self.key(call_id, purpose)
         while True:
-            won, state = await self._try(key)
+            won, state, _ = await self._try(key)
             if won is not None:
                 return won
             if state == FINISHED or until() or await self._watch(key, until) != FREE:
@@ -302,6 +319,10 @@ class Claims:
             )
         except FAILURES:
             return
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def sent_key(key: str) -> str:

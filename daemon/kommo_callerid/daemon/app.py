@@ -209,8 +209,9 @@ class Daemon:
                 log.error("recordings.unusable", detail=str(exc))
                 return EXIT_CONFIG
             try:
+                gate = cluster.journal_calls if cluster is not None else None
                 journal = await open_journal(
-                    self.config, kommo, self.recordings, wall=self._wall_clock
+                    self.config, kommo, self.recordings, gate=gate, wall=self._wall_clock
                 )
             except OutboxHeld as exc:  # any other journal problem leaves caller ID running
                 log.error("journal.unusable", detail=str(exc))

@@ -15,16 +15,13 @@ from kommo_callerid.cluster.limiter import SharedRateLimiter
 from kommo_callerid.cluster.link import ClusterLink, ClusterStartError
 from kommo_callerid.cluster.store import SharedCache, SharedTokens
 from kommo_callerid.core.config import Config
-from kommo_callerid.core.models import FinishedCall, KommoError
+from kommo_callerid.core.models import KommoError
+from kommo_callerid.daemon.cluster_journal import ClusterJournal
 from kommo_callerid.daemon.notifier import TaskOwner
 from kommo_callerid.daemon.outcomes import JournalSink
+from kommo_callerid.journal.sender import CallLog
 from kommo_callerid.kommo.cluster_tokens import publish_token_file
 from kommo_callerid.kommo.limits import RateLimiter
-
-#: The claim's purpose for the call journal.
-JOURNAL = "journal"
-#: How long a daemon that lost a call's journal claim watches for its owner dying.
-JOURNAL_CLAIM_WAIT = 30.0
 
 
 @dataclass
@@ -32,6 +29,7 @@ class Cluster:
     link: ClusterLink
     limiter: SharedRateLimiter
     claims: Claims
+    journal: ClusterJournal
 
     @classmethod
     async def connect(cls, config: Config) -> Cluster:
@@ -50,7 +48,9 @@ class Cluster:
         limiter = SharedRateLimiter(
             link, config.kommo.rate_limit, alone, lease=config.kommo.timeout
         )
-        return cls(link, limiter, Claims(link))
+        claims = Claims(link)
+        journal = ClusterJournal(claims, link.node, retain=config.journal.retain)
+        return cls(link, limiter, claims, journal)
 
     def kommo_parts(self) -> dict[str, Any]:
         """The keyword arguments that put a ``KommoClient`` on the cluster."""
@@ -62,13 +62,18 @@ class Cluster:
 
     def journal_sink(self, sink: JournalSink, tasks: TaskOwner) -> JournalSink:
         """``sink`` behind the cluster: one daemon journals each call."""
-        return ClusterJournalSink(sink, self.claims, tasks)
+        return self.journal.sink(sink, tasks)
+
+    def journal_calls(self, api: CallLog) -> CallLog:
+        """The journal's way to Kommo behind the cluster: only records this daemon owns."""
+        return self.journal.calls(api)
 
     @property
     def health(self) -> str:
         return "ok" if self.link.ok else "degraded"
 
     async def close(self) -> None:
+        await self.journal.close()
         await self.claims.stop()
         await self.limiter.stop()
         await self.link.close()
@@ -96,31 +101,3 @@ async def cluster_if_reachable(config: Config) -> Cluster | None:
         return await Cluster.connect(config)
     except ClusterStartError:
         return None
-
-
-class ClusterJournalSink:
-    """Hands a finished call to the journal only on the daemon that wins its ``journal``
-    claim; the others watch the claim and take over if the winner dies before recording."""
-
-    def __init__(self, sink: JournalSink, claims: Claims, tasks: TaskOwner) -> None:
-        self._sink = sink
-        self._claims = claims
-        self._tasks = tasks
-
-    def record(self, call: FinishedCall) -> None:
-        self._tasks.spawn(self._record(call), name=f"journal-claim-{call.call_id}")
-
-    async def _record(self, call: FinishedCall) -> None:
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + JOURNAL_CLAIM_WAIT
-        claim = await self._claims.wait_claim(
-            call.call_id, JOURNAL, until=lambda: loop.time() > give_up
-        )
-        if claim is None:
-            return  # another daemon journaled it
-        try:
-            self._sink.record(call)
-        except BaseException:
-            await claim.release()
-            raise
-        await claim.finish()

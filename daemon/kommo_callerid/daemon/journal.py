@@ -13,7 +13,7 @@ from collections.abc import Callable
 from kommo_callerid.core.config import Config
 from kommo_callerid.journal.clock import SteadyClock
 from kommo_callerid.journal.outbox import AsyncOutbox
-from kommo_callerid.journal.sender import JournalSender, LinkResolver
+from kommo_callerid.journal.sender import CallLog, JournalSender, LinkResolver
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.kommo.journal_api import KommoJournal
 
@@ -27,11 +27,13 @@ async def open_journal(
     kommo: KommoClient,
     links: LinkResolver | None = None,
     *,
+    gate: Callable[[CallLog], CallLog] | None = None,
     wall: Callable[[], float] = time.time,
 ) -> JournalSender | None:
     """The journal's sender (not started), or None when ``[journal] enabled`` is false;
     raises :class:`~kommo_callerid.journal.lock.OutboxHeld` when another daemon holds the
-    database. ``wall``: the wall clock the sender's steady clock starts from."""
+    database. ``gate`` (the cluster's) wraps its way to Kommo; ``wall``: the wall clock the
+    sender's steady clock starts from."""
     if not config.journal.enabled:
         return None
     outbox = AsyncOutbox(config.journal.database, busy_timeout=BUSY_TIMEOUT)
@@ -40,7 +42,7 @@ async def open_journal(
     )
     sender = JournalSender(
         outbox,
-        api,
+        api if gate is None else gate(api),
         config.journal,
         config.notify,
         clock=SteadyClock(wall),

@@ -139,11 +139,10 @@ class JournalSender:
         self._closed = False
         #: The last stop's count of records it could not write (lost with the process).
         self.lost = 0
-        #: Called with each record once Kommo accepted it (``sent``, or ``followup`` with an
-        #: incoming lead or task still to make) or it was dropped, after that state is on
-        #: disk; every later answer about the same record calls it again. For the cluster's
-        #: journal claim, which must be held until Kommo has the record.
-        self.on_settled: Callable[[JournalEntry], None] | None = None
+        #: Told ``(call id, accepted)`` once a call is settled: Kommo has its record (True),
+        #: or it is given up or left out (False). The cluster holds the call's journal claim
+        #: until then, so a daemon that dies before it is taken over by another.
+        self.on_settled: Callable[[str, bool], None] = lambda _call_id, _accepted: None
 
     @property
     def pending(self) -> int:
@@ -167,10 +166,11 @@ class JournalSender:
 
     def record(self, call: FinishedCall) -> None:
         """The daemon's journal sink: queue a finished call for the outbox (never blocks)."""
-        if not self._journal.enabled:  # switched off by a reload: what is pending still goes
-            return
-        entry = build_entry(call, self._journal, self._notify, self._clock())
+        entry = None  # switched off by a reload: what is pending still goes
+        if self._journal.enabled:
+            entry = build_entry(call, self._journal, self._notify, self._clock())
         if entry is None:
+            self.on_settled(call.call_id, False)
             return
         if not self.writer.offer(entry):  # the database has failed for a while
             self._refused(
@@ -266,6 +266,7 @@ class JournalSender:
 
     def _refused(self, call_ids: list[str], detail: str) -> None:
         for call_id in call_ids:
+            self.on_settled(call_id, False)
             self._count_drop(DropReason.FULL)
             log.warning(
                 "journal.dropped", call_id=call_id, reason=str(DropReason.FULL), detail=detail
@@ -305,11 +306,10 @@ class JournalSender:
             if step.dropped is not None:
                 self._log_drop(step.entry, *step.dropped)
         await self.outbox.update([step.entry for step in steps])
-        if self.on_settled is not None:
-            settled = [s.entry for s in steps if s.entry.state is not State.PENDING]
-            for entry in settled:
-                if entry.state is State.DROPPED or entry.sent_at is not None:
-                    self.on_settled(entry)
+        for step in steps:  # the call is in Kommo (a task may follow), or given up
+            done = step.entry
+            if done.state is not State.PENDING and done.followup is not Followup.UNSORTED:
+                self.on_settled(done.call_id, done.state is not State.DROPPED)
 
     async def _send_calls(self, entries: list[JournalEntry]) -> list[Step]:
         started = time.monotonic()

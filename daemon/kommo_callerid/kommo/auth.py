@@ -4,6 +4,9 @@ refreshed before they expire and once on a 401.
 OAuth rules that matter (Kommo's refresh tokens are single-use):
 
 * the token file, when present, wins over the config's first ``refresh_token``;
+* a pair is refreshed within its margin of expiring: a quarter of its lifetime, at most
+  five minutes (:meth:`~.tokens.TokenPair.due`), so a short-lived token is not refreshed on
+  every request;
 * concurrent refreshes collapse into one (one task, every caller awaits it);
 * a refresh's answer is saved to disk (atomically, durably; see :mod:`.tokens`) before
   the new access token is used — with no ``await`` between the answer and the save;
@@ -39,8 +42,6 @@ from kommo_callerid.kommo.tokens import TokenFile, TokenFileError, TokenLockBusy
 log = structlog.get_logger(__name__)
 
 TOKEN_PATH = "/oauth2/access_token"  # noqa: S105  (a URL path, not a password)
-#: Refresh this long before the access token expires (Kommo's live for a day).
-REFRESH_MARGIN = 300.0
 #: Answers of the token endpoint that mean "this grant is dead", not "try again later".
 GRANT_REJECTED = frozenset({400, 401, 403})
 #: Seconds between attempts to save a pair that could not be saved.
@@ -158,7 +159,7 @@ class OAuthTokens:
             self._pair = self._initial_pair()
         if self._unsaved is not None:
             await self._retry_save()
-        if self._pair.expires_at - self._wall() < REFRESH_MARGIN:
+        if self._pair.due(self._wall()):
             return await self._refresh(self._pair)
         return self._pair
 
@@ -219,8 +220,11 @@ class OAuthTokens:
                 current = self._unsaved  # Kommo's last pair: the file's refresh token is spent
             else:
                 saved = self._load()
-                if saved is not None and saved != stale and not self._expiring(saved):
-                    self._pair = saved  # another process refreshed while we waited for the lock
+                if saved is not None and saved != stale and saved.expires_at > self._wall():
+                    # Another process refreshed while we waited for the lock: its pair is
+                    # new, so it serves (even inside its margin: a refresh now would only
+                    # spend the refresh token it just got).
+                    self._pair = saved
                     self.on_secret(saved.access_token.get_secret_value())
                     return saved
                 current = saved or stale
@@ -303,9 +307,6 @@ class OAuthTokens:
             for secret in (pair.access_token, pair.refresh_token):
                 self.on_secret(secret.get_secret_value())
         return pair
-
-    def _expiring(self, pair: TokenPair) -> bool:
-        return pair.expires_at - self._wall() < REFRESH_MARGIN
 
     def _reject(
         self, detail: str, status: int | None = None, *, unusable: bool = False

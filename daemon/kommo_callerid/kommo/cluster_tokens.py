@@ -10,6 +10,12 @@ Upgrading from one daemon: when Redis holds no pair yet, the first daemon moves 
 (or the config's first ``refresh_token``) into Redis under the lock. After ``kommo-callerid
 authorize`` wrote a new file, a rejected shared pair is replaced by the file's.
 
+A pair is due within its margin of expiring (a quarter of its lifetime, at most five minutes:
+:meth:`~.tokens.TokenPair.due`), so one refresh serves the cluster per expiry whatever the
+token's lifetime; a daemon that waited for the lock uses the pair the holder stored. (The
+daemons compare ``expires_at`` with their own wall clocks: keep them in NTP sync, within a
+fraction of the margin.)
+
 Redis lost: the last pair read keeps serving (a Kommo access token lives a day and is
 refreshed five minutes early); no refresh is tried until Redis is back, because a daemon cut
 off from the others cannot know whether they have spent the refresh token already.
@@ -31,13 +37,7 @@ from kommo_callerid.cluster.link import FAILURES
 from kommo_callerid.cluster.store import SharedTokens
 from kommo_callerid.core.config import KommoConfig
 from kommo_callerid.core.models import KommoAuthError, KommoError
-from kommo_callerid.kommo.auth import (
-    GRANT_REJECTED,
-    REFRESH_MARGIN,
-    TOKEN_PATH,
-    Exchange,
-    WallClock,
-)
+from kommo_callerid.kommo.auth import GRANT_REJECTED, TOKEN_PATH, Exchange, WallClock
 from kommo_callerid.kommo.parse import error_detail
 from kommo_callerid.kommo.tokens import TokenFile, TokenFileError, TokenPair
 
@@ -90,7 +90,7 @@ class ClusterTokens:
 
     async def _current(self) -> TokenPair:
         pair = await self._read()
-        if pair is None or self._expiring(pair):
+        if pair is None or pair.due(self._wall()):
             pair = await self._refresh(pair, forced=False)
         return pair
 
@@ -144,9 +144,12 @@ class ClusterTokens:
             self._remember(current)
             await self._shared.save(_data(current))
             log.info("cluster.tokens_adopted", token_file=str(self._file.path))
-        elif current != stale and not self._expiring(current):
-            return current  # another daemon refreshed while we waited for the lock
-        if not forced and not self._expiring(current):
+        elif current != stale and current.expires_at > self._wall():
+            # Another daemon refreshed while we waited for the lock (or since we read the
+            # pair that failed): its pair is new and serves, even inside its margin, since
+            # refreshing again would spend a refresh token to gain nothing.
+            return current
+        if not forced and not current.due(self._wall()):
             return current
         try:
             fresh = await self._grant(current)
@@ -230,9 +233,6 @@ class ClusterTokens:
         except TokenFileError:
             return None
 
-    def _expiring(self, pair: TokenPair) -> bool:
-        return pair.expires_at - self._wall() < REFRESH_MARGIN
-
 
 async def publish_token_file(config: KommoConfig, shared: SharedTokens) -> bool:
     """``authorize`` with a cluster: the pair just saved to ``token_file`` replaces the one in
@@ -257,6 +257,7 @@ def _data(pair: TokenPair) -> dict[str, Any]:
         "access_token": pair.access_token.get_secret_value(),
         "refresh_token": pair.refresh_token.get_secret_value(),
         "expires_at": pair.expires_at,
+        "lifetime": pair.lifetime,
     }
 
 
@@ -265,6 +266,7 @@ def _pair(data: dict[str, Any]) -> TokenPair:
         SecretStr(str(data.get("access_token", ""))),
         SecretStr(str(data.get("refresh_token", ""))),
         float(data.get("expires_at", 0)),
+        float(data.get("lifetime", 0)),
     )
 
 

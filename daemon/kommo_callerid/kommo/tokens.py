@@ -33,6 +33,11 @@ from pydantic import SecretStr
 #: Kommo's access tokens live a day; a year is beyond any grant we could trust.
 MAX_EXPIRES_IN = 366 * 86400
 MAX_TOKEN_CHARS = 8192
+#: Refresh at most this long before the access token expires (Kommo's live for a day) ...
+REFRESH_MARGIN = 300.0
+#: ... and at most this share of its lifetime: a 60 s token (a test account, a proxy) is
+#: refreshed after 45 s, not on every request as a fixed 300 s margin would have it.
+REFRESH_SHARE = 0.25
 
 
 class TokenFileError(Exception):
@@ -54,6 +59,20 @@ class TokenPair:
     refresh_token: SecretStr
     #: Wall-clock (Unix) time the access token expires; 0 when unknown (refresh before use).
     expires_at: float
+    #: Seconds the access token was granted for (``expires_in``); 0 when unknown (a pair
+    #: saved by an older version): then the margin is :data:`REFRESH_MARGIN`.
+    lifetime: float = 0.0
+
+    @property
+    def margin(self) -> float:
+        """How long before ``expires_at`` this pair is refreshed."""
+        if self.lifetime > 0:
+            return min(REFRESH_MARGIN, REFRESH_SHARE * self.lifetime)
+        return REFRESH_MARGIN
+
+    def due(self, now: float) -> bool:
+        """Time to refresh: within :attr:`margin` of expiring (or expired)."""
+        return self.expires_at - now < self.margin
 
     @classmethod
     def from_grant(cls, grant: dict[str, Any], now: float) -> TokenPair:
@@ -66,7 +85,8 @@ class TokenPair:
             raise ValueError("the answer has no numeric expires_in")
         if not 0 <= expires_in <= MAX_EXPIRES_IN:  # also refuses nan
             raise ValueError("the answer's expires_in is out of range")
-        return cls(SecretStr(access), SecretStr(refresh), now + float(expires_in))
+        lifetime = float(expires_in)
+        return cls(SecretStr(access), SecretStr(refresh), now + lifetime, lifetime)
 
 
 def _usable_token(value: object) -> TypeGuard[str]:
@@ -97,12 +117,14 @@ class TokenFile:
         try:
             data = json.loads(raw)
             expires_at = float(data.get("expires_at", 0))
-            if not math.isfinite(expires_at):
+            lifetime = float(data.get("lifetime", 0))
+            if not (math.isfinite(expires_at) and 0 <= lifetime <= MAX_EXPIRES_IN):
                 raise ValueError("expires_at")
             return TokenPair(
                 SecretStr(str(data["access_token"])),
                 SecretStr(str(data["refresh_token"])),
                 expires_at,
+                lifetime,
             )
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise TokenFileError(
@@ -117,6 +139,7 @@ class TokenFile:
                 "access_token": pair.access_token.get_secret_value(),
                 "refresh_token": pair.refresh_token.get_secret_value(),
                 "expires_at": pair.expires_at,
+                "lifetime": pair.lifetime,
                 "saved_at": time.time(),
             }
         )
