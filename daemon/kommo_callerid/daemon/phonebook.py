@@ -77,9 +77,15 @@ async def open_phonebook(
     directory = KommoDirectory(kommo.transport, rate_limit=config.kommo.rate_limit)
     if link is None:
         return PhoneBookParts(book, PhoneBookSync(book, directory, section, may_sync=may_sync))
-    leadership = Leadership(PhonebookFeed(link), book)
+    writing = asyncio.Lock()
+    leadership = Leadership(PhonebookFeed(link), book, writing=writing)
     sync = PhoneBookSync(
-        book, directory, section, may_sync=leadership.may_sync, publisher=leadership
+        book,
+        directory,
+        section,
+        may_sync=leadership.may_sync,
+        publisher=leadership,
+        writing=writing,
     )
     leadership.on_lead = sync.wake
     return PhoneBookParts(book, sync, leadership)

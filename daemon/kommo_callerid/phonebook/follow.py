@@ -104,11 +104,14 @@ class Follower:
                 await book.apply(kind, records, pass_id)
             case Unseen(kind) if self.pass_open:
                 await book.remove_unseen(kind, pass_id)
-            case Synced(full, at) if full and self.pass_open:
-                self.gapped = self.pass_open = False
-                await book.synced(full=True, at=at)
-            case Synced(_, at) if not self.gapped:
-                await book.synced(full=False, at=at)
+            case Synced(full, at):
+                # a pass read whole from its Begin; any other pass (its holder died) is over
+                whole, self.pass_open = full and self.pass_open, False
+                if whole:
+                    self.gapped = False
+                    await book.synced(full=True, at=at)
+                elif not self.gapped:
+                    await book.synced(full=False, at=at)
         return pass_id
 
     def _missed(self) -> None:
@@ -132,10 +135,13 @@ class Leadership:
         feed: PhonebookFeed,
         book: PhoneBook,
         *,
+        writing: asyncio.Lock,
         on_lead: Callable[[], None] = lambda: None,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
+        """``writing``: the sync's (one of us writes the mirror at a time)."""
         self._feed = feed
+        self._writing = writing
         self._book = book
         self.follower = Follower(book)
         #: Called when this daemon takes the lease (the sync decides again at once).
@@ -193,13 +199,22 @@ class Leadership:
                 self.leading = True
                 self.on_lead()
                 return
-            follower = self.follower
-            if (follower.gapped or not self._book.complete) and not follower.pass_open:
+            if not self.follower.pass_open and await self._wants_full():
                 await feed.ask_full()
         except FAILURES:
             return  # the link's probe decides whether Redis is lost
 
+    async def _wants_full(self) -> bool:
+        """This mirror needs a full pass: never whole, entries missed (which marks
+        ``full_requested``), or ``kommo-callerid phonebook --sync`` asked for one."""
+        book = self._book
+        return not book.complete or await book.meta("full_requested") is not None
+
     async def _catch_up(self) -> None:
+        async with self._writing:  # a sync this daemon ran alone may still be running
+            await self._read_all()
+
+    async def _read_all(self) -> None:
         for _ in range(MAX_READS):
             head, entries = await self._feed.read(self.follower.position)
             await self.follower.apply(head, entries)

@@ -105,11 +105,15 @@ class PhoneBookSync:
         sleep: Sleep = asyncio.sleep,
         may_sync: Callable[[], Awaitable[bool]] | None = None,
         publisher: Publisher | None = None,
+        writing: asyncio.Lock | None = None,
     ) -> None:
         """``may_sync``: asked before each sync (a cluster's lease); False: another syncs.
-        ``publisher``: takes every page before the mirror does (raises ``FeedError``)."""
+        ``publisher``: takes every page before the mirror does (raises ``FeedError``).
+        ``writing``: held through each sync; with ``[cluster]`` the feed's reader holds it
+        too, so a pass never forgets what the feed stored meanwhile."""
         self._book = book
         self._publisher = publisher
+        self._writing = writing or asyncio.Lock()
         self._directory = directory
         self._config = config
         self._clock = clock
@@ -141,7 +145,8 @@ class PhoneBookSync:
                 await self._wait(self._config.sync_interval)
                 continue
             try:
-                await self.sync_once(full=full)
+                async with self._writing:
+                    await self.sync_once(full=full)
             except (KommoError, FeedError) as exc:
                 failures += 1
                 self.stats.failures += 1
