@@ -177,3 +177,33 @@ async def test_redis_lost_every_daemon_answers_and_syncs_alone(
         finally:
             for stack in stacks.values():
                 await stack.aclose()
+
+
+async def test_an_unreadable_entry_costs_a_full_pass_not_a_crash(
+    ami: FakeAmiServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    stacks: dict[str, AsyncExitStack] = {}
+    async with FakeKommo(demo_dataset()) as kommo:
+        try:
+            daemons = [
+                await start(stacks, node, ami, kommo, redis_server, tmp_path) for node in "ab"
+            ]
+            await wait_for(lambda: all(d.phonebook_ready for d in daemons), timeout=15)
+            leader = next(d for d in daemons if leading(d))
+            follower = next(d for d in daemons if not leading(d))
+            passes = parts(leader).sync.stats.full_passes
+            client = redis_server.client()
+            head = await client.get("kommo-callerid:phonebook:head")
+            await client.xadd(
+                "kommo-callerid:phonebook:feed", {"prev": head, "op": b"\xff{not json"}
+            )
+            await client.aclose()
+            await wait_for(lambda: parts(leader).sync.stats.full_passes > passes, timeout=10)
+            leadership = parts(follower).leadership
+            assert leadership is not None
+            await wait_for(lambda: not leadership.follower.gapped, timeout=10)
+            assert answers(follower, "18305803077") is not None
+            assert parts(follower).sync.stats.requests == 0
+        finally:
+            for stack in stacks.values():
+                await stack.aclose()

@@ -296,7 +296,8 @@ def _optional_int(raw: Any) -> int | None:
 
 
 def _text(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+    # (an unreadable entry is then one decode() refuses: missed, never a crash)
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
 
 def _fields(raw: Any) -> dict[str, str]:

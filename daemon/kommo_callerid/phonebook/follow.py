@@ -21,6 +21,7 @@ published), so the others miss nothing it fetched alone.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -203,6 +204,8 @@ class Leadership:
                 await feed.ask_full()
         except FAILURES:
             return  # the link's probe decides whether Redis is lost
+        except sqlite3.Error as exc:  # the mirror's disk: logged, tried again next step
+            log.error("phonebook.error", detail=f"applying the feed: {exc}", retry_in=STEP)
 
     async def _wants_full(self) -> bool:
         """This mirror needs a full pass: never whole, entries missed (which marks
