@@ -88,6 +88,38 @@ async def test_a_deleted_contact_is_gone_after_the_next_full_pass(tmp_path: Path
     assert outcome.removed == 1
 
 
+async def test_a_deletion_mid_pass_forgets_no_neighbour(tmp_path: Path) -> None:
+    """A contact deleted after the pass read its page shifts the next page one place up: the
+    record that moved into the page already read is not seen, yet still in Kommo."""
+    contacts = tuple(
+        FakeContact(id_, f"Caller {id_}", (f"1555{id_:07d}",), 8320148, 1_700_000_000 + id_)
+        for id_ in range(1, 301)
+    )
+    async with (
+        FakeKommo(touched(demo_dataset(), contacts=contacts)) as fake,
+        synced(fake, tmp_path / "pb.sqlite3", run=False) as parts,
+    ):
+        await parts.sync.sync_once(full=True)
+        assert parts.book.find("15550000251") is not None
+
+        def delete_after_the_first_contacts_page(token: str) -> None:
+            read = [r for r in fake.requests if r.path == "/api/v4/contacts"]
+            if len(read) == first_pass + 1 and any(c.id == 10 for c in fake.dataset.contacts):
+                remaining = tuple(c for c in fake.dataset.contacts if c.id != 10)
+                fake.dataset = touched(fake.dataset, contacts=remaining)
+
+        first_pass = sum(1 for r in fake.requests if r.path == "/api/v4/contacts")
+        fake.on_authorised = delete_after_the_first_contacts_page
+        outcome = await parts.sync.sync_once(full=True)
+        found = parts.book.find("15550000251")
+        assert outcome.removed == 0  # (the deleted one was read before it went)
+        assert found is not None and found[0].id == 251
+        again = await parts.sync.sync_once(full=True)
+        assert parts.book.find("15550000010") is None
+        assert parts.book.find("15550000251") is not None
+    assert again.removed == 1
+
+
 async def test_kommo_down_known_callers_still_named_and_error_logged(tmp_path: Path) -> None:
     async with FakeKommo(demo_dataset()) as fake:
         with capture_logs() as logs:

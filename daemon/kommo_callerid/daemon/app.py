@@ -219,7 +219,9 @@ class Daemon:
             if journal is not None:  # closed by _shutdown; this covers a failed start
                 stack.push_async_callback(journal.close, self.config.daemon.shutdown_timeout)
             try:
-                phonebook = await open_phonebook(self.config, kommo)
+                phonebook = await open_phonebook(
+                    self.config, kommo, link=cluster.link if cluster else None
+                )
             except MirrorError as exc:
                 log.error("phonebook.error", detail=str(exc), retry_in=None)
                 return EXIT_CONFIG
@@ -329,9 +331,7 @@ class Daemon:
             asyncio.create_task(self._reloader(running).run(self.reload), name="config-reload"),
         ]
         if phonebook is not None:  # cancelled with the other background tasks
-            running.background.append(
-                asyncio.create_task(phonebook.sync.run(), name="phonebook-sync")
-            )
+            running.background.append(asyncio.create_task(phonebook.run(), name="phonebook-sync"))
         if cluster is not None:
             running.background.append(asyncio.create_task(cluster.link.watch(), name="cluster"))
             cluster.claims.start()  # stopped at shutdown (or by cluster.close)

@@ -1,10 +1,13 @@
 """The phone book's wiring: the mirror opened at start-up (a foreign file: exit 3 with a
 sentence), its sync filled with the Kommo client's transport (one rate limit, lowest
-priority), and :class:`MirrorFirst`, which puts the mirror in front of Kommo's lookup for the
-notifier, ``/callerid`` and ``kommo-callerid lookup``."""
+priority), with ``[cluster]`` the lease and the feed (one daemon syncs, every daemon reads its
+own mirror fed from it: :mod:`kommo_callerid.phonebook.follow`), and :class:`MirrorFirst`,
+which puts the mirror in front of Kommo's lookup for the notifier, ``/callerid`` and
+``kommo-callerid lookup``."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -13,11 +16,14 @@ from typing import Protocol
 
 import structlog
 
+from kommo_callerid.cluster.link import ClusterLink
+from kommo_callerid.cluster.phonebook_feed import PhonebookFeed
 from kommo_callerid.core.config import Config, PhonebookConfig
 from kommo_callerid.core.models import LookupResult, NotifyOutcome
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.kommo.phonebook_api import KommoDirectory
 from kommo_callerid.phonebook.book import PhoneBook
+from kommo_callerid.phonebook.follow import Leadership
 from kommo_callerid.phonebook.sync import PhoneBookSync
 
 log = structlog.get_logger(__name__)
@@ -38,16 +44,29 @@ class Kommo(Protocol):
 class PhoneBookParts:
     book: PhoneBook
     sync: PhoneBookSync
+    #: With ``[cluster]``: the lease and the feed.
+    leadership: Leadership | None = None
+
+    async def run(self) -> None:
+        """The sync (and with ``[cluster]`` the lease and the feed) until cancelled."""
+        if self.leadership is None:
+            await self.sync.run()
+            return
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.sync.run(), name="phonebook-sync")
+            group.create_task(self.leadership.run(), name="phonebook-lease")
 
 
 async def open_phonebook(
     config: Config,
     kommo: KommoClient,
     *,
+    link: ClusterLink | None = None,
     may_sync: Callable[[], Awaitable[bool]] | None = None,
 ) -> PhoneBookParts | None:
     """The mirror (open) and its sync (not started), or None when ``[phonebook] enabled`` is
-    false; raises :class:`~kommo_callerid.phonebook.store.MirrorError` when unusable."""
+    false; raises :class:`~kommo_callerid.phonebook.store.MirrorError` when unusable.
+    ``link``: the cluster's, when ``[cluster]`` is set."""
     section = config.phonebook
     if not section.enabled:
         return None
@@ -56,7 +75,20 @@ async def open_phonebook(
     if book.rebuilt:
         log.warning("phonebook.error", detail=f"the database was {book.rebuilt}", retry_in=None)
     directory = KommoDirectory(kommo.transport, rate_limit=config.kommo.rate_limit)
-    return PhoneBookParts(book, PhoneBookSync(book, directory, section, may_sync=may_sync))
+    if link is None:
+        return PhoneBookParts(book, PhoneBookSync(book, directory, section, may_sync=may_sync))
+    writing = asyncio.Lock()
+    leadership = Leadership(PhonebookFeed(link), book, writing=writing)
+    sync = PhoneBookSync(
+        book,
+        directory,
+        section,
+        may_sync=leadership.may_sync,
+        publisher=leadership,
+        writing=writing,
+    )
+    leadership.on_lead = sync.wake
+    return PhoneBookParts(book, sync, leadership)
 
 
 class MirrorFirst:

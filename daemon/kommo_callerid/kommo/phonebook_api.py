@@ -52,12 +52,22 @@ class KommoDirectory:
     async def page(self, kind: BookKind, *, since: int | None, page: int) -> BookPage:
         """Page ``page`` (1-based) of ``kind`` changed at or after ``since`` (None: all);
         raises :class:`KommoError` or :class:`ListUnavailable`."""
-        path = f"/api/v4/{kind.value}"
-        params = {"limit": str(PAGE_LIMIT), "page": str(page), "order[updated_at]": "asc"}
-        if kind.owns_phones:
-            params["with"] = "leads,customers"
+        params = [("limit", str(PAGE_LIMIT)), ("page", str(page)), ("order[updated_at]", "asc")]
         if since is not None:
-            params["filter[updated_at][from]"] = str(since)
+            params.append(("filter[updated_at][from]", str(since)))
+        return await self._get(kind, params, page)
+
+    async def by_ids(self, kind: BookKind, ids: tuple[int, ...]) -> BookPage:
+        """Those of ``ids`` (at most :data:`PAGE_LIMIT`) Kommo still has, as one page."""
+        params = [("limit", str(PAGE_LIMIT)), ("page", "1")]
+        params += [("filter[id][]", str(id_)) for id_ in ids[:PAGE_LIMIT]]
+        found = await self._get(kind, params, 1)
+        return BookPage(kind, found.records, None)
+
+    async def _get(self, kind: BookKind, params: list[tuple[str, str]], page: int) -> BookPage:
+        path = f"/api/v4/{kind.value}"
+        if kind.owns_phones:
+            params.append(("with", "leads,customers"))
         wait = self._last_request + self._interval - self._clock()
         if wait > 0:
             await self._sleep(wait)

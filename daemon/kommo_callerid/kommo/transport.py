@@ -74,7 +74,7 @@ class _Call:
 
     method: str
     path: str
-    params: dict[str, str] | None
+    params: dict[str, str] | list[tuple[str, str]] | None
     payload: Any
     priority: Priority
     deadline: float
@@ -129,7 +129,7 @@ class KommoTransport:
         path: str,
         *,
         deadline: float,
-        params: dict[str, str] | None = None,
+        params: dict[str, str] | list[tuple[str, str]] | None = None,
         payload: Any = None,
         priority: Priority = Priority.LOOKUP,
         max_attempts: int | None = None,

@@ -153,9 +153,18 @@ class PhoneBook:
         writer = self._require()
         return await self._run(lambda: writer.remove_unseen(kind, pass_id))
 
-    async def synced(self, *, full: bool) -> None:
-        """A sync finished: remember when (and, after a full pass, that the mirror is whole)."""
-        now = str(self._wall())
+    async def unseen(self, kind: BookKind, pass_id: int) -> tuple[int, ...]:
+        writer = self._require()
+        return await self._run(lambda: writer.unseen(kind, pass_id))
+
+    def wall_time(self) -> float:
+        return self._wall()
+
+    async def synced(self, *, full: bool, at: float | None = None) -> None:
+        """A sync finished (at ``at``, wall clock; now when None: with ``[cluster]`` the
+        syncing daemon's time): remember when, and after a full pass that the mirror is
+        whole."""
+        now = str(self._wall() if at is None else at)
         values: dict[str, str | None] = {
             "last_sync": now,
             **{f"lookups.{source}": str(n) for source, n in self.sources.items()},

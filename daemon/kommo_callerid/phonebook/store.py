@@ -216,6 +216,15 @@ class Mirror:
             + [(type_, owner.id, 12, customer) for customer in owner.customer_ids],
         )
 
+    def unseen(self, kind: BookKind, pass_id: int) -> tuple[int, ...]:
+        """The ids of ``kind`` a full pass did not see (yet)."""
+        table = "owners" if kind.owns_phones else "deals"
+        rows = self._db.execute(
+            f"SELECT id FROM {table} WHERE type = ? AND pass != ? ORDER BY id",  # noqa: S608
+            (TYPE[kind], pass_id),
+        )
+        return tuple(row[0] for row in rows)
+
     def remove_unseen(self, kind: BookKind, pass_id: int) -> int:
         """After a full pass of ``kind``: forget what it did not see (deleted, merged)."""
         type_ = TYPE[kind]
