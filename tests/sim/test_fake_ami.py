@@ -121,7 +121,7 @@ async def test_actions_before_login_are_denied(server: FakeAmiServer) -> None:
 
 
 async def test_unknown_action_and_filter_permissions(server: FakeAmiServer, peer: Peer) -> None:
-    answer = await peer.ask(b"Action: Originate\r\nActionID: o\r\n\r\n")
+    answer = await peer.ask(b"Action: MixMonitorMute\r\nActionID: o\r\n\r\n")
     assert answer == b"Response: Error\r\nActionID: o\r\nMessage: Invalid/unknown command\r\n\r\n"
     bad = await peer.ask(b"Action: Filter\r\nOperation: Add\r\nFilter: !(\r\n\r\n")
     assert bad == b"Response: Error\r\nMessage: Filter Not Added\r\n\r\n"
