@@ -151,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
             "widget",
             "write the Kommo widget archive (click-to-call) to upload in Kommo",
             "Write the Kommo widget archive (manifest.json, script.js, i18n, images) that an "
-            "account administrator uploads in the integration's settings; its server URL "
-            "setting starts as [public] url.",
+            "account administrator uploads in the integration's settings; the archive holds "
+            "no address: the server URL ([public] url) is typed in the widget's settings.",
         )
     )
     widget.add_argument(

@@ -44,6 +44,14 @@ if [ -z "$wheel" ]; then
 fi
 echo "deb: venv at $prefix with $python ($pyminor), $(basename "$wheel")"
 quietly "$venv/bin/python" -m pip install --no-compile --disable-pip-version-check "$wheel"
+# The click-to-call widget archive an account administrator uploads in Kommo, written by the
+# same code as `kommo-callerid widget` (byte for byte: fixed dates). It holds no server URL (the
+# administrator types it in the widget's settings in Kommo), so one archive fits every install
+# and needs no configuration here. -B: no bytecode in the venv.
+widget=$work/kommo-callerid-widget.zip
+"$venv/bin/python" -B -c 'import sys, pathlib
+from kommo_callerid.commands.widget import write_widget
+write_widget(pathlib.Path(sys.argv[1]))' "$widget"
 # pip and setuptools are build tools, not runtime: the package does not carry them.
 "$venv/bin/python" -m pip uninstall --quiet --yes pip setuptools >/dev/null 2>&1 || true
 # Only our own command: the libraries' console scripts (dotenv, idna, panoramisk) are not
@@ -83,6 +91,7 @@ sed -e "s/@VERSION@/$version/" -e "s/@MAINTAINER@/$maintainer/" \
     -e "s/@COMMIT@/$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)/" \
     "$here/changelog.in" > "$root/usr/share/doc/$name/changelog"
 cp "$here/$name.1" "$root/usr/share/man/man1/"
+install -D -m 0644 "$widget" "$root/usr/share/$name/kommo-callerid-widget.zip"
 install -D -m 0644 "$here/lintian-overrides" "$root/usr/share/lintian/overrides/$name"
 find "$root/usr/share/doc/$name" "$root/usr/share/man" -type f \
   \( -name changelog -o -name '*.md' -o -name '*.json' -o -name '*.1' \) -exec gzip -9n {} +

@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent.parent / "daemon")]
 
 import bench_burst  # noqa: E402
+import bench_clicktocall  # noqa: E402
 import bench_cluster  # noqa: E402
 import bench_cpu  # noqa: E402
 import bench_flood  # noqa: E402
@@ -48,6 +49,7 @@ BENCHMARKS = {
     "pbxs": bench_pbxs,
     "phonebook": bench_phonebook,
     "recordings": bench_recordings,
+    "clicktocall": bench_clicktocall,
 }
 
 

@@ -155,6 +155,43 @@ async def test_502_when_the_pbx_refuses(endpoint: Endpoint) -> None:
     assert status == 502 and body == {"error": "pbx", "detail": "your phone is busy"}
 
 
+async def test_202_while_the_phone_rings_not_when_it_is_answered(endpoint: Endpoint) -> None:
+    # Asterisk's verdict on the user's leg comes when the phone is answered or gives up (up
+    # to the ring timeout): the browser has its 202 long before, once the Originate is queued.
+    endpoint.ami.originate_delay = 20.0
+    status, body = await post_click(endpoint.session, endpoint.url, token())
+    assert (status, body) == (202, {"extension": "101", "number": "18305803077"})
+    assert endpoint.ami.ringing == 1  # the PBX has not said yet whether the phone answered
+    [line] = events(endpoint.logs, "clicktocall.originated")
+    assert line["ringing"] is True
+
+
+async def test_a_failure_after_the_202_is_logged(endpoint: Endpoint) -> None:
+    endpoint.ami.originate_delay = 3.0  # beyond the 2 s the browser waits
+    endpoint.ami.originate_failures["Local/101@from-internal"] = "3"  # rang, not answered
+    status, _ = await post_click(endpoint.session, endpoint.url, token())
+    assert status == 202
+    await wait_for(lambda: bool(events(endpoint.logs, "clicktocall.refused")), 10.0)
+    [line] = events(endpoint.logs, "clicktocall.refused")
+    assert line["reason"] == "pbx" and line["late"] is True
+    assert line["detail"] == "your phone rang but was not answered"
+    assert line["user_id"] == USER and line["number"] == "18305803077"
+
+
+async def test_502_for_a_failure_within_the_wait(endpoint: Endpoint) -> None:
+    endpoint.ami.originate_delay = 0.3  # an unregistered extension fails within milliseconds
+    endpoint.ami.originate_failures["Local/101@from-internal"] = "0"
+    status, body = await post_click(endpoint.session, endpoint.url, token())
+    assert status == 502 and body["detail"].startswith("the PBX could not place the call")
+    assert endpoint.ami.ringing == 0
+
+
+async def test_502_when_the_pbx_does_not_answer_the_originate(endpoint: Endpoint) -> None:
+    endpoint.ami.unanswered.add("originate")
+    status, body = await post_click(endpoint.session, endpoint.url, token())
+    assert (status, body) == (502, {"error": "pbx", "detail": "the PBX did not answer in time"})
+
+
 async def test_503_when_the_pbx_is_not_connected(endpoint: Endpoint) -> None:
     endpoint.ami.drop()
     await wait_for(lambda: not endpoint.daemon.ami_connected)

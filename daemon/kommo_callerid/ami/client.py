@@ -156,6 +156,43 @@ class AmiClient:
         link = self._live_link()
         return all_headers(await self._wait(link.submit(action), link, timeout))
 
+    async def request_in_stages(
+        self,
+        action: Mapping[str, str],
+        budget: float,
+        timeout: float,
+        rest: Callable[[list[dict[str, str]]], None],
+    ) -> list[dict[str, str]]:
+        """Send an action answered in two stages (an async Originate: "queued" at once, the
+        OriginateResponse when the call was placed or failed) and wait at most ``budget``.
+
+        The whole answer when it came within ``budget``; else the first response alone, and
+        ``rest(whole answer)`` runs when the rest comes (not at all when it does not come
+        within ``timeout`` from now or the link is lost). AmiConnectionError when the link is
+        lost, TimeoutError when not even the first response came within ``budget``.
+        """
+        link = self._live_link()
+        staged = link.submit_staged(action)
+        whole: asyncio.Future[object] = staged.future
+        lost = self._lost_future()
+        await asyncio.wait((whole, lost), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+        if whole.done() and not whole.cancelled():
+            return all_headers(whole.result())
+        if lost.done() or not staged.first.done():
+            link.forget(whole)
+            if lost.done():
+                raise AmiConnectionError(lost.result())
+            raise TimeoutError(f"no answer from {self._where()} within {budget:g} s")
+        give_up = asyncio.get_running_loop().call_later(timeout, link.forget, whole)
+
+        def finished(done: asyncio.Future[object]) -> None:
+            give_up.cancel()
+            if not done.cancelled():
+                rest(all_headers(done.result()))
+
+        whole.add_done_callback(finished)
+        return [first_headers(staged.first.result())]
+
     async def add_filter(self, expression: str, timeout: float) -> None:
         """Ask Asterisk to send only matching events; AmiActionRefused without write = system."""
         action = {"Action": "Filter", "Operation": "Add", "Filter": expression}

@@ -3,9 +3,13 @@ port, over the PBX's live AMI session.
 
 One ``Originate`` action, ``Async: true``: Asterisk answers "successfully queued" at once and
 sends an ``OriginateResponse`` event with the same ActionID when the first leg (the user's
-phone) answered or failed; panoramisk ties both to the action. Waited for up to the ring
-timeout plus :data:`ANSWER_MARGIN`. The values were validated by ``clicktocall/``; a value with
-a line break is still refused here, because it would inject AMI headers.
+phone) answered or failed, which is up to the ring timeout later. The browser is not held that
+long: the answer is what came within the request's ``answer_within`` (a refusal, a channel that
+failed at once — an unregistered extension fails within milliseconds — or a phone that answered
+quickly), else "queued" (the phone rings). An OriginateResponse that comes later goes to the
+caller's ``later``; it is awaited up to the ring timeout plus :data:`ANSWER_MARGIN`. The values
+were validated by ``clicktocall/``; a value with a line break is still refused here, because it
+would inject AMI headers.
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ class AmiOriginator:
         """``clients``: per PBX name, its logged-in session's client now (or None)."""
         self._clients = clients
 
-    async def originate(self, request: OriginateRequest) -> OriginateResult:
+    async def originate(
+        self, request: OriginateRequest, later: Callable[[OriginateResult], None]
+    ) -> OriginateResult:
         current = self._clients.get(request.pbx)
         client = current() if current is not None else None
         where = f"PBX {request.pbx}" if request.pbx else "the PBX"
@@ -65,7 +71,9 @@ class AmiOriginator:
             return OriginateResult(OriginateStatus.REFUSED, str(exc))
         timeout = request.timeout_ms / 1000 + ANSWER_MARGIN
         try:
-            answer = await client.request(action, timeout)
+            answer = await client.request_in_stages(
+                action, request.answer_within, timeout, lambda whole: later(judge(whole))
+            )
         except AmiConnectionError:
             return OriginateResult(OriginateStatus.NOT_CONNECTED, f"{where} is not connected")
         except TimeoutError:
@@ -87,7 +95,7 @@ def judge(answer: list[dict[str, str]]) -> OriginateResult:
         return OriginateResult(
             OriginateStatus.REFUSED, REASONS.get(reason, f"the call failed (reason {reason})")
         )
-    return OriginateResult(OriginateStatus.ACCEPTED)  # queued; no event to say otherwise
+    return OriginateResult(OriginateStatus.QUEUED)  # the phone rings; the event comes later
 
 
 def _lower(message: Mapping[str, str]) -> dict[str, str]:

@@ -179,6 +179,11 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
         future: asyncio.Future[Any] = self.protocol.send(action)
         return future
 
+    def submit_staged(self, action: Mapping[str, str]) -> StagedAction:
+        """An action answered in two stages (an async Originate): see :class:`StagedAction`."""
+        staged: StagedAction = self.protocol.send_staged(action)
+        return staged
+
     def forget(self, future: asyncio.Future[Any]) -> None:
         future.cancel()
         responses = self.protocol.responses if self.protocol else {}
@@ -249,6 +254,12 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
         self.transport.write(str(action).encode("utf-8"))
         future: asyncio.Future[Any] = action.future
         return future
+
+    def send_staged(self, data: Mapping[str, str]) -> StagedAction:
+        action = StagedAction(dict(data))
+        self.responses[action.id] = action
+        self.transport.write(str(action).encode("utf-8"))  # never logged (see send)
+        return action
 
     def data_received(self, data: bytes) -> None:
         self.factory.last_received_at = self.factory.loop.time()
@@ -381,6 +392,31 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
         if not self.closed:
             self.closed = True
             self.transport.close()
+
+
+class StagedAction(Action):  # type: ignore[misc]  # panoramisk is untyped
+    """An action whose answer comes in stages: an async Originate's "successfully queued" at
+    once, its OriginateResponse event when the first leg answered or failed (seconds later).
+
+    panoramisk's ``future`` still resolves with the whole answer; ``first`` resolves with the
+    first message as soon as it comes, so a caller can act on "queued" without waiting for the
+    call. A cancelled ``future`` (the link lost, the action forgotten) cancels ``first``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.first: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.future.add_done_callback(self._ended)
+
+    def add_message(self, message: Any) -> bool | None:
+        if not self.first.done():
+            self.first.set_result(message)
+        done: bool | None = super().add_message(message)
+        return done
+
+    def _ended(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() and not self.first.done():
+            self.first.cancel()
 
 
 def _is_login(action: Any) -> bool:

@@ -5,6 +5,14 @@ account is not known yet), the user's extension (403), the number (400), ``min_i
 (429), the PBX (502 refused / 503 not connected). Every request whose token passed has spent
 it (its ``jti``); only a click that reached the PBX starts the user's ``min_interval``.
 
+The browser waits at most :data:`ANSWER_WITHIN` for the PBX: 202 once the Originate is queued
+and its first leg has not failed within that time (the user's phone rings, or answered), 502
+when it failed within it (busy, an unregistered extension: Asterisk says so in milliseconds).
+Asterisk's verdict on the first leg otherwise comes only when the phone is answered or gives
+up, up to ``timeout`` later, far beyond what a browser, Kommo's ``$authorizedAjax`` or a proxy
+in front waits; a failure that comes after the 202 is logged (``clicktocall.refused``, reason
+``pbx``, ``late``).
+
 No HTTP and no AMI here: ``public/`` turns a :class:`ClickAnswer` into a response, and the
 PBX is an :class:`~kommo_callerid.core.originate.Originator` port the daemon hands in.
 """
@@ -29,12 +37,15 @@ from kommo_callerid.core.originate import (
     CLICK_CHANNEL_PREFIX,
     CLICK_VARIABLE,
     OriginateRequest,
+    OriginateResult,
     OriginateStatus,
     Originator,
 )
 
 log = structlog.get_logger(__name__)
 
+#: Seconds a click waits for the PBX's verdict on the user's leg before answering 202.
+ANSWER_WITHIN = 2.0
 #: Characters of the Kommo name shown on the user's phone.
 NAME_CHARS = 40
 #: What a caller ID's display name must not contain: its own quoting and brackets.
@@ -137,14 +148,17 @@ class ClickToCall:
         request = await self._request(target, number, user_id)
         if self._on_originate is not None:
             self._on_originate(request, user_id, target.extension, number)
-        result = await self._originator.originate(request)
         fields = {"user_id": user_id, "extension": str(target), "pbx": target.pbx}
+        result = await self._originator.originate(
+            request, lambda late: _late(late, number=number, **fields)
+        )
         if result.status is OriginateStatus.NOT_CONNECTED:
             self._pace.undo(user_id, now)  # it never reached the PBX
             return _refused(503, "pbx", result.detail, number=number, **fields)
         if result.status is OriginateStatus.REFUSED:
             return _refused(502, "pbx", result.detail, number=number, **fields)
-        log.info("clicktocall.originated", number=number, **fields)
+        ringing = result.status is OriginateStatus.QUEUED
+        log.info("clicktocall.originated", number=number, ringing=ringing, **fields)
         return ClickAnswer(202, {"extension": target.extension, "number": number})
 
     async def _user(self, token: str | None) -> ClickToken | ClickAnswer:
@@ -176,6 +190,7 @@ class ClickToCall:
             timeout_ms=round(config.timeout * 1000),
             variables=((CLICK_VARIABLE, str(user_id)),),
             channel_id=CLICK_CHANNEL_PREFIX + secrets.token_hex(12),
+            answer_within=ANSWER_WITHIN,
         )
 
 
@@ -183,6 +198,12 @@ def caller_name(name: str) -> str:
     """A CRM name safe inside ``"name" <number>``: no controls, quotes or brackets."""
     visible = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in name)
     return " ".join(visible.translate(_NAME_UNSAFE).split())[:NAME_CHARS].rstrip()
+
+
+def _late(result: OriginateResult, **fields: Any) -> None:
+    """The PBX's verdict on the user's leg after the browser had its 202."""
+    if result.status is OriginateStatus.REFUSED:
+        log.info("clicktocall.refused", reason="pbx", detail=result.detail, late=True, **fields)
 
 
 def _refused(status: int, reason: str, detail: str, **fields: Any) -> ClickAnswer:

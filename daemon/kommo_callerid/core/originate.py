@@ -8,6 +8,7 @@ once more, because a header value with a line break would inject AMI headers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -33,10 +34,14 @@ class OriginateRequest:
     variables: tuple[tuple[str, str], ...]
     #: The Uniqueid the first channel gets (``ChannelId``; Asterisk 13+).
     channel_id: str
+    #: Seconds the caller waits for the PBX's verdict on the first leg before it takes
+    #: "queued" (the phone rings) as the answer; a later verdict goes to ``later``.
+    answer_within: float = 2.0
 
 
 class OriginateStatus(StrEnum):
     ACCEPTED = "accepted"  # the PBX placed the call (the user's phone answered)
+    QUEUED = "queued"  # the PBX took the Originate; the user's phone rings (no verdict yet)
     REFUSED = "refused"  # the PBX said no (permission, no such extension, no answer, busy)
     NOT_CONNECTED = "not_connected"  # no AMI session to that PBX now
 
@@ -49,4 +54,9 @@ class OriginateResult:
 
 
 class Originator(Protocol):
-    async def originate(self, request: OriginateRequest) -> OriginateResult: ...
+    async def originate(
+        self, request: OriginateRequest, later: Callable[[OriginateResult], None]
+    ) -> OriginateResult:
+        """The PBX's answer within ``request.answer_within`` (QUEUED when its verdict on the
+        first leg had not come yet); that verdict, when it comes later, goes to ``later``."""
+        ...

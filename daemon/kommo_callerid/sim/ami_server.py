@@ -109,6 +109,11 @@ class FakeAmiServer:
         self.logins = 0
         self.login_failures = 0
 
+    @property
+    def ringing(self) -> int:
+        """Originates whose OriginateResponse has not been sent yet (the "phone" rings)."""
+        return len(self._answering)
+
     async def __aenter__(self) -> FakeAmiServer:
         await self.start()
         return self

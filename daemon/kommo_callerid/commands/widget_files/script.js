@@ -65,6 +65,7 @@ define(['jquery'], function ($) {
         type: 'POST',
         data: { phone: String(phone) }
       }).done(function (answer) {
+        // 202: the PBX took the call and the user's phone rings (a quick failure is a 502).
         say(t('connected') + ' ' + ((answer && answer.number) || phone), false);
       }).fail(function (xhr) {
         say(failure(xhr), true);
