@@ -174,7 +174,9 @@ async def test_a_cluster_flood_keeps_the_link_and_redis_commands_bounded(
     assert ticks <= 2 * (WINDOW / (CLAIM_TTL / 3) + 1), window
     # What else is sent meanwhile: the rate limiter's asks and each notified call's record.
     assert sum(window.values()) / took < 800, window  # 44-507/s measured; 1,050/s before
-    assert busiest < 4 * FLOOD, busiest
+    # Per call, not per second: how many land in one second depends on the machine's speed
+    # (4,205 in a second failed a loaded CI run); what each call costs does not (about 5).
+    assert sum(sent.values()) < 8 * FLOOD, sent
     assert stop_took < SHUTDOWN_TIMEOUT + STOP_SLACK, stop_took
 
 
