@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
+from test_reload import Lines, config_text
 
 from kommo_callerid.core.config import Config
 from kommo_callerid.core.config_load import ConfigError, from_mapping, load_config
 from kommo_callerid.daemon.reload import ConfigReloader
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo, demo_dataset
-
-from test_reload import Lines, config_text
 
 SHUTDOWN_TIMEOUT = 1.0
 #: What a stopping interpreter may add to shutdown_timeout on a loaded machine.

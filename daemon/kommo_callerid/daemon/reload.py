@@ -16,6 +16,7 @@ at exit, unlike ``asyncio.to_thread``'s executor).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,10 +160,8 @@ class ConfigReloader:
                 outcome = self._load(path)
             except BaseException as exc:  # handed to the awaiting task, which words it
                 outcome = exc
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the daemon stopped
                 loop.call_soon_threadsafe(settle, outcome)
-            except RuntimeError:  # the loop closed: the daemon stopped meanwhile
-                pass
 
         thread = threading.Thread(target=read, name="config-reload", daemon=True)
         thread.start()

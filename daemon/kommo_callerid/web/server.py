@@ -67,7 +67,7 @@ class HttpServer:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_get("/healthz", self._healthz, allow_head=False)
+        app.router.add_get("/healthz", self._healthz)  # HEAD: uptime probes
         app.router.add_get("/metrics", self._metrics_page, allow_head=False)
         app.router.add_get("/callerid", self._callerid_name, allow_head=False)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
