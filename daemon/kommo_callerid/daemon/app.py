@@ -46,6 +46,7 @@ from kommo_callerid.daemon.systemd import SystemdNotifier
 from kommo_callerid.journal.outbox import OutboxError
 from kommo_callerid.journal.sender import JournalSender
 from kommo_callerid.kommo.client import KommoClient
+from kommo_callerid.serving.descriptors import raise_descriptor_limit
 from kommo_callerid.web.callerid import CallerIdService
 from kommo_callerid.web.metrics import MetricsExporter
 from kommo_callerid.web.server import Health, HttpServer
@@ -158,6 +159,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload.set)
 
     async def serve(self) -> int:
+        # systemd's soft limit is 1,024; the listeners take a share of what this gives.
+        open_files = raise_descriptor_limit()
         async with AsyncExitStack() as stack:
             cluster = await self._connect_cluster()
             if cluster is False:
@@ -179,7 +182,7 @@ class Daemon:
                 return EXIT_CONFIG
             if journal is not None:  # closed by _shutdown; this covers a failed start
                 stack.push_async_callback(journal.close, self.config.daemon.shutdown_timeout)
-            running = await self._startup(kommo, cluster, journal)
+            running = await self._startup(kommo, cluster, journal, open_files)
             if running is None:
                 return EXIT_CONFIG  # http.listen_failed says why
             exit_code = await self._main_loop(running)
@@ -220,7 +223,11 @@ class Daemon:
         return self._debug_sink
 
     async def _startup(
-        self, kommo: KommoClient, cluster: Cluster | None, journal: JournalSender | None
+        self,
+        kommo: KommoClient,
+        cluster: Cluster | None,
+        journal: JournalSender | None,
+        open_files: int,
     ) -> _Running | None:
         loop = asyncio.get_running_loop()
         cfg = self.config
@@ -280,6 +287,7 @@ class Daemon:
             ami=running.links.where(),
             kommo=cfg.kommo.base_url,
             inbound_contexts=list(cfg.calls.inbound_contexts),
+            open_files_limit=open_files,
         )
         self.systemd.ready("running; AMI connecting")
         return running
