@@ -50,12 +50,27 @@ def log_stream() -> Iterator[io.StringIO]:
     logging.getLogger().setLevel(level)
 
 
-async def serve(limits: ConnectionLimits | None = FAST) -> HttpServer:
+class _SlowNames:
+    """A lookup that waits until released: its connection stays busy."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.waiting = 0
+
+    async def name_for(self, raw: str) -> str:
+        self.waiting += 1
+        await self.release.wait()
+        return "John Doe"
+
+
+async def serve(
+    limits: ConnectionLimits | None = FAST, names: _Names | _SlowNames | None = None
+) -> HttpServer:
     server = HttpServer(
         HttpConfig(listen="127.0.0.1:0"),
         health=lambda: Health(ami_connected=True, facts={"version": "test"}),
         metrics=_Metrics(),
-        callerid=_Names(),
+        callerid=names or _Names(),
         limits=limits,
     )
     await server.start()
@@ -96,13 +111,8 @@ async def test_head_healthz_answers_200_without_a_body(server: HttpServer) -> No
     assert got.startswith(b"HTTP/1.1 200 ") and b'"ami": "connected"' in got
 
 
-async def test_300_slowloris_connections_are_reaped_within_the_request_timeout(
-    server: HttpServer,
-) -> None:
-    assert server.port is not None
-    port = server.port
+async def test_300_slowloris_connections_are_reaped_within_the_request_timeout() -> None:
     limits = ConnectionLimits(max_connections=400, max_per_client=400, request_timeout=1.0)
-    await server.stop()
     server = await serve(limits)
     assert server.port is not None
     port = server.port
@@ -170,3 +180,26 @@ async def test_200_oversized_headers_log_a_folded_line_and_no_traceback(
     assert len(logged.encode()) < 2048, logged[:2000]
     assert logged.count('"http.client_errors"') == 1
     assert '"level": "error"' not in logged
+
+
+async def test_busy_connections_are_never_evicted_and_a_newcomer_gets_a_503() -> None:
+    names = _SlowNames()
+    server = await serve(ConnectionLimits(max_connections=2, max_per_client=2), names)
+    assert server.port is not None
+    port = server.port
+    try:
+        lookups = [
+            asyncio.create_task(exchange(port, get("/callerid?number=18305803077")))
+            for _ in range(2)
+        ]
+        await wait_for(lambda: names.waiting == 2)
+        refused = await exchange(port, get("/healthz"))
+        assert refused.startswith(b"HTTP/1.1 503 ")
+        names.release.set()
+        for answer in await asyncio.gather(*lookups):
+            assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"John Doe")
+        await wait_for(lambda: server.connections == 0)
+        assert (await exchange(port, get("/healthz"))).startswith(b"HTTP/1.1 200 ")
+    finally:
+        names.release.set()
+        await server.stop()

@@ -166,7 +166,11 @@ class ConfigReloader:
         thread = threading.Thread(target=read, name="config-reload", daemon=True)
         thread.start()
         try:
-            return await asyncio.wait_for(done, self._read_timeout)
+            # asyncio.timeout, not wait_for: 3.11's wait_for returns the result when the
+            # read ends just as the task is cancelled, swallowing the stop (the reloader then
+            # waits for the next SIGHUP while the shutdown waits for the reloader).
+            async with asyncio.timeout(self._read_timeout):
+                return await done
         except TimeoutError:
             self._hung = thread
             raise ConfigError(

@@ -107,13 +107,14 @@ class _Fold:
         self._folded: dict[str, int] = {}
 
     def note(self, event: str, **fields: Any) -> None:
-        self._folded[event] = self._folded.get(event, 0) + 1
+        kind = f"{event}/{fields.get('reason', '')}"  # each reason folds on its own
+        self._folded[kind] = self._folded.get(kind, 0) + 1
         now = self._clock()
-        if now < self._next.get(event, 0.0):
+        if now < self._next.get(kind, 0.0):
             log.debug(event, **fields)
             return
-        self._next[event] = now + FOLD_SECONDS
-        log.warning(event, count=self._folded.pop(event), per_seconds=FOLD_SECONDS, **fields)
+        self._next[kind] = now + FOLD_SECONDS
+        log.warning(event, count=self._folded.pop(kind), per_seconds=FOLD_SECONDS, **fields)
 
 
 class ConnectionGuard:

@@ -23,6 +23,9 @@ log = structlog.get_logger(__name__)
 
 #: A query string longer than a phone number by far is not one; answer without parsing it.
 MAX_NUMBER_CHARS = 64
+#: Every local client (the dialplan's CURL(), a scraper, a probe) has one address, loopback:
+#: the per-client cap is the listener's.
+LOCAL_LIMITS = ConnectionLimits(max_connections=256, max_per_client=256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,7 @@ class HttpServer:
         self._callerid = callerid
         #: Bounded connections and request deadlines (serving.guard); by default within this
         #: listener's share of the descriptors, so AMI and Kommo always get one.
-        self.limits = limits or ConnectionLimits().within(listener_share())
+        self.limits = limits or LOCAL_LIMITS.within(listener_share())
         self._listener: GuardedListener | None = None
         self.port: int | None = None
 
