@@ -91,16 +91,19 @@ async def test_1100_idle_connections_leave_calls_ami_and_healthz_working(
             lines = Lines(proc.stdout)
             try:
                 port = int((await lines.until("http.listening", timeout=20))["port"])
-                await ami.wait_logged_in(timeout=10)
+                await lines.until("ami.connected", timeout=20)  # the daemon's view: /healthz
                 writers = await connect_idle(port, IDLE)
 
-                assert (await healthz(port)).startswith(b"HTTP/1.1 200 ")
+                answer = await healthz(port)
+                assert answer.startswith(b"HTTP/1.1 200 "), answer[-300:]
                 ami.drop()  # AMI must get a descriptor to log in again
                 await ami.wait_logged_in(2, timeout=15)
+                await lines.until("ami.connected", timeout=15)
                 call = CallScenarios().inbound(UNKNOWN, did="5551000", agents=())
                 await ami.play(call.events)
                 await wait_for(lambda: len(kommo.events) == 1, 15)
-                assert (await healthz(port)).startswith(b"HTTP/1.1 200 ")
+                answer = await healthz(port)
+                assert answer.startswith(b"HTTP/1.1 200 "), answer[-300:]
             finally:
                 proc.send_signal(signal.SIGTERM)
                 try:
