@@ -26,3 +26,22 @@ def test_the_demo_prints_the_raw_log_with_json(capsys: pytest.CaptureFixture[str
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     events = {json.loads(line)["event"] for line in lines}
     assert {"daemon.started", "call.incoming", "kommo.notified", "daemon.stopped"} <= events
+
+
+def test_the_header_counts_the_lines_that_follow_and_the_unsorted_lead_is_explained(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 18, point 20: "5 inbound calls" promised and 7 lines followed; the unknown
+    caller's "logged" did not say it took the demo's ``unknown = "unsorted"``."""
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    story = out.split("\nSummary\n")[0].splitlines()
+    call_lines = [line for line in story if line.startswith("  ") and "→" in line]
+    placed = [line for line in call_lines if " ended: " not in line]
+    assert f"{len(placed)} calls: 5 inbound and 2 the daemon must skip" in header
+    unknown = [line for line in call_lines if line.startswith("  +1 312-555-0100 ended:")]
+    assert len(unknown) == 1
+    assert "incoming lead" in unknown[0]
+    assert 'the demo sets [journal] unknown = "unsorted"' in unknown[0]
+    assert 'the default "skip"' in unknown[0]

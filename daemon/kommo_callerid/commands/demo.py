@@ -13,6 +13,7 @@ import itertools
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,19 @@ def demo_calls(count: int) -> list[SyntheticCall]:
     return calls
 
 
+def intro(calls: list[SyntheticCall]) -> str:
+    """The first line: as many calls as lines follow, and what each kind of line says."""
+    inbound = sum(_is_caller(call) for call in calls)
+    others = len(calls) - inbound
+    return (
+        "kommo-callerid demo: the real daemon between an Asterisk AMI simulator and a Kommo "
+        f"simulator on loopback; {len(calls)} calls: {inbound} inbound and {others} the "
+        "daemon must skip (one withheld number, one internal call). One line per call: "
+        "caller → what Kommo knows → who was notified; when the calls end, what the call "
+        "journal logged."
+    )
+
+
 def _is_caller(call: SyntheticCall) -> bool:
     """An inbound call from a number the daemon should notify about."""
     return call.kind == "inbound" and call.caller_num.isdigit()
@@ -102,17 +116,13 @@ async def _demo(count: int, raw: bool) -> int:
         config = from_mapping(settings)
         configure_logging(config.log, secrets=[DEMO_SECRET, kommo.token])
         view = None if raw else DemoView(sys.stdout)
+        calls = demo_calls(count)
         if view is not None:
             _install_view(view)
-            view.say(
-                f"kommo-callerid demo: the real daemon between an Asterisk AMI simulator "
-                f"and a Kommo simulator on loopback; {count} inbound calls, one withheld, "
-                "one internal. One line per call: caller → what Kommo knows → who was notified."
-            )
+            view.say(intro(calls))
         daemon = Daemon(config)
         serving = asyncio.create_task(daemon.serve(), name="demo-daemon")
         await _wait_for(lambda: daemon.ami_connected and daemon.phonebook_ready, SETTLE_TIMEOUT)
-        calls = demo_calls(count)
         for call in calls:
             await ami.play(call.events)
             await asyncio.sleep(CALL_SPACING)
@@ -122,7 +132,7 @@ async def _demo(count: int, raw: bool) -> int:
         for call in calls:
             await ami.play(call.hangups)
         await asyncio.sleep(CALL_SPACING)  # the calls end; then their journal records go out
-        await _wait_for(lambda: not daemon.table_sizes().get("journal_pending"), SETTLE_TIMEOUT)
+        await _wait_for(_journal_idle(daemon), SETTLE_TIMEOUT)
         daemon.stop.set()
         exit_code = await serving
         inbound = sum(_is_caller(call) for call in calls)
@@ -141,6 +151,16 @@ async def _demo(count: int, raw: bool) -> int:
     if exit_code == EXIT_OK and not all_notified:
         return EXIT_FAILURE
     return exit_code
+
+
+def _journal_idle(daemon: Daemon) -> Callable[[], bool]:
+    """Every finished call written to the outbox and accepted by Kommo."""
+
+    def idle() -> bool:
+        sizes = daemon.table_sizes()
+        return not sizes.get("journal_pending") and not sizes.get("journal_unwritten")
+
+    return idle
 
 
 def run_demo(calls: int = 5, *, raw: bool = False) -> int:

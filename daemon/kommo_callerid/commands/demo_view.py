@@ -26,6 +26,11 @@ SKIPPED = {
     "not_inbound": "skipped: not an inbound call",
 }
 ARROW = "→"
+#: Why the demo's unknown caller ends up in Kommo at all: the default would not log it.
+UNSORTED_NOTE = (
+    'only because the demo sets [journal] unknown = "unsorted"; with the default "skip" '
+    "a caller Kommo does not know is not logged"
+)
 #: Kommo's call_status codes (core.models.CallStatus) and names, in words.
 STATUS_WORDS = {
     "4": "answered",
@@ -73,6 +78,9 @@ class DemoView:
         self._clock = clock
         self._calls: dict[str, CallStory] = {}
         self._unsent: list[str] = []  # call ids recorded in the journal, not yet sent
+        self._sent_early: dict[str, bool] = {}  # sent before their journal.recorded line
+        #: Sent but attached to nothing (an unknown caller): the incoming lead is to come.
+        self._lead_pending: list[str] = []
         self.tally = Tally()
 
     def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -92,6 +100,9 @@ class DemoView:
         for call_id in self._unsent:
             self._print_ended(call_id, "pending")
         self._unsent.clear()
+        for call_id in self._lead_pending:
+            self._print_ended(call_id, "sent; its incoming lead is still to come")
+        self._lead_pending.clear()
         self.say()
         self.say("Summary")
         for label, value in summary_rows(self.tally):
@@ -163,20 +174,48 @@ class DemoView:
         self._print_call(call_id)
         story.ended = ended_text(event)
         self._unsent.append(call_id)
+        if call_id in self._sent_early:  # the sender may read a record the writer just
+            self._took(call_id, self._sent_early.pop(call_id))  # committed, before its line
 
     def _sent(self, event: EventDict) -> None:
         count = int(event.get("count") or 1)
         self.tally.journal_sent += count
-        sent, self._unsent = self._unsent[:count], self._unsent[count:]
-        for call_id in sent:
+        calls = event.get("calls")
+        if not isinstance(calls, list):  # no per-call detail: the oldest records went
+            sent, self._unsent = self._unsent[:count], self._unsent[count:]
+            for call_id in sent:
+                self._print_ended(call_id, "logged")
+            return
+        for call in calls:
+            call_id = str(call.get("call_id"))
+            if call_id in self._unsent:
+                self._took(call_id, bool(call.get("entity_type")))
+            elif call_id in self._calls:
+                self._sent_early[call_id] = bool(call.get("entity_type"))
+
+    def _took(self, call_id: str, attached: bool) -> None:
+        """Kommo took the call's record: attached to an entity, or an unknown caller's, told
+        when its incoming lead is made (or not)."""
+        self._unsent.remove(call_id)
+        if attached:
             self._print_ended(call_id, "logged")
+        else:
+            self._lead_pending.append(call_id)
+
+    def _unsorted(self, event: EventDict) -> None:
+        call_id = str(event.get("call_id"))
+        if call_id in self._lead_pending:
+            self._lead_pending.remove(call_id)
+            lead = event.get("lead_id")
+            self._print_ended(call_id, f"logged as incoming lead {lead} ({UNSORTED_NOTE})")
 
     def _journal_dropped(self, event: EventDict) -> None:
         self.tally.journal_dropped += 1
         call_id = str(event.get("call_id"))
-        if call_id in self._unsent:
-            self._unsent.remove(call_id)
-            self._print_ended(call_id, f"not logged ({event.get('reason')})")
+        for waiting in (self._unsent, self._lead_pending):
+            if call_id in waiting:
+                waiting.remove(call_id)
+                self._print_ended(call_id, f"not logged ({event.get('reason')})")
 
     def _problem(self, event: EventDict) -> None:
         self.tally.problems += 1
@@ -192,6 +231,7 @@ class DemoView:
         "kommo.notify_dropped": _notify_dropped,
         "journal.recorded": _recorded,
         "journal.sent": _sent,
+        "journal.unsorted": _unsorted,
         "journal.dropped": _journal_dropped,
     }
 

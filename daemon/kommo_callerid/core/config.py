@@ -101,12 +101,23 @@ class KommoConfig(_Section):
     @field_validator("base_url")
     @classmethod
     def _https_unless_loopback(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be a URL like https://yourcompany.kommo.com, got {value!r}")
-        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        shown = url_for_messages(value)  # never echo a user:password@ back
+        bad = f"must be a URL like https://yourcompany.kommo.com, got {shown!r}"
+        try:
+            parts = urlsplit(value)
+            hostname = parts.hostname
+        except ValueError:  # e.g. an unclosed [ of an IPv6 address
+            raise ValueError(bad) from None
+        if parts.scheme not in ("http", "https") or not hostname:
+            raise ValueError(bad)
+        if "@" in parts.netloc:
             raise ValueError(
-                f"must use https:// (plain http is allowed only for loopback hosts), got {value!r}"
+                "must not carry a user or password (Kommo takes the token, not a password in "
+                f"the URL), got {shown!r}"
+            )
+        if parts.scheme == "http" and not is_loopback_host(hostname):
+            raise ValueError(
+                f"must use https:// (plain http is allowed only for loopback hosts), got {shown!r}"
             )
         return value.rstrip("/")
 
@@ -424,11 +435,21 @@ class RecordingsConfig(_Section):
         return value
 
 
-def redis_url_for_messages(url: str) -> str:
-    """The URL without its user and password (``redis://:pw@host`` -> ``redis://host``)."""
-    tail = url.split("@", 1)[-1]
-    scheme = url.split("://", 1)[0]
-    return tail if "://" in tail else f"{scheme}://{tail}"
+def url_for_messages(url: str) -> str:
+    """The URL without its user and password (``redis://:p@w@host`` -> ``redis://host``).
+
+    Everything between the scheme and the *last* ``@`` goes: a password may carry ``@``,
+    ``/`` or ``?`` unencoded (URL parsers take the host after the last ``@`` too), and a
+    message that shows too little of an odd URL beats one that shows part of a password.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+
+
+#: The Redis URL in a message (the name the cluster room knows it by).
+redis_url_for_messages = url_for_messages
 
 
 class ClusterConfig(_Section):

@@ -8,6 +8,7 @@ message names the file and the key, so the CLI can exit 3 with a sentence instea
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,8 @@ __all__ = ["CONFIG_PATH_ENV", "DEFAULT_CONFIG_PATH", "ConfigError", "from_mappin
 
 DEFAULT_CONFIG_PATH = Path("/etc/kommo-callerid/config.toml")
 CONFIG_PATH_ENV = "KOMMO_CALLERID_CONFIG"
+#: A configuration file is a few KiB; anything this big is something else put at its path.
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 def resolve_config_path(cli_path: str | None) -> Path:
@@ -58,10 +61,32 @@ def _build(data: Mapping[str, Any], path: Path) -> Config:
         raise ConfigError(_describe_env(exc)) from None
 
 
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most MAX_CONFIG_BYTES.
+
+    Opened without blocking and checked before reading: a FIFO put at the config path would
+    otherwise block the open (and with it every later SIGHUP, and the stop) until a writer
+    came; a device would never end. ``OSError`` and ``ConfigError`` for the caller to word.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:  # a directory: IsADirectoryError, worded by the caller
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(
+                f"The configuration file {path} is not a regular file (a FIFO, a socket or a "
+                "device is there); it must be a TOML file."
+            )
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"The configuration file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB; "
+            "a configuration is a few KiB (was something else saved there?)."
+        )
+    return data
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        return tomllib.loads(_read_regular_file(path).decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(
             f"The configuration file {path} does not exist. Pass another one with -c PATH or "

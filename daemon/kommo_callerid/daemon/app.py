@@ -53,6 +53,7 @@ from kommo_callerid.journal.sender import JournalSender
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.phonebook.store import MirrorError
 from kommo_callerid.recordings.keys import SigningKeyError
+from kommo_callerid.serving.descriptors import raise_descriptor_limit
 from kommo_callerid.web.callerid import CallerIdService
 from kommo_callerid.web.metrics import MetricsExporter
 from kommo_callerid.web.server import Health, HttpServer
@@ -180,6 +181,7 @@ class Daemon:
             "tasks": len(running.call_tasks),
             **running.kommo.table_sizes(),
             "journal_pending": running.journal.pending if running.journal else 0,
+            "journal_unwritten": running.journal.unwritten if running.journal else 0,
         }
 
     def install_signal_handlers(self) -> None:
@@ -189,6 +191,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload.set)
 
     async def serve(self) -> int:
+        # systemd's soft limit is 1,024; the listeners take a share of what this gives.
+        open_files = raise_descriptor_limit()
         async with AsyncExitStack() as stack:
             cluster = await self._connect_cluster()
             if cluster is False:
@@ -227,7 +231,7 @@ class Daemon:
                 return EXIT_CONFIG
             if phonebook is not None:
                 stack.push_async_callback(phonebook.book.close)
-            running = await self._startup(kommo, cluster, journal, phonebook)
+            running = await self._startup(kommo, cluster, journal, open_files, phonebook)
             if running is None:
                 return EXIT_CONFIG  # http.listen_failed says why
             exit_code = await self._main_loop(running)
@@ -272,6 +276,7 @@ class Daemon:
         kommo: KommoClient,
         cluster: Cluster | None,
         journal: JournalSender | None,
+        open_files: int,
         phonebook: PhoneBookParts | None = None,
     ) -> _Running | None:
         loop = asyncio.get_running_loop()
@@ -344,6 +349,7 @@ class Daemon:
             ami=running.links.where(),
             kommo=cfg.kommo.base_url,
             inbound_contexts=list(cfg.calls.inbound_contexts),
+            open_files_limit=open_files,
         )
         self.systemd.ready("running; AMI connecting")
         return running

@@ -9,11 +9,18 @@ re-read on every SIGHUP), ``[log] level`` and ``mask_numbers``, ``[phonebook]`` 
 ``config.restart_needed``.
 A file that does not load is ``config.reload_failed`` and the running configuration stays.
 The signal handler only sets an event; :meth:`ConfigReloader.run` is an owned task.
+
+A reload never blocks the daemon: only a regular file is read (config_load), and the read runs
+in a daemon thread awaited for at most READ_TIMEOUT seconds, so a file system that hangs costs
+one ``config.reload_failed``, never a later SIGHUP nor the stop (a daemon thread is not joined
+at exit, unlike ``asyncio.to_thread``'s executor).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +49,8 @@ LIVE_KEYS = frozenset(
 )
 #: Keys of a live section that still need a restart.
 FIXED_KEYS = frozenset({"journal.database", "public.listen"})
+#: Seconds a reload may spend reading the file (a local file takes milliseconds).
+READ_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +109,17 @@ class ConfigReloader:
         path: Path | None,
         current: Callable[[], Config],
         apply: Callable[[Config], None],
+        *,
+        load: Callable[[Path], Config] = load_config,
+        read_timeout: float = READ_TIMEOUT,
     ) -> None:
         self._path = path
         self._current = current
         self._apply = apply
+        self._load = load
+        self._read_timeout = read_timeout
+        #: A read that outlived its timeout; while it hangs, no second one is started.
+        self._hung: threading.Thread | None = None
 
     async def run(self, requested: asyncio.Event) -> None:
         while True:
@@ -116,7 +132,7 @@ class ConfigReloader:
         try:
             if self._path is None:
                 raise ConfigError("this daemon was started without a configuration file")
-            loaded = await asyncio.to_thread(load_config, self._path)
+            loaded = await self._load_bounded(self._path)
             plan = plan_reload(self._current(), loaded)
             self._apply(plan.config)
         except ConfigError as exc:
@@ -133,3 +149,43 @@ class ConfigReloader:
                 hint="these keys keep their running values until `systemctl restart`",
             )
         log.info("config.reloaded", path=where, changed=list(plan.applied))
+
+    async def _load_bounded(self, path: Path) -> Config:
+        """``load(path)`` in a daemon thread, awaited for at most ``read_timeout`` seconds."""
+        if self._hung is not None and self._hung.is_alive():
+            raise ConfigError(
+                f"the previous read of {path} has not returned yet (a hung file system?)"
+            )
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Config] = loop.create_future()
+
+        def settle(outcome: Config | BaseException) -> None:
+            if done.done():  # timed out meanwhile
+                return
+            if isinstance(outcome, BaseException):
+                done.set_exception(outcome)
+            else:
+                done.set_result(outcome)
+
+        def read() -> None:
+            outcome: Config | BaseException
+            try:
+                outcome = self._load(path)
+            except BaseException as exc:  # handed to the awaiting task, which words it
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed: the daemon stopped
+                loop.call_soon_threadsafe(settle, outcome)
+
+        thread = threading.Thread(target=read, name="config-reload", daemon=True)
+        thread.start()
+        try:
+            # asyncio.timeout, not wait_for: 3.11's wait_for returns the result when the
+            # read ends just as the task is cancelled, swallowing the stop (the reloader then
+            # waits for the next SIGHUP while the shutdown waits for the reloader).
+            async with asyncio.timeout(self._read_timeout):
+                return await done
+        except TimeoutError:
+            self._hung = thread
+            raise ConfigError(
+                f"reading {path} took longer than {self._read_timeout:g} s (a hung file system?)"
+            ) from None

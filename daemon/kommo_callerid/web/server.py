@@ -16,11 +16,16 @@ import structlog
 from aiohttp import web
 
 from kommo_callerid.core.config import HttpConfig
+from kommo_callerid.serving.descriptors import listener_share
+from kommo_callerid.serving.guard import ConnectionLimits, GuardedListener
 
 log = structlog.get_logger(__name__)
 
 #: A query string longer than a phone number by far is not one; answer without parsing it.
 MAX_NUMBER_CHARS = 64
+#: Every local client (the dialplan's CURL(), a scraper, a probe) has one address, loopback:
+#: the per-client cap is the listener's.
+LOCAL_LIMITS = ConnectionLimits(max_connections=256, max_per_client=256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,34 +65,43 @@ class HttpServer:
         health: Callable[[], Health],
         metrics: MetricsPage,
         callerid: NameSource,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self._host, self._requested_port = config.address
         self._health = health
         self._metrics = metrics
         self._callerid = callerid
-        self._runner: web.AppRunner | None = None
+        #: Bounded connections and request deadlines (serving.guard); by default within this
+        #: listener's share of the descriptors, so AMI and Kommo always get one.
+        self.limits = limits or LOCAL_LIMITS.within(listener_share())
+        self._listener: GuardedListener | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_get("/healthz", self._healthz, allow_head=False)
+        app.router.add_get("/healthz", self._healthz)  # HEAD: uptime probes
         app.router.add_get("/metrics", self._metrics_page, allow_head=False)
         app.router.add_get("/callerid", self._callerid_name, allow_head=False)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self._host, self._requested_port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
-        log.info("http.listening", host=self._host, port=self.port)
+        listener = GuardedListener(self._host, self._requested_port, self.limits, name="http")
+        await listener.start(app)
+        self._listener = listener
+        self.port = listener.port
+        log.info(
+            "http.listening",
+            host=self._host,
+            port=self.port,
+            max_connections=self.limits.max_connections,
+        )
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (a test's and a debugger's view of the guard)."""
+        return self._listener.guard.open if self._listener is not None else 0
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
 
     async def _healthz(self, request: web.Request) -> web.Response:
         health = self._health()
