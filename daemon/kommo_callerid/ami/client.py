@@ -55,6 +55,11 @@ _KINDS = {kind.value.lower(): kind for kind in ChannelEventKind if kind not in _
 #: Hangups remembered while a channel list is on its way (see :meth:`AmiClient.list_channels`).
 _MAX_HANGUPS_WHILE_LISTING = 10_000
 _HANGUP = ChannelEventKind.HANGUP
+_VARSET = ChannelEventKind.RECORDING_FILE
+#: The only variable whose VarSet is used: the file MixMonitor writes.
+RECORDING_VARIABLE = "MIXMONITOR_FILENAME"
+#: A longer value is no file name Asterisk would write (PATH_MAX).
+_MAX_RECORDING_FILE = 4096
 
 T = TypeVar("T")
 
@@ -88,11 +93,14 @@ class AmiClient:
         self._logged_in = False
         #: Uniqueids hung up while a channel list is on its way; None when none is.
         self._hung_up: set[str] | None = None
+        #: VarSets of other variables than MixMonitor's (counted as ignored).
+        self._unused_varsets = 0
 
     @property
     def counters(self) -> AmiCounters:
         """A snapshot of the event counters."""
-        return replace(self._counters, ignored=self._link.ignored if self._link else 0)
+        ignored = (self._link.ignored if self._link else 0) + self._unused_varsets
+        return replace(self._counters, ignored=ignored)
 
     @property
     def events_received(self) -> int:
@@ -297,6 +305,9 @@ class AmiClient:
             return
         if kind is ChannelEventKind.DIAL_LEGACY and fields.get("subevent", "").lower() != "begin":
             return  # AMI 1.x Dial End: how a dial ended, unused
+        if kind is _VARSET and not _is_recording_file(fields):
+            self._unused_varsets += 1  # another variable (no Filter on this session)
+            return
         self._counters.received += 1
         event = _channel_event(kind, fields, self._clock(), self._pbx)
         if event is None:
@@ -355,6 +366,8 @@ def _channel_event(
     """
     if kind is ChannelEventKind.DIAL_LEGACY:
         return _legacy_dial(fields, received_at, pbx)
+    if kind is _VARSET:
+        return _recording_file(fields, received_at, pbx)
     uniqueid = fields.get("uniqueid", "")
     dest_uniqueid = fields.get("destuniqueid", "")
     if not (uniqueid or dest_uniqueid):
@@ -377,6 +390,36 @@ def _channel_event(
         bridge_id=fields.get("bridgeuniqueid", ""),
         pbx=pbx,
         has_linkedid=bool(fields.get("linkedid") or fields.get("destlinkedid")),
+    )
+
+
+def _is_recording_file(fields: Mapping[str, str]) -> bool:
+    value = fields.get("value", "")
+    return (
+        fields.get("variable", "") == RECORDING_VARIABLE
+        and 0 < len(value) <= _MAX_RECORDING_FILE
+        and "\x00" not in value
+    )
+
+
+def _recording_file(fields: Mapping[str, str], received_at: float, pbx: str) -> ChannelEvent | None:
+    """``VarSet`` of ``MIXMONITOR_FILENAME`` on a channel: which file records it."""
+    uniqueid, linkedid = fields.get("uniqueid", ""), fields.get("linkedid", "")
+    if not uniqueid:
+        return None
+    return ChannelEvent(
+        kind=_VARSET,
+        channel=fields.get("channel", ""),
+        uniqueid=uniqueid,
+        linkedid=linkedid or uniqueid,
+        caller_num="",
+        caller_name="",
+        context="",
+        exten="",
+        received_at=received_at,
+        pbx=pbx,
+        has_linkedid=bool(linkedid),
+        recording_file=fields["value"],
     )
 
 
