@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from outcome_shapes import K, FakePbx
+from outcome_shapes import FakePbx, K
 
 from kommo_callerid.core.models import MAX_CALL_UNIQUEIDS, FinishedCall
 
