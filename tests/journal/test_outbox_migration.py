@@ -67,7 +67,7 @@ def entry(linkedid: str, **fields: object) -> JournalEntry:
         recorded_at=1_780_000_100.0,
         next_try=1_780_000_100.0,
     )
-    return replace(base, **fields)  # type: ignore[arg-type]
+    return replace(base, **fields)
 
 
 def test_a_schema_1_database_keeps_its_records_and_takes_the_new_columns(tmp_path: Path) -> None:
