@@ -39,12 +39,17 @@ def var_set(channel_event: AmiEvent, variable: str, value: str) -> AmiEvent:
     }
 
 
-async def read_unfiltered(ami: FakeAmiServer, *events: AmiEvent) -> tuple[list[ChannelEvent], Any]:
-    """What the client delivers when no Filter is in place (Asterisk refused it)."""
+async def read(
+    ami: FakeAmiServer, *events: AmiEvent, filtered: bool
+) -> tuple[list[ChannelEvent], Any]:
+    """What the client delivers with no Filter in place; ``filtered``: as after Asterisk
+    accepted the daemon's Filter for the variable (the supervisor tells the client)."""
     queue: asyncio.Queue[ChannelEvent] = asyncio.Queue()
     config = {"port": ami.port, "username": DEMO_USERNAME, "secret": SecretStr(DEMO_SECRET)}
     client = AmiClient(AmiConfig.model_validate(config), queue)
     await client.connect()
+    if filtered:
+        client.read_recording_files()
     try:
         ignored_before = client.counters.ignored
         await ami.play(events)
@@ -56,23 +61,40 @@ async def read_unfiltered(ami: FakeAmiServer, *events: AmiEvent) -> tuple[list[C
     return [queue.get_nowait() for _ in range(queue.qsize())], counters
 
 
+def var_sets(root: AmiEvent) -> list[AmiEvent]:
+    return [
+        var_set(root, "QUEUEPOSITION", "1"),
+        var_set(root, "MIXMONITOR_FILENAME", FILE.format(root["Uniqueid"])),
+        var_set(root, "MIXMONITOR_FILENAME_X", "/tmp/x.wav"),  # the filter's regex lets it by
+        var_set(root, "MIXMONITOR_FILENAME", "/" + "x" * 5000),  # no file name
+    ]
+
+
 async def test_only_mixmonitors_variable_is_read_into_a_typed_event() -> None:
-    call = CallScenarios().inbound()
-    root = call.events[0]
-    too_long = "/" + "x" * 5000
+    root = CallScenarios().inbound().events[0]
     async with FakeAmiServer(users=DIALPLAN_READER) as ami:
-        delivered, counters = await read_unfiltered(
-            ami,
-            var_set(root, "QUEUEPOSITION", "1"),
-            var_set(root, "MIXMONITOR_FILENAME", FILE.format(root["Uniqueid"])),
-            var_set(root, "MIXMONITOR_FILENAME_X", "/tmp/x.wav"),
-            var_set(root, "MIXMONITOR_FILENAME", too_long),
-        )
+        delivered, counters = await read(ami, *var_sets(root), filtered=True)
     [event] = delivered
     assert event.kind is ChannelEventKind.RECORDING_FILE
     assert (event.uniqueid, event.linkedid) == (root["Uniqueid"], root["Linkedid"])
     assert event.recording_file == FILE.format(root["Uniqueid"])
     assert (counters.received, counters.invalid, counters.ignored) == (1, 0, 3)
+
+
+async def test_unfiltered_varsets_are_dropped_unparsed(monkeypatch: Any) -> None:
+    """Asterisk refused the Filter (no write = system): every variable the dialplan sets comes
+    as a VarSet, and parsing each would cost the hot path; MixMonitor's file is then left to
+    ``pattern``."""
+    parsed: list[str] = []
+    original = AmiClient._on_event
+    monkeypatch.setattr(
+        AmiClient, "_on_event", lambda self, f: (parsed.append(f["event"]), original(self, f))
+    )
+    root = CallScenarios().inbound().events[0]
+    async with FakeAmiServer(users=DIALPLAN_READER) as ami:
+        delivered, counters = await read(ami, *var_sets(root), filtered=False)
+    assert delivered == [] and parsed == []
+    assert (counters.received, counters.ignored) == (0, 4)
 
 
 class Collect:
@@ -118,3 +140,15 @@ def test_the_filter_lets_through_that_variable_only() -> None:
     assert [f for f in EVENT_FILTERS if "VarSet" in f or "Variable" in f] == [
         "Variable: MIXMONITOR_FILENAME"
     ]
+
+
+async def test_a_server_that_does_not_filter_varsets_stops_their_reading() -> None:
+    """It said the Filter was added, yet sends every variable: past a few, the session reads
+    no VarSet more (each would be parsed on the hot path to be dropped)."""
+    root = CallScenarios().inbound().events[0]
+    noise = [var_set(root, f"VAR{n}", "x") for n in range(25)]
+    named = var_set(root, "MIXMONITOR_FILENAME", FILE.format(root["Uniqueid"]))
+    async with FakeAmiServer(users=DIALPLAN_READER) as ami:
+        delivered, counters = await read(ami, named, *noise, named, filtered=True)
+    assert [e.kind for e in delivered] == [ChannelEventKind.RECORDING_FILE]  # the first only
+    assert (counters.received, counters.ignored) == (1, 26)

@@ -56,6 +56,12 @@ _KINDS = {kind.value.lower(): kind for kind in ChannelEventKind if kind not in _
 _MAX_HANGUPS_WHILE_LISTING = 10_000
 _HANGUP = ChannelEventKind.HANGUP
 _VARSET = ChannelEventKind.RECORDING_FILE
+#: What a session reads from its start. VarSet only once Asterisk filters it for us
+#: (:meth:`AmiClient.read_recording_files`): unfiltered, a dialplan sets dozens of variables
+#: per call, each a VarSet that would be parsed only to be dropped.
+_READ_AT_ONCE = [name for name, kind in _KINDS.items() if kind is not _VARSET]
+#: VarSets of other variables a session reads before it stops reading VarSets.
+_MAX_UNUSED_VARSETS = 20
 #: The only variable whose VarSet is used: the file MixMonitor writes.
 RECORDING_VARIABLE = "MIXMONITOR_FILENAME"
 #: A longer value is no file name Asterisk would write (PATH_MAX).
@@ -130,7 +136,7 @@ class AmiClient:
             self._on_fault,
             self._mark_lost,
             on_discard=self._on_discard,
-            events=_KINDS,
+            events=_READ_AT_ONCE,
         )
         timeout = self._config.connect_timeout
         try:
@@ -148,6 +154,11 @@ class AmiClient:
             raise
         self._logged_in = True
         return AmiSessionInfo(self._config.host, self._config.port, version)
+
+    def read_recording_files(self) -> None:
+        """Asterisk accepted the Filter for ``MIXMONITOR_FILENAME``: read its VarSets now."""
+        if self._link is not None and self._link.wanted is not None:
+            self._link.wanted.add(_VARSET.value.lower().encode())
 
     async def send_action(
         self,
@@ -306,7 +317,7 @@ class AmiClient:
         if kind is ChannelEventKind.DIAL_LEGACY and fields.get("subevent", "").lower() != "begin":
             return  # AMI 1.x Dial End: how a dial ended, unused
         if kind is _VARSET and not _is_recording_file(fields):
-            self._unused_varsets += 1  # another variable (no Filter on this session)
+            self._unused_varset()
             return
         self._counters.received += 1
         event = _channel_event(kind, fields, self._clock(), self._pbx)
@@ -322,6 +333,16 @@ class AmiClient:
             self._count_dropped()
         else:
             self._counters.delivered += 1
+
+    def _unused_varset(self) -> None:
+        """A VarSet of another variable: the Filter did not keep it out (a server that says
+        it filters and does not). Past a few, this session stops reading VarSets: parsing
+        every variable the dialplan sets would cost the hot path (the file is then left to
+        ``pattern``)."""
+        self._unused_varsets += 1
+        if self._unused_varsets == _MAX_UNUSED_VARSETS and self._link is not None:
+            if self._link.wanted is not None:
+                self._link.wanted.discard(_VARSET.value.lower().encode())
 
     def _on_fault(self, exc: Exception) -> None:
         # Only the type: the message may quote a raw event, and those stay in the AMI layer.
