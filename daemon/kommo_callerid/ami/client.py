@@ -340,9 +340,9 @@ class AmiClient:
         every variable the dialplan sets would cost the hot path (the file is then left to
         ``pattern``)."""
         self._unused_varsets += 1
-        if self._unused_varsets == _MAX_UNUSED_VARSETS and self._link is not None:
-            if self._link.wanted is not None:
-                self._link.wanted.discard(_VARSET.value.lower().encode())
+        wanted = self._link.wanted if self._link is not None else None
+        if self._unused_varsets == _MAX_UNUSED_VARSETS and wanted is not None:
+            wanted.discard(_VARSET.value.lower().encode())
 
     def _on_fault(self, exc: Exception) -> None:
         # Only the type: the message may quote a raw event, and those stay in the AMI layer.
