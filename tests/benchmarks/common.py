@@ -32,7 +32,12 @@ HERE = Path(__file__).resolve().parent
 RECORDINGS = HERE.parent / "data" / "ami-recordings" / "asterisk-22"
 NOISE_RECORDINGS = ("13-inbound-answered-admin-read-all.txt", "14-inbound-queue-admin-read-all.txt")
 #: Every event the daemon reads (call detection and the outcome tracker).
-CHANNEL_EVENTS = frozenset(k.value for k in ChannelEventKind if k is not ChannelEventKind.LINK_LOST)
+#: (VarSet: only MIXMONITOR_FILENAME's, which the recordings hold none of; the others are noise.)
+CHANNEL_EVENTS = frozenset(
+    k.value
+    for k in ChannelEventKind
+    if k not in (ChannelEventKind.LINK_LOST, ChannelEventKind.RECORDING_FILE)
+)
 #: An admin-like AMI user: sees everything unless the daemon narrows it (it may: write=system).
 BENCH_USERS = {DEMO_USERNAME: AmiUser(DEMO_SECRET, read=frozenset({"all"}))}
 #: Per cycle: one inbound call ringing two agents through Local channels and 19 internal

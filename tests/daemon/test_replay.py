@@ -70,6 +70,8 @@ def is_used(event: dict[str, str]) -> bool:
     """An event the daemon reads (of AMI 1.x's Dial only the Begin: the End says nothing new)."""
     if event.get("Event") == "Dial":
         return event.get("SubEvent") == "Begin"
+    if event.get("Event") == "VarSet":  # only MixMonitor's file (ami/ drops the others)
+        return event.get("Variable") == "MIXMONITOR_FILENAME"
     return event.get("Event") in USED_EVENTS
 
 

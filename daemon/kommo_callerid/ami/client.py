@@ -55,6 +55,17 @@ _KINDS = {kind.value.lower(): kind for kind in ChannelEventKind if kind not in _
 #: Hangups remembered while a channel list is on its way (see :meth:`AmiClient.list_channels`).
 _MAX_HANGUPS_WHILE_LISTING = 10_000
 _HANGUP = ChannelEventKind.HANGUP
+_VARSET = ChannelEventKind.RECORDING_FILE
+#: What a session reads from its start. VarSet only once Asterisk filters it for us
+#: (:meth:`AmiClient.read_recording_files`): unfiltered, a dialplan sets dozens of variables
+#: per call, each a VarSet that would be parsed only to be dropped.
+_READ_AT_ONCE = [name for name, kind in _KINDS.items() if kind is not _VARSET]
+#: VarSets of other variables a session reads before it stops reading VarSets.
+_MAX_UNUSED_VARSETS = 20
+#: The only variable whose VarSet is used: the file MixMonitor writes.
+RECORDING_VARIABLE = "MIXMONITOR_FILENAME"
+#: A longer value is no file name Asterisk would write (PATH_MAX).
+_MAX_RECORDING_FILE = 4096
 
 T = TypeVar("T")
 
@@ -88,11 +99,14 @@ class AmiClient:
         self._logged_in = False
         #: Uniqueids hung up while a channel list is on its way; None when none is.
         self._hung_up: set[str] | None = None
+        #: VarSets of other variables than MixMonitor's (counted as ignored).
+        self._unused_varsets = 0
 
     @property
     def counters(self) -> AmiCounters:
         """A snapshot of the event counters."""
-        return replace(self._counters, ignored=self._link.ignored if self._link else 0)
+        ignored = (self._link.ignored if self._link else 0) + self._unused_varsets
+        return replace(self._counters, ignored=ignored)
 
     @property
     def events_received(self) -> int:
@@ -122,7 +136,7 @@ class AmiClient:
             self._on_fault,
             self._mark_lost,
             on_discard=self._on_discard,
-            events=_KINDS,
+            events=_READ_AT_ONCE,
         )
         timeout = self._config.connect_timeout
         try:
@@ -140,6 +154,11 @@ class AmiClient:
             raise
         self._logged_in = True
         return AmiSessionInfo(self._config.host, self._config.port, version)
+
+    def read_recording_files(self) -> None:
+        """Asterisk accepted the Filter for ``MIXMONITOR_FILENAME``: read its VarSets now."""
+        if self._link is not None and self._link.wanted is not None:
+            self._link.wanted.add(_VARSET.value.lower().encode())
 
     async def send_action(
         self,
@@ -334,6 +353,9 @@ class AmiClient:
             return
         if kind is ChannelEventKind.DIAL_LEGACY and fields.get("subevent", "").lower() != "begin":
             return  # AMI 1.x Dial End: how a dial ended, unused
+        if kind is _VARSET and not _is_recording_file(fields):
+            self._unused_varset()
+            return
         self._counters.received += 1
         event = _channel_event(kind, fields, self._clock(), self._pbx)
         if event is None:
@@ -348,6 +370,16 @@ class AmiClient:
             self._count_dropped()
         else:
             self._counters.delivered += 1
+
+    def _unused_varset(self) -> None:
+        """A VarSet of another variable: the Filter did not keep it out (a server that says
+        it filters and does not). Past a few, this session stops reading VarSets: parsing
+        every variable the dialplan sets would cost the hot path (the file is then left to
+        ``pattern``)."""
+        self._unused_varsets += 1
+        wanted = self._link.wanted if self._link is not None else None
+        if self._unused_varsets == _MAX_UNUSED_VARSETS and wanted is not None:
+            wanted.discard(_VARSET.value.lower().encode())
 
     def _on_fault(self, exc: Exception) -> None:
         # Only the type: the message may quote a raw event, and those stay in the AMI layer.
@@ -392,6 +424,8 @@ def _channel_event(
     """
     if kind is ChannelEventKind.DIAL_LEGACY:
         return _legacy_dial(fields, received_at, pbx)
+    if kind is _VARSET:
+        return _recording_file(fields, received_at, pbx)
     uniqueid = fields.get("uniqueid", "")
     dest_uniqueid = fields.get("destuniqueid", "")
     if not (uniqueid or dest_uniqueid):
@@ -414,6 +448,36 @@ def _channel_event(
         bridge_id=fields.get("bridgeuniqueid", ""),
         pbx=pbx,
         has_linkedid=bool(fields.get("linkedid") or fields.get("destlinkedid")),
+    )
+
+
+def _is_recording_file(fields: Mapping[str, str]) -> bool:
+    value = fields.get("value", "")
+    return (
+        fields.get("variable", "") == RECORDING_VARIABLE
+        and 0 < len(value) <= _MAX_RECORDING_FILE
+        and "\x00" not in value
+    )
+
+
+def _recording_file(fields: Mapping[str, str], received_at: float, pbx: str) -> ChannelEvent | None:
+    """``VarSet`` of ``MIXMONITOR_FILENAME`` on a channel: which file records it."""
+    uniqueid, linkedid = fields.get("uniqueid", ""), fields.get("linkedid", "")
+    if not uniqueid:
+        return None
+    return ChannelEvent(
+        kind=_VARSET,
+        channel=fields.get("channel", ""),
+        uniqueid=uniqueid,
+        linkedid=linkedid or uniqueid,
+        caller_num="",
+        caller_name="",
+        context="",
+        exten="",
+        received_at=received_at,
+        pbx=pbx,
+        has_linkedid=bool(linkedid),
+        recording_file=fields["value"],
     )
 
 

@@ -132,7 +132,8 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
         #: False until a Login is answered with Success: events before that are ignored.
         self.logged_in = False
         self.early_events = 0
-        self.wanted = None if events is None else frozenset(e.lower().encode() for e in events)
+        #: A set the session's protocol shares: a name added later is read from then on.
+        self.wanted = None if events is None else {e.lower().encode() for e in events}
 
     def protocol_factory(self) -> _SessionProtocol:
         return _SessionProtocol(self)

@@ -47,7 +47,13 @@ EVENT_FILTERS = (
     "Event: BridgeLeave",
     # Click-to-call: the answer to an async Originate is this event (with its ActionID).
     "Event: OriginateResponse",
+    # Recordings: the file MixMonitor writes (a VarSet, class dialplan: only an AMI user with
+    # read = dialplan gets it). Only this variable: a dialplan sets many on every call.
+    "Variable: MIXMONITOR_FILENAME",
 )
+#: ``call``: the channel events; ``dialplan``: the VarSet above (Asterisk sends a class only
+#: to a user whose ``read`` has it, so asking costs nothing without it).
+EVENT_MASK = "call,dialplan"
 #: AMI 1.x only: its Dial (SubEvent Begin) ties a dialled channel to its caller. Not sent to a
 #: modern Asterisk, where the regex would also let DialBegin/DialEnd/DialState through.
 LEGACY_FILTERS = ("Event: Dial",)
@@ -61,6 +67,7 @@ class AmiLink(Protocol):
     async def wait_closed(self) -> str: ...
     async def list_channels(self, timeout: float) -> list[ChannelEvent]: ...
     def abort(self, reason: str) -> None: ...
+    def read_recording_files(self) -> None: ...
     @property
     def events_received(self) -> int: ...
     @property
@@ -189,7 +196,8 @@ class AmiSupervisor:
         return _SessionEnd(reason, healthy=worked)
 
     async def _subscribe(self, link: AmiLink, *, legacy: bool = False) -> None:
-        """Only the call class, and only the events the daemon uses (per session: re-sent).
+        """The call class (and dialplan, for MixMonitor's file), and only the events the daemon
+        uses (per session: re-sent).
 
         An action Asterisk leaves unanswered (a loaded or odd PBX) leaves its state unknown,
         say one filter of three applied: the link is dropped, and later sessions skip
@@ -198,7 +206,7 @@ class AmiSupervisor:
         if self._subscribe_unanswered:
             return
         timeout = self._config.ping_timeout
-        actions = [{"Action": "Events", "EventMask": "call"}]
+        actions = [{"Action": "Events", "EventMask": EVENT_MASK}]
         filters = EVENT_FILTERS + (LEGACY_FILTERS if legacy else ())
         actions += [{"Action": "Filter", "Operation": "Add", "Filter": f} for f in filters]
         for action in actions:
@@ -221,6 +229,7 @@ class AmiSupervisor:
                     hint="give the AMI user write = system; events are filtered here instead",
                 )
                 return
+        link.read_recording_files()  # Asterisk sends only MixMonitor's VarSets now
 
     async def _watch(self, link: AmiLink, *, legacy: bool = False) -> str:
         """Wait for the link to close, pinging it; a Ping unanswered in time kills it.

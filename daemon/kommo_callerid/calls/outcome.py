@@ -21,6 +21,10 @@ Which events, and why:
   attended transfer or a pickup the new party belongs to another call (the consult call, the
   picker's own) and only the shared bridge ties it to ours.
 
+- ``VarSet`` of ``MIXMONITOR_FILENAME`` (``RECORDING_FILE``, only with ``read = dialplan``):
+  the call's recording file, for its journal record's link. The call's Uniqueids (births,
+  bridged channels) go on the record too: FreePBX names the file by one of them.
+
 Who answered: the caller's side of a call is its root channel (Uniqueid == Linkedid) and, when
 that is a Local ``;1``, its ``;2`` half. Whoever joins it (a DialEnd ANSWER from it, or a
 bridge with it) is a party; a Local ``;1`` party stands for what its ``;2`` half answered
@@ -219,6 +223,8 @@ class OutcomeTracker:
             self._links.leave(event.uniqueid)
         elif kind is _K.HANGUP:
             return self._hangup(event)
+        elif kind is _K.RECORDING_FILE:
+            self._recording_file(event)
         elif kind in _GAP_KINDS:
             self._gap_event(event)
         return []
@@ -249,6 +255,7 @@ class OutcomeTracker:
         call = self._calls.get(linkedid)
         if call is not None:
             call.alive.add(uniqueid)
+            call.add_channel(uniqueid)
             put(self._call_of, uniqueid, linkedid, self._max_channels)
             if name.endswith(";2") and call.root_channel == name[:-1] + "1" and not call.click:
                 self._caller_side[uniqueid] = linkedid  # the root's other Local half
@@ -275,6 +282,7 @@ class OutcomeTracker:
             click=click,
         )
         call.alive.add(event.uniqueid)
+        call.add_channel(event.uniqueid)
         self._calls[event.linkedid] = call
         self._unanswered[event.linkedid] = None
         self._call_of[event.uniqueid] = event.linkedid
@@ -297,8 +305,18 @@ class OutcomeTracker:
         if side is not None:
             self._add_party(side, self._who(event.dest_channel, side), event.received_at)
 
+    def _recording_file(self, event: ChannelEvent) -> None:
+        """MixMonitor named its file on one of the call's channels: the first one counts
+        (FreePBX records a call once; a later one is a transfer's consult call)."""
+        call = self._calls.get(self._call_of.get(event.uniqueid, ""))
+        if call is not None and not call.recording_file and event.recording_file:
+            call.recording_file, call.recording_uniqueid = event.recording_file, event.uniqueid
+
     def _bridge_enter(self, event: ChannelEvent) -> None:
         uniqueid, name = event.uniqueid, event.channel
+        ours = self._calls.get(self._call_of.get(uniqueid, ""))
+        if ours is not None:
+            ours.add_channel(uniqueid, bridged=True)
         members = self._links.enter(uniqueid, name, event.bridge_id)
         own = self._calls.get(self._caller_side.get(uniqueid, ""))
         for other, other_name in (members or {}).items():

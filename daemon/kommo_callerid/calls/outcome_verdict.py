@@ -19,7 +19,12 @@ from kommo_callerid.calls.detector import (
     is_withheld,
     normalize_number,
 )
-from kommo_callerid.core.models import CallDirection, CallStatus, FinishedCall
+from kommo_callerid.core.models import (
+    MAX_CALL_UNIQUEIDS,
+    CallDirection,
+    CallStatus,
+    FinishedCall,
+)
 
 ANSWER, BUSY, CANCEL, NOANSWER = "ANSWER", "BUSY", "CANCEL", "NOANSWER"
 UNREACHABLE = frozenset({"CONGESTION", "CHANUNAVAIL"})
@@ -74,6 +79,24 @@ class CallFacts:
     root_cause: int = 0
     ended_at: float = 0.0
     click: Click | None = None
+    #: Uniqueids that may name the call's recording (each list at most MAX_CALL_UNIQUEIDS):
+    #: channels in order of birth, and those that were bridged (they talked).
+    born: list[str] = field(default_factory=list)
+    bridged: list[str] = field(default_factory=list)
+    #: ``MIXMONITOR_FILENAME`` and the Uniqueid of the channel that set it (the first one).
+    recording_file: str = ""
+    recording_uniqueid: str = ""
+
+    def add_channel(self, uniqueid: str, *, bridged: bool = False) -> None:
+        kept = self.bridged if bridged else self.born
+        if len(kept) < MAX_CALL_UNIQUEIDS and uniqueid not in kept:
+            kept.append(uniqueid)
+
+    def uniqueids(self) -> tuple[str, ...]:
+        """Most likely to name the recording first: MixMonitor's channel, the root, the
+        bridged channels, the rest in order of birth."""
+        first = (self.recording_uniqueid, self.linkedid, *self.bridged, *self.born)
+        return tuple(u for u in dict.fromkeys(first) if u)[:MAX_CALL_UNIQUEIDS]
 
     def add_party(self, extension: str, at: float) -> None:
         if extension == channel_extension(self.root_channel) and self.parties:
@@ -130,6 +153,8 @@ def verdict(facts: CallFacts, rules: VerdictRules) -> FinishedCall | None:
         did=facts.exten if inbound else None,
         result=_result(facts, direction, status, duration),
         user_id=click.user_id if click else None,
+        uniqueids=facts.uniqueids(),
+        recording_file=facts.recording_file,
     )
 
 

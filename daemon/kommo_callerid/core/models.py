@@ -37,6 +37,10 @@ class ChannelEventKind(StrEnum):
     CHANNELS_LISTED = "ChannelsListed"
     #: Not from Asterisk: after a gap no channel list came (refused, unanswered, AMI 1.x).
     CHANNELS_UNKNOWN = "ChannelsUnknown"
+    #: A ``VarSet`` of ``MIXMONITOR_FILENAME`` only (an AMI user with ``read = dialplan``):
+    #: the file MixMonitor writes for the channel, in ``recording_file``. ``ami/`` drops
+    #: every other VarSet.
+    RECORDING_FILE = "VarSet"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,8 @@ class ChannelEvent:
     has_linkedid: bool = True
     #: CHANNEL_UP: seconds the channel had existed when listed (``Duration``).
     age: float = 0.0
+    #: RECORDING_FILE: the file MixMonitor writes (as Asterisk names it, usually absolute).
+    recording_file: str = ""
 
     @classmethod
     def link_lost(cls, at: float, pbx: str = "") -> ChannelEvent:
@@ -269,6 +275,18 @@ class FinishedCall:
     result: str
     #: A click-to-call: the Kommo user who clicked (the record's responsible user).
     user_id: int | None = None
+    #: The Uniqueids of the call's channels, most likely to name its recording first (the
+    #: one that set ``MIXMONITOR_FILENAME``, the root, the bridged ones, the others in order
+    #: of birth), at most :data:`MAX_CALL_UNIQUEIDS`: FreePBX names a file by the Uniqueid
+    #: of the channel that ran MixMonitor (an agent's leg of a queue call, the caller's).
+    uniqueids: tuple[str, ...] = ()
+    #: The file MixMonitor wrote for the call, when Asterisk said (``MIXMONITOR_FILENAME``).
+    recording_file: str = ""
+
+
+#: Uniqueids kept per call for finding its recording: a queue ringing a big team makes
+#: three channels per agent, but the file's channel is the root or one that was bridged.
+MAX_CALL_UNIQUEIDS = 16
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ from kommo_callerid.daemon.public import PublicEndpoint
 from kommo_callerid.daemon.recordings import Recordings, recordings_view
 from kommo_callerid.daemon.reload import ConfigReloader
 from kommo_callerid.daemon.systemd import SystemdNotifier
+from kommo_callerid.journal.clock import SteadyClock
 from kommo_callerid.journal.lock import OutboxHeld
 from kommo_callerid.journal.sender import JournalSender
 from kommo_callerid.kommo.client import KommoClient
@@ -207,15 +208,20 @@ class Daemon:
             )
             if not await self._credentials_usable(kommo):
                 return EXIT_CONFIG
+            # One clock for the journal's records and the recordings' grace after them: a
+            # step of the wall clock moves neither (see journal/clock.py).
+            steady = SteadyClock(self._wall_clock)
             try:
-                self.recordings = Recordings(self.config)
+                self.recordings = Recordings(
+                    self.config, clock=self._wall_clock, journal_clock=steady
+                )
             except SigningKeyError as exc:
                 log.error("recordings.unusable", detail=str(exc))
                 return EXIT_CONFIG
             try:
                 gate = cluster.journal_calls if cluster is not None else None
                 journal = await open_journal(
-                    self.config, kommo, self.recordings, gate=gate, wall=self._wall_clock
+                    self.config, kommo, self.recordings, gate=gate, clock=steady
                 )
             except OutboxHeld as exc:  # any other journal problem leaves caller ID running
                 log.error("journal.unusable", detail=str(exc))

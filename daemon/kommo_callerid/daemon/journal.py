@@ -7,7 +7,6 @@ running while the sender reports it and retries (see :mod:`kommo_callerid.journa
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from kommo_callerid.core.config import Config
@@ -28,12 +27,13 @@ async def open_journal(
     links: LinkResolver | None = None,
     *,
     gate: Callable[[CallLog], CallLog] | None = None,
-    wall: Callable[[], float] = time.time,
+    clock: Callable[[], float] | None = None,
 ) -> JournalSender | None:
     """The journal's sender (not started), or None when ``[journal] enabled`` is false;
     raises :class:`~kommo_callerid.journal.lock.OutboxHeld` when another daemon holds the
-    database. ``gate`` (the cluster's) wraps its way to Kommo; ``wall``: the wall clock the
-    sender's steady clock starts from."""
+    database. ``gate`` (the cluster's) wraps its way to Kommo; ``clock``: the sender's (a
+    :class:`SteadyClock` by default), which ``links`` must share: they compare its
+    ``recorded_at`` with their own now."""
     if not config.journal.enabled:
         return None
     outbox = AsyncOutbox(config.journal.database, busy_timeout=BUSY_TIMEOUT)
@@ -45,7 +45,7 @@ async def open_journal(
         api if gate is None else gate(api),
         config.journal,
         config.notify,
-        clock=SteadyClock(wall),
+        clock=clock or SteadyClock(),
         exclusive=True,
         links=links,
     )

@@ -39,13 +39,19 @@ class Recordings:
         *,
         base_url: str | None = None,
         clock: Callable[[], float] = time.time,
+        journal_clock: Callable[[], float] | None = None,
         grace: float = GRACE,
     ) -> None:
+        """``clock``: the wall clock that judges a fetched link's expiry. ``journal_clock``:
+        the journal sender's (its records' ``recorded_at``), for the grace and the expiry a
+        new link gets; None: ``clock``."""
         #: The links' base; None: ``[public] url`` (tests give their own listener's).
         self._base_url = base_url
         key = self._key(config)
         base = self._base(config)
-        self.links = RecordingLinks(config.recordings, key, base, clock=clock, grace=grace)
+        self.links = RecordingLinks(
+            config.recordings, key, base, clock=journal_clock or clock, grace=grace
+        )
         self.server = RecordingServer(config.recordings, key, clock=clock)
         self._on = bool(key) and bool(base)
 
@@ -91,6 +97,15 @@ class Recordings:
             except Exception:  # a file-system surprise never holds the journal back
                 log.exception("recordings.error", call_id=entry.call_id)
                 found = Resolution("")
+            if found.unlinked:
+                log.warning(
+                    "recordings.unlinked",
+                    call_id=entry.call_id,
+                    reason=found.unlinked,
+                    hint="the file Asterisk named (MIXMONITOR_FILENAME) is not found by "
+                    "[recordings] pattern with the call's Uniqueids: the link names no path, "
+                    "so the call goes without one; make pattern match how files are named",
+                )
             if found.retry_at is not None:
                 later.append(replace(entry, next_try=found.retry_at))
             else:  # [recordings] directory set: its link replaces recording_url
@@ -100,10 +115,13 @@ class Recordings:
 
 def as_recorded(entry: JournalEntry) -> RecordedCall:
     return RecordedCall(
-        uniqueids=(entry.linkedid, entry.uniqueid),
+        # Most likely first; a record written before schema 2 has only the Linkedid and
+        # the root's Uniqueid.
+        uniqueids=tuple(dict.fromkeys((*entry.uniqueids, entry.linkedid, entry.uniqueid))),
         started_at=entry.started_at,
         ended_at=entry.ended_at,
         recorded_at=entry.recorded_at,
+        recording_file=entry.recording_file,
     )
 
 

@@ -74,6 +74,10 @@ class JournalEntry:
     followup: Followup | None = None
     lead_id: int | None = None
     task_id: int | None = None
+    #: The call's Uniqueids, most likely first (its recording is named by one of them).
+    uniqueids: tuple[str, ...] = ()
+    #: The file MixMonitor wrote (``MIXMONITOR_FILENAME``), when Asterisk said; "" if not.
+    recording_file: str = ""
 
     @property
     def missed(self) -> bool:
@@ -108,6 +112,8 @@ def build_entry(
         link=recording_link(journal.recording_url, call),
         recorded_at=now,
         next_try=now,
+        uniqueids=call.uniqueids,
+        recording_file=call.recording_file,
     )
 
 

@@ -42,7 +42,10 @@ T = TypeVar("T")
 DEFAULT_CAPACITY = 100_000
 #: Sent and dropped records stay this long for ``kommo-callerid journal``.
 HISTORY_SECONDS = 30 * 86_400
-SCHEMA_VERSION = 1
+#: 1: the first. 2: ``uniqueids`` and ``recording_file`` (the call's recording). An older
+#: database gets the new columns when it is opened (:data:`_ADDED_COLUMNS`); an older daemon
+#: opening a newer one is fine too (it names its columns, the new ones take their default).
+SCHEMA_VERSION = 2
 #: Seconds a statement of the commands waits for another process's write lock.
 BUSY_TIMEOUT = 5.0
 
@@ -62,12 +65,21 @@ CREATE TABLE IF NOT EXISTS records (
     state TEXT NOT NULL, attempts INTEGER NOT NULL, next_try REAL NOT NULL,
     entity_type TEXT, entity_id INTEGER, entity_responsible_id INTEGER,
     reason TEXT, detail TEXT NOT NULL,
-    sent_at REAL, followup TEXT, lead_id INTEGER, task_id INTEGER
+    sent_at REAL, followup TEXT, lead_id INTEGER, task_id INTEGER,
+    uniqueids TEXT NOT NULL DEFAULT '', recording_file TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS records_due ON records (state, next_try);
 CREATE INDEX IF NOT EXISTS records_started ON records (started_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+#: Columns added since schema 1, as ``ALTER TABLE ... ADD COLUMN`` declares them (the rows
+#: already there take the default: their calls' recordings are looked up as before).
+_ADDED_COLUMNS = {
+    "uniqueids": "TEXT NOT NULL DEFAULT ''",
+    "recording_file": "TEXT NOT NULL DEFAULT ''",
+}
 
 
 class OutboxError(Exception):
@@ -327,7 +339,11 @@ def _prepare(connection: sqlite3.Connection) -> None:
         raise sqlite3.OperationalError("cannot switch to WAL mode (read-only?)")
     connection.execute("PRAGMA synchronous=FULL")
     connection.executescript(_SCHEMA)
-    connection.execute("BEGIN IMMEDIATE")
+    connection.execute("BEGIN IMMEDIATE")  # one process migrates; the next finds it done
+    present = {row[1] for row in connection.execute("PRAGMA table_info(records)")}
+    for name, declaration in _ADDED_COLUMNS.items():
+        if name not in present:
+            connection.execute(f"ALTER TABLE records ADD COLUMN {name} {declaration}")
     connection.execute(
         "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
     )
@@ -350,6 +366,8 @@ def _row(entry: JournalEntry) -> tuple[Any, ...]:
         value = getattr(entry, name)
         if isinstance(value, CallStatus):
             value = int(value)
+        elif isinstance(value, tuple):  # uniqueids: Asterisk's never hold a space
+            value = " ".join(value)
         elif isinstance(value, CallDirection | State | Followup):
             value = value.value
         values.append(value)
@@ -362,6 +380,7 @@ def _entry(row: Sequence[Any]) -> JournalEntry:
     data["status"] = CallStatus(data["status"])
     data["state"] = State(data["state"])
     data["followup"] = Followup(data["followup"]) if data["followup"] else None
+    data["uniqueids"] = tuple(data["uniqueids"].split())
     return JournalEntry(**data)
 
 

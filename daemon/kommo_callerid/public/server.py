@@ -79,6 +79,9 @@ class PublicServer:
     async def start(self) -> None:
         app = web.Application(client_max_size=self.bounds.max_body, middlewares=[self._cors])
         app.on_response_prepare.append(_harden)
+        # A handler that streams (a recording) prepares its response itself, before the
+        # middleware sees it: CORS goes on every response as it is prepared.
+        app.on_response_prepare.append(self._cors_headers)
         methods: dict[str, list[str]] = {}
         for route in self._routes:
             methods.setdefault(route.path, []).append(route.method)
@@ -159,6 +162,11 @@ class PublicServer:
             raise
         _allow(response.headers, origin)
         return response
+
+    async def _cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        if origin is not None and request.method != "OPTIONS" and self._allowed(origin):
+            _allow(response.headers, origin)
 
 
 def _allow(headers: MutableMapping[str, str], origin: str) -> None:

@@ -7,6 +7,15 @@ it is there. MixMonitor's file exists from the answer, but a post-processing ste
 ``MIXMON_POST``: a conversion, a move) may make it appear a moment after the hangup, so a
 record younger than :data:`GRACE` seconds whose file is not found yet is sent later, not
 without its link. After that it goes without one.
+
+The clock is the journal sender's (Unix time that a step of the wall clock does not move):
+``recorded_at`` was written with it, so the grace is measured on one clock.
+
+When Asterisk named the file (``MIXMONITOR_FILENAME``) that file is linked, by the Uniqueid
+and day that let ``pattern`` find it again; a named file that is not there (a MIXMON_POST
+conversion replaced it) or lies outside ``directory`` leaves the search to ``pattern``, as
+without the name. A named file that ``pattern`` cannot find gets no link (the link names no
+path, so it could not be served): :attr:`Resolution.unlinked` says so.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from kommo_callerid.core.config import RecordingsConfig
-from kommo_callerid.recordings.locate import Found, find_any
+from kommo_callerid.recordings.locate import Found, Unnamed, find_any, find_named
 from kommo_callerid.recordings.token import Claim, sign
 
 #: Seconds after a call's record was written that its file may still appear.
@@ -36,6 +45,8 @@ class RecordedCall:
     ended_at: float
     #: When the record was written (the grace counts from here).
     recorded_at: float
+    #: The file Asterisk named (``MIXMONITOR_FILENAME``); "" when it did not say.
+    recording_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +55,8 @@ class Resolution:
     link: str
     #: No file yet, but one may come: ask again at this Unix time. None: the answer is final.
     retry_at: float | None = None
+    #: Why a file Asterisk named gets no link ("" when there is no such file).
+    unlinked: str = ""
 
 
 class RecordingLinks:
@@ -74,10 +87,10 @@ class RecordingLinks:
         if directory is None or not self._base:
             return Resolution("")
         days = _days(call.started_at, call.ended_at)
-        found = await asyncio.to_thread(
-            find_any, Path(directory), self._config.pattern, call.uniqueids, days
-        )
+        found = await asyncio.to_thread(_locate, Path(directory), self._config.pattern, call, days)
         now = self._clock()
+        if isinstance(found, Unnamed):
+            return Resolution("", unlinked=str(found))
         if found is None:
             waiting = now < call.recorded_at + self.grace
             return Resolution("", call.recorded_at + self.grace if waiting else None)
@@ -88,6 +101,17 @@ class RecordingLinks:
         expires = int(now + ttl) + 1 if ttl > 0 else 0
         token = sign(self._key, Claim(found.uniqueid, found.day, expires))
         return f"{self._base}/recordings/{token}"
+
+
+def _locate(
+    directory: Path, pattern: str, call: RecordedCall, days: list[date]
+) -> Found | Unnamed | None:
+    """The named file when Asterisk named one that is there; else ``pattern``'s search."""
+    if call.recording_file:
+        named = find_named(directory, pattern, call.recording_file, call.uniqueids, days)
+        if named is not Unnamed.MISSING and named is not Unnamed.OUTSIDE:
+            return named
+    return find_any(directory, pattern, call.uniqueids, days)
 
 
 def _days(started_at: float, ended_at: float) -> list[date]:

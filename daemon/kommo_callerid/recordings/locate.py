@@ -7,15 +7,22 @@ resolved (symlinks followed) and kept only when it is a regular audio file that 
 the resolved ``directory``: a symlink leading out, or a name that is no audio type, is never
 linked nor served. No path from a request is ever joined to ``directory``; a request brings
 a signed Uniqueid and day, and the pattern makes the path.
+
+When Asterisk named the file (``MIXMONITOR_FILENAME``), :func:`find_named` looks for the
+Uniqueid and day with which ``pattern`` finds exactly that file again: the link still names
+no path, and a file the pattern cannot find is not linked (it could not be served).
 """
 
 from __future__ import annotations
 
 import glob
+import os
+import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
+from enum import StrEnum
 from pathlib import Path
 
 from kommo_callerid.recordings.token import UNIQUEID, Refusal
@@ -27,6 +34,18 @@ AUDIO_TYPES = {
     ".ogg": "audio/ogg",
     ".gsm": "audio/x-gsm",
 }
+
+
+#: Dates a file's path may carry: ``2026/12/06`` (FreePBX's folders), ``20261206`` (its names).
+_DATES = re.compile(r"(?<!\d)(\d{4})/?(\d{2})/?(\d{2})(?!\d)")
+
+
+class Unnamed(StrEnum):
+    """Why the file Asterisk named gets no link."""
+
+    MISSING = "missing"  # not there (yet): a MIXMON_POST step may convert or move it
+    OUTSIDE = "outside"  # outside ``directory`` (a symlink leading out too), or no audio file
+    UNFIT = "unfit"  # there, but ``pattern`` finds it with none of the call's Uniqueids
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +104,41 @@ def _inside(root: Path, match: Path) -> Path | None:
     if not audio or not real.is_relative_to(root) or not stat.S_ISREG(mode):
         return None
     return real
+
+
+def find_named(
+    directory: Path, pattern: str, named: str, uniqueids: Iterable[str], days: Iterable[date]
+) -> Found | Unnamed:
+    """The file MixMonitor wrote (``named``: absolute, or relative to ``directory``) as the
+    Uniqueid and day with which :func:`find` gives exactly that file; else why not."""
+    try:
+        root = directory.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return Unnamed.MISSING
+    candidate = root / named  # an absolute ``named`` replaces root
+    if not os.path.lexists(candidate):
+        return Unnamed.MISSING
+    real = _inside(root, candidate)
+    if real is None:
+        return Unnamed.OUTSIDE
+    relative = real.relative_to(root).as_posix()
+    # {uniqueid} is in every pattern, so the file's Uniqueid is in its path: FreePBX's name
+    # ends with it (``...-1765000000.123.wav``), which covers a channel the call did not list.
+    tail = real.stem.rsplit("-", 1)[-1]
+    ids = [u for u in dict.fromkeys((*uniqueids, tail)) if UNIQUEID.fullmatch(u) and u in relative]
+    for day in dict.fromkeys((*days, *_dates(relative))):
+        for uniqueid in ids:
+            found = find(root, pattern, uniqueid, day)
+            if isinstance(found, Found) and found.path == real:
+                return found
+    return Unnamed.UNFIT
+
+
+def _dates(relative: str) -> list[date]:
+    found = []
+    for match in _DATES.finditer(relative):
+        try:
+            found.append(date(*(int(part) for part in match.groups())))
+        except ValueError:
+            continue
+    return found
