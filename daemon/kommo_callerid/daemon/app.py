@@ -447,7 +447,10 @@ class Daemon:
                     notifier.handle(decision)
                 for call in outcomes.feed(event):
                     self._journal(self._at_wall_time(call))
-                if taken >= CONSUME_BATCH or queue.empty():
+                # A new call ends the batch (unless in a flood): its lookup and notification
+                # then go out before the rest of the queue (its legs, other calls' hangups and
+                # their journal entries) is handled.
+                if taken >= CONSUME_BATCH or queue.empty() or notifier.calls_to_begin:
                     break
                 event = queue.get_nowait()
                 taken += 1
