@@ -1,11 +1,12 @@
 """Latency: from the last byte of a call's Newchannel leaving the fake AMI server to the fake
-Kommo receiving the notification, for calls at 50/s among 2,000 noise events/s.
+Kommo receiving the notification, for calls at 50/s among 1,000 noise events/s (issue 22's load).
 
 The daemon notifies the caller's responsible user (``to = ["responsible"]``), so every
 notification waits for its lookup: a warm cache answers at once (callers Kommo knows, seen
 before), a cold one costs a request to Kommo first (callers never seen; Kommo does not know
 them, so the everyone-fallback goes out after the lookup). The loopback HTTP round trip,
-measured in the same run, is the yardstick.
+measured in the same run (before and after the calls; the lower p50 of the two), is the
+yardstick: each figure is printed with its multiple of the RTT p50, the targets are multiples.
 
 With the phone book on (``[phonebook]``, synced before the calls), callers never seen are
 answered from the mirror with no request to Kommo: the cold case then costs what the warm
@@ -15,6 +16,8 @@ one does.
 from __future__ import annotations
 
 import asyncio
+import importlib
+import statistics
 import tempfile
 import time
 from collections import defaultdict, deque
@@ -42,8 +45,11 @@ from kommo_callerid.sim.kommo_app import BY_PHONE_PATH, FakeKommo
 from kommo_callerid.sim.recording import format_message
 
 CALLS_PER_SECOND = 50
-NOISE_PER_SECOND = 2000
+NOISE_PER_SECOND = 1000
 TICK = 0.01  # noise goes out every tick, a call every other tick
+#: Issue 22's targets, as multiples of the loopback RTT p50: warm p99 (stretch 5), warm p50,
+#: cold (a lookup request first) p99.
+WARM_P99_RTTS, WARM_P50_RTTS, COLD_P99_RTTS = 10, 4, 15
 HANGUP_AFTER = 50  # calls: each call's Hangups go out about a second after it started
 
 
@@ -90,6 +96,7 @@ async def run(report: Report, quick: bool) -> None:
     calls = 200 if quick else 2000
     mix = PbxMix()
     async with FakeAmiServer(users=BENCH_USERS) as ami, FakeKommo(rate_limit=None) as kommo:
+        rtt = await loopback_rtt_ms(f"{kommo.base_url}/no-such-path")
         config = daemon_config(
             ami, kommo, kommo={"rate_limit": 1000}, notify={"to": ["responsible"]}
         )
@@ -98,35 +105,60 @@ async def run(report: Report, quick: bool) -> None:
             warm = await play_calls(ami, kommo, mix, calls, lambda i: KNOWN_CALLERS[i % 5])
             cold = await play_calls(ami, kommo, mix, calls, lambda i: mix.unknown_caller())
             tables = await child.ask("stats")
+        pb_cold: list[float] | None = None
+        pb_asked = 0
         with tempfile.TemporaryDirectory() as folder:
             phonebook = {"enabled": True, "database": str(Path(folder) / "pb.sqlite3")}
             config["phonebook"] = phonebook
-            async with Child("daemon", config) as child:
-                for _ in range(300):  # the first full pass (the demo account: 4 requests)
-                    if (await child.ask("stats"))["phonebook_ready"]:
-                        break
-                    await asyncio.sleep(0.1)
-                asked = kommo.requests_to(BY_PHONE_PATH)
-                pb_cold = await play_calls(ami, kommo, mix, calls, lambda i: mix.unknown_caller())
-                pb_asked = kommo.requests_to(BY_PHONE_PATH) - asked
-        rtt = await loopback_rtt_ms(f"{kommo.base_url}/no-such-path")
-    yardstick = percentile(rtt, 0.99)
-    limit = min(5.0, 10 * yardstick)
+            if _has_phonebook():
+                async with Child("daemon", config) as child:
+                    for _ in range(300):  # the first full pass (the demo account: 4 requests)
+                        if (await child.ask("stats"))["phonebook_ready"]:
+                            break
+                        await asyncio.sleep(0.1)
+                    asked = kommo.requests_to(BY_PHONE_PATH)
+                    pb_cold = await play_calls(
+                        ami, kommo, mix, calls, lambda i: mix.unknown_caller()
+                    )
+                    pb_asked = kommo.requests_to(BY_PHONE_PATH) - asked
+        after = await loopback_rtt_ms(f"{kommo.base_url}/no-such-path")
+    if statistics.median(after) < statistics.median(rtt):
+        rtt = after
+    unit = statistics.median(rtt)
     rates = f"{calls} calls at {CALLS_PER_SECOND}/s, {NOISE_PER_SECOND} noise events/s"
-    report.add("loopback HTTP round trip p50 / p99 / max", spread(rtt))
-    for name, values in (("warm", warm), ("cold", cold)):
-        p99 = percentile(values, 0.99)
-        report.add(
-            f"latency Newchannel -> POST, {name} cache, p50 / p99 / max",
-            spread(values),
-            f"p99 ≤ 5 ms and ≤ 10 x RTT p99 ({limit:.2f} ms)",
-            p99 <= limit,
-        )
-    p99 = percentile(pb_cold, 0.99)
+    report.add("loopback HTTP round trip p50 / p99 / max (the unit: RTT)", spread(rtt))
+    p50, p99 = statistics.median(warm), percentile(warm, 0.99)
     report.add(
-        "latency Newchannel -> POST, cold cache, phone book on, p50 / p99 / max",
-        f"{spread(pb_cold)}; {pb_asked} by_phone requests; loopback RTT p99 {yardstick:.2f} ms",
-        f"p99 ≤ 5 ms and ≤ 10 x RTT p99 ({limit:.2f} ms)",
-        p99 <= limit,
+        "latency Newchannel -> POST, warm cache, p50 / p99 / max",
+        f"{spread(warm)} = {_rtts(warm, unit)}",
+        f"p99 ≤ {WARM_P99_RTTS} RTT (stretch 5), p50 ≤ {WARM_P50_RTTS} RTT",
+        p99 <= WARM_P99_RTTS * unit and p50 <= WARM_P50_RTTS * unit,
     )
-    report.add("latency run", f"{rates}; {tables['dropped'] or 'no'} drops")
+    report.add(
+        "latency Newchannel -> POST, cold cache (lookup + POST), p50 / p99 / max",
+        f"{spread(cold)} = {_rtts(cold, unit)}",
+        f"p99 ≤ {COLD_P99_RTTS} RTT",
+        percentile(cold, 0.99) <= COLD_P99_RTTS * unit,
+    )
+    if pb_cold is not None:
+        report.add(
+            "latency Newchannel -> POST, cold cache, phone book on, p50 / p99 / max",
+            f"{spread(pb_cold)} = {_rtts(pb_cold, unit)}; {pb_asked} by_phone requests",
+            f"p99 ≤ {WARM_P99_RTTS} RTT (as warm)",
+            percentile(pb_cold, 0.99) <= WARM_P99_RTTS * unit,
+        )
+    report.add("latency run", f"{rates}; {tables['dropped'] or 'no'} drops; RTT p50 {unit:.3f} ms")
+
+
+def _rtts(values: list[float], unit: float) -> str:
+    """p50 / p99 as multiples of the loopback RTT p50."""
+    return f"{statistics.median(values) / unit:.1f} / {percentile(values, 0.99) / unit:.1f} RTT"
+
+
+def _has_phonebook() -> bool:
+    """False for an older package (a "before" figure) without ``[phonebook]``."""
+    try:
+        importlib.import_module("kommo_callerid.phonebook")
+    except ImportError:
+        return False
+    return True

@@ -76,7 +76,8 @@ def daemon_tables(daemon: Daemon, collect: bool) -> dict[str, Any]:
         "sent": notifier.stats.notifications_sent,
         "dropped": dict(notifier.stats.dropped),
         "ami_dropped": running.links.totals().dropped,
-        "phonebook_ready": running.phonebook is not None and running.phonebook.book.complete,
+        # getattr: an older package (a "before" figure) has no phone book
+        "phonebook_ready": daemon.phonebook_ready if hasattr(daemon, "phonebook_ready") else False,
         "rss_mb": rss_mb(),
         "cpu_s": time.process_time(),
         "blocks": sys.getallocatedblocks(),

@@ -89,7 +89,8 @@ class AmiClient:
         self._queue = queue
         #: Stamped on every event: the same Linkedid on two PBXs is two calls.
         self._pbx = pbx
-        self._clock = clock or _loop_time
+        #: None: the running loop's ``time``, bound once at connect (it is read per event).
+        self._clock = clock
         self._ssl_context = ssl_context
         self._counters = AmiCounters()
         self._link: SessionManager | None = None
@@ -129,6 +130,8 @@ class AmiClient:
             raise RuntimeError("an AmiClient serves one session; make a new one")
         self._started = True
         loop = asyncio.get_running_loop()
+        if self._clock is None:
+            self._clock = loop.time
         self._link = link = SessionManager(
             loop,
             self._config,
@@ -239,7 +242,7 @@ class AmiClient:
             hung_up = self._hung_up
         finally:
             self._hung_up = None
-        at = self._clock()
+        at = self._now()
         listed = (_channel_up(item, at, self._pbx) for item in items)
         return [e for e in listed if e is not None and e.uniqueid not in hung_up]
 
@@ -357,7 +360,7 @@ class AmiClient:
             self._unused_varset()
             return
         self._counters.received += 1
-        event = _channel_event(kind, fields, self._clock(), self._pbx)
+        event = _channel_event(kind, fields, self._now(), self._pbx)
         if event is None:
             self._count_invalid("no Uniqueid")
             return
@@ -380,6 +383,10 @@ class AmiClient:
         wanted = self._link.wanted if self._link is not None else None
         if self._unused_varsets == _MAX_UNUSED_VARSETS and wanted is not None:
             wanted.discard(_VARSET.value.lower().encode())
+
+    def _now(self) -> float:
+        clock = self._clock
+        return clock() if clock is not None else asyncio.get_running_loop().time()
 
     def _on_fault(self, exc: Exception) -> None:
         # Only the type: the message may quote a raw event, and those stay in the AMI layer.
@@ -409,10 +416,6 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno and not isinstance(exc, ssl.SSLError):
         return os.strerror(exc.errno)
     return exc.strerror or str(exc) or type(exc).__name__
-
-
-def _loop_time() -> float:
-    return asyncio.get_running_loop().time()
 
 
 def _channel_event(

@@ -77,6 +77,10 @@ STATS_INTERVAL = 60.0
 #: Events handled before the intake lets other tasks run: more than one TCP read brings
 #: (256 KiB, some 500-750 events), so the queue still drains between reads.
 CONSUME_BATCH = 2048
+#: Below this many waiting events a new call ends the intake's batch early (less than one
+#: TCP read brings): the call goes first. A longer backlog is handled in whole batches, or
+#: the reader, adding a read's worth each turn, would outrun the intake and fill the queue.
+SHORT_BACKLOG = 256
 
 
 @dataclass
@@ -459,7 +463,12 @@ class Daemon:
                     notifier.handle(decision)
                 for call in outcomes.feed(event):
                     self._journal(self._at_wall_time(call))
+                # A new call ends the batch when little waits behind it (and not in a flood):
+                # its lookup and notification then go out before the rest (its legs, other
+                # calls' hangups and their journal entries). With a backlog, batches stay whole.
                 if taken >= CONSUME_BATCH or queue.empty():
+                    break
+                if notifier.calls_to_begin and queue.qsize() < SHORT_BACKLOG:
                     break
                 event = queue.get_nowait()
                 taken += 1

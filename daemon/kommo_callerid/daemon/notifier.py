@@ -225,6 +225,11 @@ class CallNotifier:
         return len(self._pending) + len(self._waiting)
 
     @property
+    def calls_to_begin(self) -> bool:
+        """Calls detected in this batch that :meth:`end_batch` would begin at once (no flood)."""
+        return bool(self._waiting) and self._begin_timer is None
+
+    @property
     def flooded(self) -> bool:
         return self._begin_timer is not None
 
@@ -417,9 +422,11 @@ class CallNotifier:
             responsible = None
         else:
             responsible = result.responsible_user_id
-        self._send(active, active.recipients.offer(Recipient.RESPONSIBLE, [responsible]))
+        users = active.recipients.offer(Recipient.RESPONSIBLE, [responsible])
         if active.recipients.lookup_finished():
             self._send_to_everyone(active)
+        if users:  # in this task, not a new one: a warm lookup reaches Kommo in one loop turn
+            await self._deliver(active, users)
 
     async def _fallback_timer(self, active: _ActiveCall) -> None:
         active.bind()
