@@ -4,6 +4,8 @@ events (a structlog processor), never by parsing rendered text; then a summary t
 A call's line is printed once its story is told: when the next call arrives or the demo ends
 (notifications for one call come from several sources, a few milliseconds apart). When the
 call journal logs finished calls, an "ended" line follows for each.
+
+Size: every log event the story tells, and the orders they may come in, read in one place.
 """
 
 from __future__ import annotations
