@@ -17,8 +17,8 @@ from click_tokens import token
 from structlog.testing import capture_logs
 
 from kommo_callerid.core.config import PublicConfig
-from kommo_callerid.public.bounds import Bounds
 from kommo_callerid.public.server import PublicServer
+from kommo_callerid.serving.guard import ConnectionLimits
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo
 from kommo_callerid.sim.scenarios import CallScenarios
@@ -36,8 +36,8 @@ async def _hello(request: web.Request) -> web.Response:
 async def small_server(tmp_path: Path) -> AsyncIterator[PublicServer]:
     cert, key = self_signed(tmp_path)
     config = PublicConfig(listen="127.0.0.1:0", tls_cert=str(cert), tls_key=str(key))
-    bounds = Bounds(max_connections=20, max_per_client=10, head_timeout=0.3)
-    server = PublicServer(config, frozenset, bounds=bounds)
+    limits = ConnectionLimits(max_connections=20, max_per_client=10, request_timeout=0.3)
+    server = PublicServer(config, frozenset, limits=limits)
     server.add_route("GET", "/hello", _hello)
     await server.start()
     try:
@@ -67,7 +67,9 @@ async def test_a_stalled_handshake_is_dropped(small_server: PublicServer) -> Non
 
 async def test_a_trickled_request_head_is_dropped() -> None:
     server = PublicServer(
-        PublicConfig(listen="127.0.0.1:0"), frozenset, bounds=Bounds(head_timeout=0.3)
+        PublicConfig(listen="127.0.0.1:0"),
+        frozenset,
+        limits=ConnectionLimits(request_timeout=0.3),
     )
     server.add_route("GET", "/hello", _hello)
     await server.start()
@@ -84,14 +86,18 @@ async def test_a_trickled_request_head_is_dropped() -> None:
         await server.stop()
 
 
-async def test_connections_beyond_the_caps_are_refused_at_accept(
+async def test_beyond_the_caps_the_longest_waiting_connections_make_room(
     small_server: PublicServer,
 ) -> None:
+    """Counted at accept, before any TLS work: the 11th connection from one address (none
+    of them finished a handshake) closes the oldest, so the newest 10 are held."""
     held = [await asyncio.open_connection("127.0.0.1", small_server.port) for _ in range(30)]
     guard = small_server.guard
     assert guard is not None
-    await wait_for(lambda: guard.open + guard.refused >= 30)
-    assert guard.open == 10 and guard.refused == 20  # one client: max_per_client
+    await wait_for(lambda: guard.stats.accepted >= 30)
+    assert guard.open == 10 and guard.stats.shed["evicted"] == 20  # one client: max_per_client
+    oldest = await asyncio.gather(*(_closed_within(reader, 3.0) for reader, _ in held[:20]))
+    assert all(oldest)
     for _, writer in held:
         writer.close()
     await wait_for(lambda: guard.open == 0)
@@ -143,8 +149,8 @@ async def test_a_thousand_slow_clients_neither_grow_it_nor_stop_caller_id(
                     _, writer = await asyncio.open_connection("127.0.0.1", port)
                     writer.write(b"\x16\x03\x01\x02\x00\x01")
                     slow.append(writer)
-                await wait_for(lambda: guard.open + guard.refused >= SLOW_CLIENTS, 20.0)
-                assert guard.open <= guard.bounds.max_per_client
+                await wait_for(lambda: guard.stats.accepted >= SLOW_CLIENTS, 20.0)
+                assert guard.open <= guard.limits.max_per_client
                 call = CallScenarios().inbound()
                 await ami.play(call.events)
                 await wait_for(lambda: len(kommo.events) >= 1, 10.0)  # caller ID goes on
