@@ -62,6 +62,8 @@ DETAIL_CHARS = 200
 #: in time), no_request / slow_request (nothing, or not all of a request, in time),
 #: stalled_reader (a response made no progress for ``write_timeout``).
 SHED_REASONS = ("full", "evicted", "handshake", "no_request", "slow_request", "stalled_reader")
+#: Seconds between two looks at a finished response's send buffer (see ``_idle``).
+SENT_CHECK = 0.5
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -115,8 +117,11 @@ class Conn:
     #: The transport aiohttp sees: the socket's, or the TLS one once the handshake is done.
     transport: asyncio.BaseTransport
     client: str
+    #: The socket's own transport (under TLS, its buffer holds what is encrypted already).
+    raw: asyncio.BaseTransport
     handle: asyncio.TimerHandle | None = None
     stall: asyncio.TimerHandle | None = None
+    sending: asyncio.TimerHandle | None = None
     busy: int = 0
     handshaking: bool = False
     served: bool = False  # a request was handled: the idle deadline applies
@@ -221,13 +226,13 @@ class ConnectionGuard:
         if not room:
             self._count_shed("full")
             if tls:  # a 503 in clear text means nothing to a TLS client
-                transport.abort()
+                abort(transport)
                 return None
             if isinstance(transport, asyncio.WriteTransport):
                 transport.write(REFUSAL)
             transport.close()
             return None
-        conn = Conn(transport, client, handshaking=tls)
+        conn = Conn(transport, client, transport, handshaking=tls)
         self._conns[transport] = conn
         self._by_client.setdefault(client, {})[conn] = None
         self.stats.accepted += 1
@@ -269,12 +274,24 @@ class ConnectionGuard:
     # -- the connection table -------------------------------------------------------------
 
     def _busy(self, conn: Conn) -> None:
+        if conn.sending is not None:  # the last response's tail: this request takes over
+            conn.sending.cancel()
+            conn.sending = None
+            conn.busy -= 1
         conn.busy += 1
         conn.served = True
         conn.partial = False
         self._unwait(conn)
 
     def _idle(self, conn: Conn) -> None:
+        """A handler is done; its response may still be in the send buffer (a download's
+        tail): the connection stays busy until that is sent, so it is neither evicted nor
+        cut short by the idle deadline (a reader that stops is ``write_timeout``'s)."""
+        conn.sending = None
+        if conn.busy == 1 and not conn.gone and _buffered(conn):
+            loop = asyncio.get_running_loop()
+            conn.sending = loop.call_at(loop.time() + SENT_CHECK, self._idle, conn)
+            return
         conn.busy -= 1
         if conn.busy == 0 and not conn.gone:
             self._wait(conn, self.limits.idle_timeout)
@@ -329,12 +346,15 @@ class ConnectionGuard:
         """Out of the table and closed at once: abort, because a graceful close waits for a
         send buffer the peer may never read (and under TLS for its close_notify)."""
         self._drop(conn)
-        conn.transport.abort()  # type: ignore[attr-defined]  (every stream transport can)
+        abort(conn.transport)
 
     def _drop(self, conn: Conn) -> None:
         conn.gone = True
         self._unwait(conn)
         self.write_resumed(conn)
+        if conn.sending is not None:
+            conn.sending.cancel()
+            conn.sending = None
         self._conns.pop(conn.transport, None)
         mine = self._by_client.get(conn.client)
         if mine is not None:
@@ -350,6 +370,22 @@ class ConnectionGuard:
         self.stats.client_errors += 1
         detail = f"{type(exc).__name__}: {exc}"[:DETAIL_CHARS]
         self._fold.note("http.client_errors", listener=self.name, detail=detail)
+
+
+def _buffered(conn: Conn) -> bool:
+    """Bytes of a response not yet handed to the kernel (TLS: either layer)."""
+    return any(
+        isinstance(transport, asyncio.WriteTransport) and transport.get_write_buffer_size() > 0
+        for transport in {conn.transport, conn.raw}
+    )
+
+
+def abort(transport: asyncio.BaseTransport) -> None:
+    """Close now, whatever is buffered (every stream transport can; the base type cannot)."""
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+    else:  # pragma: no cover
+        transport.close()
 
 
 class _ClientErrorLog(logging.LoggerAdapter[logging.Logger]):

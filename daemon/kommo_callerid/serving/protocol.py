@@ -24,7 +24,7 @@ import socket
 import ssl
 from collections.abc import Callable
 
-from kommo_callerid.serving.guard import Conn, ConnectionGuard
+from kommo_callerid.serving.guard import Conn, ConnectionGuard, abort
 
 #: Decrypted bytes kept for aiohttp while ``start_tls`` returns (a client that spoke first).
 MAX_EARLY = 64 * 1024
@@ -78,7 +78,7 @@ class GuardedProtocol(asyncio.Protocol):
             self._guard.release(conn)
             transport.abort()
             raise
-        except Exception:  # a failed handshake (OSError, SSLError, timeout): the client's
+        except Exception:  # a failed handshake (OSError, SSLError, timeout): no answer owed
             secure = None
         if secure is None or conn.gone:
             # an SSL transport reports no connection_lost for a failed handshake
@@ -108,7 +108,7 @@ class GuardedProtocol(asyncio.Protocol):
         self._early_size += len(data)
         if self._early_size > MAX_EARLY:
             self._guard.release(conn)
-            conn.transport.abort()  # type: ignore[attr-defined]
+            abort(conn.transport)
             return
         self._early.append(data)
 
