@@ -18,6 +18,9 @@ connection's state:
   ``write_timeout`` (the reader stopped reading, or is gone) ends it: see
   :meth:`ConnectionGuard.write_paused`.
 
+There is no maximum connection age: every state above has its own bound, and an age limit
+would only add one for a busy connection, cutting a long recording download on a slow link.
+
 At ``max_connections`` (or a client's ``max_per_client``) a new connection takes the place of
 the longest-waiting one; when every connection is busy it is refused (a bare 503 in plain
 HTTP, a close under TLS). So a flood of idle sockets or stalled handshakes cannot lock out a
