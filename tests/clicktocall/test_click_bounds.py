@@ -17,8 +17,8 @@ from click_tokens import token
 from structlog.testing import capture_logs
 
 from kommo_callerid.core.config import PublicConfig
-from kommo_callerid.public.bounds import Bounds
 from kommo_callerid.public.server import PublicServer
+from kommo_callerid.serving.guard import ConnectionLimits
 from kommo_callerid.sim.ami_server import FakeAmiServer
 from kommo_callerid.sim.kommo_app import FakeKommo
 from kommo_callerid.sim.scenarios import CallScenarios
@@ -36,8 +36,8 @@ async def _hello(request: web.Request) -> web.Response:
 async def small_server(tmp_path: Path) -> AsyncIterator[PublicServer]:
     cert, key = self_signed(tmp_path)
     config = PublicConfig(listen="127.0.0.1:0", tls_cert=str(cert), tls_key=str(key))
-    bounds = Bounds(max_connections=20, max_per_client=10, head_timeout=0.3)
-    server = PublicServer(config, frozenset, bounds=bounds)
+    limits = ConnectionLimits(max_connections=20, max_per_client=10, request_timeout=0.3)
+    server = PublicServer(config, frozenset, limits=limits)
     server.add_route("GET", "/hello", _hello)
     await server.start()
     try:
@@ -67,7 +67,9 @@ async def test_a_stalled_handshake_is_dropped(small_server: PublicServer) -> Non
 
 async def test_a_trickled_request_head_is_dropped() -> None:
     server = PublicServer(
-        PublicConfig(listen="127.0.0.1:0"), frozenset, bounds=Bounds(head_timeout=0.3)
+        PublicConfig(listen="127.0.0.1:0"),
+        frozenset,
+        limits=ConnectionLimits(request_timeout=0.3),
     )
     server.add_route("GET", "/hello", _hello)
     await server.start()
@@ -84,17 +86,63 @@ async def test_a_trickled_request_head_is_dropped() -> None:
         await server.stop()
 
 
-async def test_connections_beyond_the_caps_are_refused_at_accept(
+async def test_beyond_the_caps_the_longest_waiting_connections_make_room(
     small_server: PublicServer,
 ) -> None:
+    """Counted at accept, before any TLS work: the 11th connection from one address (none
+    of them finished a handshake) closes the oldest, so the newest 10 are held."""
     held = [await asyncio.open_connection("127.0.0.1", small_server.port) for _ in range(30)]
     guard = small_server.guard
     assert guard is not None
-    await wait_for(lambda: guard.open + guard.refused >= 30)
-    assert guard.open == 10 and guard.refused == 20  # one client: max_per_client
+    await wait_for(lambda: guard.stats.accepted >= 30)
+    assert guard.open == 10 and guard.stats.shed["evicted"] == 20  # one client: max_per_client
+    oldest = await asyncio.gather(*(_closed_within(reader, 3.0) for reader, _ in held[:20]))
+    assert all(oldest)
     for _, writer in held:
         writer.close()
     await wait_for(lambda: guard.open == 0)
+
+
+async def test_when_every_connection_is_busy_a_tls_newcomer_is_closed(tmp_path: Path) -> None:
+    """No room and nothing to evict: the newcomer is closed before any TLS work (no clear
+    text 503 into a TLS stream); the busy ones finish."""
+    cert, key = self_signed(tmp_path)
+    config = PublicConfig(listen="127.0.0.1:0", tls_cert=str(cert), tls_key=str(key))
+    server = PublicServer(
+        config, frozenset, limits=ConnectionLimits(max_connections=2, max_per_client=2)
+    )
+    release, waiting = asyncio.Event(), []
+
+    async def wait(request: web.Request) -> web.Response:
+        waiting.append(request)
+        await release.wait()
+        return web.json_response({"ok": True})
+
+    server.add_route("GET", "/wait", wait)
+    await server.start()
+    guard = server.guard
+    assert guard is not None
+    url = f"https://127.0.0.1:{server.port}/wait"
+    try:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=client_tls(cert), force_close=True)
+        ) as session:
+
+            async def get() -> int:
+                async with session.get(url) as response:
+                    return response.status
+
+            busy = [asyncio.create_task(get()) for _ in range(2)]
+            await wait_for(lambda: len(waiting) == 2)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            assert await reader.read() == b""  # closed at once, not a byte written
+            writer.close()
+            assert guard.stats.shed["full"] == 1 and guard.stats.shed["evicted"] == 0
+            release.set()
+            assert await asyncio.gather(*busy) == [200, 200]
+    finally:
+        release.set()
+        await server.stop()
 
 
 async def test_a_renewed_certificate_serves_the_next_connection(
@@ -130,7 +178,7 @@ async def test_a_thousand_slow_clients_neither_grow_it_nor_stop_caller_id(
 ) -> None:
     cert, key = self_signed(tmp_path)
     async with FakeAmiServer(users=ORIGINATOR) as ami, FakeKommo() as kommo:
-        config = click_config(ami, kommo, cert, key)
+        config = click_config(ami, kommo, cert, key, http={"listen": "127.0.0.1:0"})
         with capture_logs() as logs:
             async with running_daemon(config) as daemon:
                 await wait_for(lambda: bool(events(logs, "clicktocall.account")))
@@ -143,8 +191,8 @@ async def test_a_thousand_slow_clients_neither_grow_it_nor_stop_caller_id(
                     _, writer = await asyncio.open_connection("127.0.0.1", port)
                     writer.write(b"\x16\x03\x01\x02\x00\x01")
                     slow.append(writer)
-                await wait_for(lambda: guard.open + guard.refused >= SLOW_CLIENTS, 20.0)
-                assert guard.open <= guard.bounds.max_per_client
+                await wait_for(lambda: guard.stats.accepted >= SLOW_CLIENTS, 20.0)
+                assert guard.open <= guard.limits.max_per_client
                 call = CallScenarios().inbound()
                 await ami.play(call.events)
                 await wait_for(lambda: len(kommo.events) >= 1, 10.0)  # caller ID goes on
@@ -155,3 +203,21 @@ async def test_a_thousand_slow_clients_neither_grow_it_nor_stop_caller_id(
                 async with aiohttp.ClientSession(connector=connector) as session:
                     url = f"https://127.0.0.1:{port}"
                     assert (await post_click(session, url, token()))[0] == 202
+                    metrics = f"http://127.0.0.1:{daemon.http_port}/metrics"
+                    async with session.get(metrics) as response:
+                        text = await response.text()
+                shed = _series(text, "kommo_callerid_http_connections_shed_total")
+                evicted = SLOW_CLIENTS - guard.limits.max_per_client
+                assert shed['listener="public",reason="evicted"'] >= evicted
+                assert shed['listener="http",reason="evicted"'] == 0  # the local one is there
+                assert 'kommo_callerid_http_client_errors_total{listener="public"}' in text
+
+
+def _series(text: str, name: str) -> dict[str, float]:
+    """``{labels: value}`` of one metric in a Prometheus text page."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) + 1 :].split("} ")
+            found[labels] = float(value)
+    return found

@@ -55,6 +55,7 @@ from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.phonebook.store import MirrorError
 from kommo_callerid.recordings.keys import SigningKeyError
 from kommo_callerid.serving.descriptors import raise_descriptor_limit
+from kommo_callerid.serving.guard import ListenerSnapshot
 from kommo_callerid.web.callerid import CallerIdService
 from kommo_callerid.web.metrics import MetricsExporter
 from kommo_callerid.web.server import Health, HttpServer
@@ -555,6 +556,7 @@ class Daemon:
             **recordings_view(self.recordings),
             pbx_links=running.links.stats() if running.links.named else (),
             phonebook=self._phonebook_view(running),
+            listeners=_listener_view(running),
         )
 
     def _phonebook_view(self, running: _Running) -> PhonebookStats | None:
@@ -672,3 +674,10 @@ class Daemon:
             f"notified {counters['notifications_sent']}; "
             f"dropped {counters['notifications_dropped']}"
         )
+
+
+def _listener_view(running: _Running) -> tuple[ListenerSnapshot, ...]:
+    """The bounded listeners running, local first (``/metrics``, label ``listener``)."""
+    public = running.public.server if running.public is not None else None
+    guards = (running.http.guard if running.http else None, public.guard if public else None)
+    return tuple(guard.snapshot() for guard in guards if guard is not None)

@@ -1,8 +1,9 @@
 """``POST /kommo/call`` and ``GET /kommo/me``: HTTP around the click-to-call service.
 
 The body is ``{"phone": "..."}`` as JSON or a form (what ``$authorizedAjax`` sends by
-default), at most ``Bounds.max_body`` bytes, read within ``Bounds.body_timeout``; any other
-key (an extension, a channel) is ignored. The token is ``X-Auth-Token``.
+default), at most ``server.MAX_BODY`` bytes, read within the listener's ``request_timeout``
+(the guard reads it before the handler runs, under the connection's deadline); any other key
+(an extension, a channel) is ignored. The token is ``X-Auth-Token``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Clicks(Protocol):
 
 
 def register(server: PublicServer, clicks: Clicks) -> None:
-    body_timeout = server.bounds.body_timeout
+    body_timeout = server.limits.request_timeout
 
     async def call(request: web.Request) -> web.Response:
         try:

@@ -1,5 +1,9 @@
 """The public listener (``[public] listen``): only the routes the wiring registers, CORS for
-the allowed origins, TLS unless on loopback, bounded (see :mod:`.bounds`).
+the allowed origins, TLS unless on loopback, bounded like every listener of the daemon
+(``serving/``: connection caps in all and per client within its descriptor share, the TLS
+handshake and the whole request within ``request_timeout`` of the accept, idle and stalled
+connections closed; the TLS context is looked up per accepted connection, so a certificate
+re-read on SIGHUP serves the next one).
 
 Routes are added by whoever owns them (:meth:`PublicServer.add_route`, before ``start``):
 click-to-call's ``/kommo/*`` (:mod:`.kommo_routes`), later the recordings. Everything
@@ -12,7 +16,6 @@ allowed is refused (403) before its handler runs.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from dataclasses import dataclass
 from functools import partial
@@ -21,8 +24,10 @@ import structlog
 from aiohttp import web
 
 from kommo_callerid.core.config import PublicConfig
-from kommo_callerid.public.bounds import Bounds, ConnectionGuard
 from kommo_callerid.public.tls import ReloadableTls, TlsFiles
+from kommo_callerid.serving.descriptors import listener_limits
+from kommo_callerid.serving.guard import ConnectionGuard, ConnectionLimits
+from kommo_callerid.serving.listener import GuardedListener
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +35,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ALLOWED_HEADERS = "X-Auth-Token, Content-Type"
 PREFLIGHT_MAX_AGE = "600"
+#: A listener facing the internet: an office behind one NAT address shares ``max_per_client``.
+PUBLIC_LIMITS = ConnectionLimits(max_connections=256, max_per_client=64)
+#: Bytes of a request body (a click is ``{"phone": "..."}``).
+MAX_BODY = 4096
+#: aiohttp's own request-head bounds (its defaults are 8 KiB a line, 32 KiB a field).
+HEAD_BOUNDS = {"max_line_size": 4096, "max_field_size": 4096, "max_headers": 64}
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -52,21 +63,24 @@ class PublicServer:
         config: PublicConfig,
         origins: Callable[[], Collection[str]],
         *,
-        bounds: Bounds | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         """``origins``: the allowed ``Origin`` values now (they follow a reload)."""
         self._config = config
         self._origins = origins
-        self.bounds = bounds or Bounds()
+        self.limits = limits or listener_limits(PUBLIC_LIMITS)
         self._routes: list[_Route] = []
         self.tls = ReloadableTls(TlsFiles(config.tls_cert, config.tls_key)) if config.tls else None
-        self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
-        self.guard: ConnectionGuard | None = None
+        self._listener: GuardedListener | None = None
         self.port: int | None = None
 
+    @property
+    def guard(self) -> ConnectionGuard | None:
+        """The listener's connection table (its counters go on ``/metrics``)."""
+        return self._listener.guard if self._listener is not None else None
+
     def add_route(self, method: str, path: str, handler: Handler) -> None:
-        if self._runner is not None:
+        if self._listener is not None:
             raise RuntimeError("routes are added before start()")
         self._routes.append(_Route(method.upper(), path, handler))
 
@@ -77,7 +91,7 @@ class PublicServer:
             self.tls.reload(TlsFiles(config.tls_cert, config.tls_key))
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=self.bounds.max_body, middlewares=[self._cors])
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._cors])
         app.on_response_prepare.append(_harden)
         # A handler that streams (a recording) prepares its response itself, before the
         # middleware sees it: CORS goes on every response as it is prepared.
@@ -89,45 +103,30 @@ class PublicServer:
             app.router.add_route("OPTIONS", path, partial(self._preflight, sorted(allowed)))
         for route in self._routes:
             app.router.add_route(route.method, route.path, route.handler)
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=1.0,
-            keepalive_timeout=self.bounds.keepalive_timeout,
-            max_line_size=4096,
-            max_field_size=4096,
-            max_headers=64,
-        )
-        await runner.setup()
-        server = runner.server
-        assert server is not None
         tls = self.tls
-        self.guard = guard = ConnectionGuard(
-            self.bounds, server, lambda: tls.context if tls is not None else None
-        )
         host, port = self._config.address
-        loop = asyncio.get_running_loop()
-        try:
-            self._server = await loop.create_server(guard.protocol, host, port, backlog=128)
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        log.info("public.listening", host=host, port=self.port, tls=tls is not None)
+        listener = GuardedListener(
+            host,
+            port,
+            self.limits,
+            name="public",
+            runner_options=dict(HEAD_BOUNDS),
+            tls=(lambda: tls.context) if tls is not None else None,
+        )
+        await listener.start(app)
+        self._listener = listener
+        self.port = listener.port
+        log.info(
+            "public.listening",
+            host=host,
+            port=self.port,
+            tls=tls is not None,
+            max_connections=self.limits.max_connections,
+        )
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        if self.guard is not None:
-            await self.guard.close()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._listener is not None:
+            await self._listener.stop()
 
     def _allowed(self, origin: str) -> bool:
         return origin in self._origins()

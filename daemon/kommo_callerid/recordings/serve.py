@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import structlog
 from aiohttp import web
@@ -123,12 +124,25 @@ class RecordingServer:
 class _PreparedOnce(web.FileResponse):
     """aiohttp prepares a handler's response again after the handler returns; a
     ``FileResponse`` prepared in the handler (to hold the download slot while it streams)
-    would then open and send its file a second time."""
+    would then open and send its file a second time.
+
+    The file goes out in chunks through aiohttp's writer, never ``loop.sendfile``: that
+    bypasses the connection's protocol (kernel ``sendfile`` in plain HTTP; under TLS
+    asyncio's fallback swaps in a protocol of its own, which waits for a drain without end
+    and breaks on a client gone mid-file), so the listener's guard could not see a reader
+    that stopped taking the file (``serving``'s ``write_timeout``)."""
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         if self.prepared:
             return None
         return await super().prepare(request)
+
+    async def _sendfile(
+        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
+    ) -> AbstractStreamWriter:
+        writer = await web.StreamResponse.prepare(self, request)
+        assert writer is not None
+        return await self._sendfile_fallback(writer, fobj, offset, count)
 
 
 def recording_routes(server: RecordingServer) -> list[web.RouteDef]:

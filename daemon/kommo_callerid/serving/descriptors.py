@@ -1,18 +1,25 @@
 """File descriptors: the soft limit raised to the hard one at start-up, and each listener's
 share of it, so the clients of the HTTP endpoints can never take the last descriptor.
 
-systemd starts a service with a soft limit of 1,024 (the hard one is far higher); 1,100 idle
-connections to the local endpoint once exhausted it: AMI could not reconnect ("Too many open
-files") and Kommo requests failed. Every listener now holds at most its share of the limit
-less RESERVE, which stays free for the AMI links, Kommo, Redis, SQLite and the resolver.
+systemd starts a service with a soft limit of 1,024 (the hard one is far higher; the unit
+sets ``LimitNOFILE``); 1,100 idle connections to the local endpoint once exhausted it: AMI
+could not reconnect ("Too many open files") and Kommo requests failed. Every listener (the
+local ``[http]`` one and ``[public]``) takes its caps from :func:`listener_limits`: at most
+its equal share of the limit less RESERVE, which stays free for the rest of the daemon. A
+connection costs one descriptor, TLS or not; the guard closes a shed one at once (abort), so
+none lingers uncounted.
 """
 
 from __future__ import annotations
 
 import resource
 
+from kommo_callerid.serving.guard import ConnectionLimits
+
 #: Descriptors no listener may take: AMI links, Kommo's connection pool, Redis, the SQLite
-#: files, resolver threads, the event loop's own. Generous: the daemon uses a few dozen.
+#: files, resolver threads, the event loop's own, and the recordings being sent (one open
+#: file each, at most recordings.serve.MAX_DOWNLOADS = 32). Generous: the daemon uses a few
+#: dozen.
 RESERVE = 256
 #: The listeners that share the rest: ``[http]`` and ``[public]``.
 LISTENERS = 2
@@ -41,3 +48,9 @@ def listener_share(listeners: int = LISTENERS) -> int:
     if soft == resource.RLIM_INFINITY:
         soft = MAX_SOFT_LIMIT
     return max(MIN_SHARE, (soft - RESERVE) // max(1, listeners))
+
+
+def listener_limits(wanted: ConnectionLimits, listeners: int = LISTENERS) -> ConnectionLimits:
+    """``wanted``, capped to one listener's share: what every listener is built with, after
+    :func:`raise_descriptor_limit` (the daemon raises it before it builds any)."""
+    return wanted.within(listener_share(listeners))

@@ -1,30 +1,38 @@
-"""A bounded aiohttp listener: at most so many connections (in all, and per client address),
-a deadline for each request to arrive whole, and one for an idle keep-alive connection.
+"""The connection table of a bounded aiohttp listener: at most so many connections (in all,
+and per client address), a deadline for each request to arrive whole, one for an idle
+keep-alive connection, and one for a response its reader stopped taking.
 
 Why: aiohttp alone keeps every connection a client opens and waits for a request head as long
 as the client likes, so 1,100 idle sockets ran the daemon out of descriptors and 300
-slowloris connections were never reaped. Here every accepted socket passes through
-:class:`_GuardedProtocol` (a thin asyncio protocol in front of aiohttp's own) and the app's
-first middleware, which together know each connection's state:
+slowloris connections were never reaped. Every accepted socket passes through
+:class:`~.protocol.GuardedProtocol` (a thin asyncio protocol in front of aiohttp's own, which
+also does the TLS handshake) and the app's first middleware, which together know each
+connection's state:
 
-- *waiting*: accepted or done with a response, no request being handled. A deadline runs:
-  ``request_timeout`` for a new connection, ``idle_timeout`` after a response; head and body
-  of the next request must both be in by then (the middleware reads the body before the
-  handler runs), or the connection is closed.
-- *busy*: a handler runs or its response is being written; no deadline (handlers bound
-  themselves), never evicted.
+- *waiting*: accepted (TLS handshake included) or done with a response, no request being
+  handled. A deadline runs: ``request_timeout`` from the accept, ``idle_timeout`` after a
+  response; handshake, head and body of the next request must all be in by then (the
+  middleware reads the body before the handler runs), or the connection is closed.
+- *busy*: a handler runs or its response is being written; never evicted, no request
+  deadline (handlers bound themselves). Only a response that makes no progress for
+  ``write_timeout`` (the reader stopped reading, or is gone) ends it: see
+  :meth:`ConnectionGuard.write_paused`.
+
+There is no maximum connection age: every state above has its own bound, and an age limit
+would only add one for a busy connection, cutting a long recording download on a slow link.
 
 At ``max_connections`` (or a client's ``max_per_client``) a new connection takes the place of
-the longest-waiting one; when every connection is busy it gets a bare 503 and is closed. So a
-flood of idle sockets cannot lock out a health probe or the dialplan's ``CURL()``.
+the longest-waiting one; when every connection is busy it is refused (a bare 503 in plain
+HTTP, a close under TLS). So a flood of idle sockets or stalled handshakes cannot lock out a
+health probe, the dialplan's ``CURL()`` or a click.
 
 A client's malformed request (an oversized header, garbage) is its own problem: aiohttp's
 error-level traceback for it becomes a debug line and one folded warning a minute
-(``http.client_errors``); refused, evicted and timed-out connections are folded the same way
-(``http.connections_shed``). Both the local endpoint (``web``) and the public one build on
-this; it sits below them in the import layers and imports no room.
+(``http.client_errors``); shed connections are folded the same way, per reason
+(``http.connections_shed``). Both counters are on ``/metrics`` per listener
+(:meth:`ConnectionGuard.snapshot`).
 
-Size: the protocol, the middleware and the bookkeeping share one connection table.
+Size: the middleware, the deadlines and the bookkeeping share one connection table.
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,7 +51,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 log = structlog.get_logger(__name__)
 
-#: What a connection refused for want of room gets before it is closed (a probe sees 503).
+#: What a plain-HTTP connection refused for want of room gets before it is closed.
 REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
     b"Connection: close\r\nRetry-After: 1\r\n\r\n"
@@ -51,6 +60,13 @@ REFUSAL = (
 FOLD_SECONDS = 60.0
 #: Characters of a client error's description kept in a line.
 DETAIL_CHARS = 200
+#: Why a connection was shed (``http.connections_shed`` ``reason``, the metric's label):
+#: full (every connection busy), evicted (made room for a newcomer), handshake (TLS not done
+#: in time), no_request / slow_request (nothing, or not all of a request, in time),
+#: stalled_reader (a response made no progress for ``write_timeout``).
+SHED_REASONS = ("full", "evicted", "handshake", "no_request", "slow_request", "stalled_reader")
+#: Seconds between two looks at a finished response's send buffer (see ``_idle``).
+SENT_CHECK = 0.5
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -59,12 +75,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class ConnectionLimits:
     #: Connections one listener holds at most (see also serving.descriptors).
     max_connections: int = 256
-    #: Of those, from one client address (on loopback every local client is one address).
+    #: Of those, from one client address (an office behind one NAT address shares it; a
+    #: browser opens about 6 per site; on loopback every local client is one address).
     max_per_client: int = 64
-    #: Seconds a new connection has to deliver a whole request (head and body).
+    #: Seconds from the accept to a whole first request (TLS handshake, head and body).
     request_timeout: float = 10.0
     #: Seconds a kept-alive connection may wait for its next request (whole).
     idle_timeout: float = 15.0
+    #: Seconds a response may make no progress towards its reader (nginx's send_timeout is
+    #: 60 s): a slow download goes on, a reader that stopped is dropped.
+    write_timeout: float = 60.0
 
     def within(self, share: int) -> ConnectionLimits:
         """These limits, with no more connections than ``share`` (a descriptor budget)."""
@@ -78,21 +98,35 @@ class ConnectionLimits:
 @dataclass(slots=True)
 class GuardStats:
     accepted: int = 0
-    refused: int = 0
-    evicted: int = 0
-    #: Closed because a request did not arrive whole in time (a slow or stalled client).
-    timed_out: int = 0
+    #: Connections closed before their time, by reason (SHED_REASONS).
+    shed: Counter[str] = field(default_factory=Counter)
     #: Kept-alive connections closed after ``idle_timeout`` with nothing sent (normal).
     idle_closed: int = 0
     client_errors: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ListenerSnapshot:
+    """One listener's counters at one moment (``/metrics``, label ``listener``)."""
+
+    listener: str
+    open: int
+    shed: Mapping[str, int]
+    client_errors: int
+
+
 @dataclass(eq=False, slots=True)
-class _Conn:
+class Conn:
+    #: The transport aiohttp sees: the socket's, or the TLS one once the handshake is done.
     transport: asyncio.BaseTransport
     client: str
+    #: The socket's own transport (under TLS, its buffer holds what is encrypted already).
+    raw: asyncio.BaseTransport
     handle: asyncio.TimerHandle | None = None
+    stall: asyncio.TimerHandle | None = None
+    sending: asyncio.TimerHandle | None = None
     busy: int = 0
+    handshaking: bool = False
     served: bool = False  # a request was handled: the idle deadline applies
     partial: bool = False  # bytes arrived since the connection last waited
     gone: bool = False
@@ -131,20 +165,22 @@ class ConnectionGuard:
         self.name = name
         self.stats = GuardStats()
         self._fold = _Fold(clock)
-        self._conns: dict[asyncio.BaseTransport, _Conn] = {}
+        self._conns: dict[asyncio.BaseTransport, Conn] = {}
         #: Waiting connections, longest-waiting first (dicts keep insertion order).
-        self._waiting: dict[_Conn, None] = {}
-        self._by_client: dict[str, dict[_Conn, None]] = {}
-        self._waiting_by_client: dict[str, dict[_Conn, None]] = {}
+        self._waiting: dict[Conn, None] = {}
+        self._by_client: dict[str, dict[Conn, None]] = {}
+        self._waiting_by_client: dict[str, dict[Conn, None]] = {}
+        #: TLS handshakes under way (each connection's own task, cancelled by ``close``).
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @property
     def open(self) -> int:
         return len(self._conns)
 
-    def protocol_factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], Any]:
-        """A factory for ``loop.create_server`` that guards what ``inner`` makes."""
-        return lambda: _GuardedProtocol(self, inner())
+    def snapshot(self) -> ListenerSnapshot:
+        stats = self.stats
+        return ListenerSnapshot(self.name, self.open, dict(stats.shed), stats.client_errors)
 
     def client_error_log(self) -> logging.LoggerAdapter[logging.Logger]:
         """For aiohttp's ``logger=``: a client's bad request is folded, a bug keeps its trace."""
@@ -168,16 +204,19 @@ class ConnectionGuard:
             self._idle(conn)
         return await handler(request)
 
-    def close(self) -> None:
-        """Close every connection left (after the listening socket closed)."""
+    async def close(self) -> None:
+        """Close every connection and handshake left (after the listening socket closed)."""
         self._closed = True
+        for task in list(self._handshakes):
+            task.cancel()
+        await asyncio.gather(*self._handshakes, return_exceptions=True)
         for conn in list(self._conns.values()):
-            self._drop(conn)
-            conn.transport.close()
+            self._shed(conn)
 
-    # -- the connection table -------------------------------------------------------------
+    # -- what the protocol reports ---------------------------------------------------------
 
-    def admit(self, transport: asyncio.BaseTransport) -> _Conn | None:
+    def admit(self, transport: asyncio.BaseTransport, *, tls: bool = False) -> Conn | None:
+        """A new connection, or None when there is no room (it is closed here)."""
         peer = transport.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         limits = self.limits
@@ -188,45 +227,85 @@ class ConnectionGuard:
         if room and len(mine) >= limits.max_per_client:
             room = self._evict(self._waiting_by_client.get(client, {}))
         if not room:
-            self.stats.refused += 1
-            self._fold.note("http.connections_shed", listener=self.name, reason="full")
+            self._count_shed("full")
+            if tls:  # a 503 in clear text means nothing to a TLS client
+                abort(transport)
+                return None
             if isinstance(transport, asyncio.WriteTransport):
                 transport.write(REFUSAL)
             transport.close()
             return None
-        conn = _Conn(transport, client)
+        conn = Conn(transport, client, transport, handshaking=tls)
         self._conns[transport] = conn
         self._by_client.setdefault(client, {})[conn] = None
         self.stats.accepted += 1
         self._wait(conn, limits.request_timeout)
         return conn
 
-    def received(self, conn: _Conn) -> None:
+    def handshake(self, conn: Conn, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (the TLS handshake) as a task the guard owns."""
+        task = asyncio.get_running_loop().create_task(work, name=f"{self.name}-tls-handshake")
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    def secured(self, conn: Conn, transport: asyncio.BaseTransport) -> None:
+        """The handshake is done: aiohttp sees ``transport`` from now on."""
+        del self._conns[conn.transport]
+        conn.transport = transport
+        conn.handshaking = False
+        self._conns[transport] = conn
+
+    def received(self, conn: Conn) -> None:
         if not conn.busy:
             conn.partial = True
 
-    def release(self, conn: _Conn) -> None:
+    def write_paused(self, conn: Conn) -> None:
+        """The send buffer is full: the reader has ``write_timeout`` to take some of it."""
+        if conn.stall is None and not conn.gone:
+            loop = asyncio.get_running_loop()
+            conn.stall = loop.call_at(loop.time() + self.limits.write_timeout, self._stalled, conn)
+
+    def write_resumed(self, conn: Conn) -> None:
+        if conn.stall is not None:
+            conn.stall.cancel()
+            conn.stall = None
+
+    def release(self, conn: Conn) -> None:
         if not conn.gone:
             self._drop(conn)
 
-    def _busy(self, conn: _Conn) -> None:
+    # -- the connection table -------------------------------------------------------------
+
+    def _busy(self, conn: Conn) -> None:
+        if conn.sending is not None:  # the last response's tail: this request takes over
+            conn.sending.cancel()
+            conn.sending = None
+            conn.busy -= 1
         conn.busy += 1
         conn.served = True
         conn.partial = False
         self._unwait(conn)
 
-    def _idle(self, conn: _Conn) -> None:
+    def _idle(self, conn: Conn) -> None:
+        """A handler is done; its response may still be in the send buffer (a download's
+        tail): the connection stays busy until that is sent, so it is neither evicted nor
+        cut short by the idle deadline (a reader that stops is ``write_timeout``'s)."""
+        conn.sending = None
+        if conn.busy == 1 and not conn.gone and _buffered(conn):
+            loop = asyncio.get_running_loop()
+            conn.sending = loop.call_at(loop.time() + SENT_CHECK, self._idle, conn)
+            return
         conn.busy -= 1
         if conn.busy == 0 and not conn.gone:
             self._wait(conn, self.limits.idle_timeout)
 
-    def _wait(self, conn: _Conn, timeout: float) -> None:
+    def _wait(self, conn: Conn, timeout: float) -> None:
         self._waiting[conn] = None
         self._waiting_by_client.setdefault(conn.client, {})[conn] = None
         loop = asyncio.get_running_loop()
         conn.handle = loop.call_at(loop.time() + timeout, self._expire, conn)
 
-    def _unwait(self, conn: _Conn) -> None:
+    def _unwait(self, conn: Conn) -> None:
         self._waiting.pop(conn, None)
         waiting = self._waiting_by_client.get(conn.client)
         if waiting is not None:
@@ -237,33 +316,48 @@ class ConnectionGuard:
             conn.handle.cancel()
             conn.handle = None
 
-    def _expire(self, conn: _Conn) -> None:
+    def _expire(self, conn: Conn) -> None:
         conn.handle = None
         if conn.gone or conn.busy:
             return
-        if conn.partial or not conn.served:
-            self.stats.timed_out += 1
-            reason = "slow_request" if conn.partial else "no_request"
-            self._fold.note("http.connections_shed", listener=self.name, reason=reason)
+        if conn.handshaking:
+            self._count_shed("handshake")
+        elif conn.partial:
+            self._count_shed("slow_request")
+        elif not conn.served:
+            self._count_shed("no_request")
         else:
             self.stats.idle_closed += 1
-        self._drop(conn)
-        conn.transport.close()
+        self._shed(conn)
 
-    def _evict(self, waiting: MutableMapping[_Conn, None]) -> bool:
+    def _stalled(self, conn: Conn) -> None:
+        conn.stall = None
+        if not conn.gone:
+            self._count_shed("stalled_reader")
+            self._shed(conn)
+
+    def _evict(self, waiting: MutableMapping[Conn, None]) -> bool:
         """Close the longest-waiting connection of ``waiting``; False when there is none."""
         conn = next(iter(waiting), None)
         if conn is None:
             return False
-        self.stats.evicted += 1
-        self._fold.note("http.connections_shed", listener=self.name, reason="evicted")
-        self._drop(conn)
-        conn.transport.close()
+        self._count_shed("evicted")
+        self._shed(conn)
         return True
 
-    def _drop(self, conn: _Conn) -> None:
+    def _shed(self, conn: Conn) -> None:
+        """Out of the table and closed at once: abort, because a graceful close waits for a
+        send buffer the peer may never read (and under TLS for its close_notify)."""
+        self._drop(conn)
+        abort(conn.transport)
+
+    def _drop(self, conn: Conn) -> None:
         conn.gone = True
         self._unwait(conn)
+        self.write_resumed(conn)
+        if conn.sending is not None:
+            conn.sending.cancel()
+            conn.sending = None
         self._conns.pop(conn.transport, None)
         mine = self._by_client.get(conn.client)
         if mine is not None:
@@ -271,47 +365,30 @@ class ConnectionGuard:
             if not mine:
                 del self._by_client[conn.client]
 
+    def _count_shed(self, reason: str) -> None:
+        self.stats.shed[reason] += 1
+        self._fold.note("http.connections_shed", listener=self.name, reason=reason)
+
     def client_error(self, exc: BaseException) -> None:
         self.stats.client_errors += 1
         detail = f"{type(exc).__name__}: {exc}"[:DETAIL_CHARS]
         self._fold.note("http.client_errors", listener=self.name, detail=detail)
 
 
-class _GuardedProtocol(asyncio.Protocol):
-    """aiohttp's protocol behind the guard: a refused connection never reaches it."""
+def _buffered(conn: Conn) -> bool:
+    """Bytes of a response not yet handed to the kernel (TLS: either layer)."""
+    return any(
+        isinstance(transport, asyncio.WriteTransport) and transport.get_write_buffer_size() > 0
+        for transport in {conn.transport, conn.raw}
+    )
 
-    __slots__ = ("_conn", "_guard", "_inner")
 
-    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
-        self._guard = guard
-        self._inner = inner
-        self._conn: _Conn | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._conn = self._guard.admit(transport)
-        if self._conn is not None:
-            self._inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self._conn is not None:
-            self._guard.received(self._conn)
-            self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._conn is not None else None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._conn is not None:
-            self._guard.release(self._conn)
-            self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self._conn is not None:
-            self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._conn is not None:
-            self._inner.resume_writing()
+def abort(transport: asyncio.BaseTransport) -> None:
+    """Close now, whatever is buffered (every stream transport can; the base type cannot)."""
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+    else:  # pragma: no cover
+        transport.close()
 
 
 class _ClientErrorLog(logging.LoggerAdapter[logging.Logger]):
@@ -327,77 +404,3 @@ class _ClientErrorLog(logging.LoggerAdapter[logging.Logger]):
             self._guard.client_error(exc)
             return
         super().exception(msg, *args, **kwargs)
-
-
-class GuardedSite(web.TCPSite):
-    """``web.TCPSite`` whose connections pass through a :class:`ConnectionGuard`."""
-
-    def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard, **kw: Any
-    ) -> None:
-        super().__init__(runner, host, port, **kw)
-        self.guard = guard
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)  # registers the site with the runner
-        server = self._runner.server
-        assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            self.guard.protocol_factory(server),
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
-        )
-
-    async def stop(self) -> None:
-        await super().stop()
-        self.guard.close()
-
-
-@dataclass
-class GuardedListener:
-    """An aiohttp app served on ``host:port`` behind a :class:`ConnectionGuard`.
-
-    ``await start(app)`` puts the guard's middleware first and binds (port 0 picks one: see
-    ``port``); ``await stop()`` closes the socket, then every connection.
-    """
-
-    host: str
-    port: int
-    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
-    name: str = "http"
-    runner_options: dict[str, Any] = field(default_factory=dict)
-    guard: ConnectionGuard = field(init=False)
-    _runner: web.AppRunner | None = field(default=None, init=False)
-
-    def __post_init__(self) -> None:
-        self.guard = ConnectionGuard(self.limits, name=self.name)
-
-    async def start(self, app: web.Application, *, ssl_context: Any = None) -> None:
-        app.middlewares.insert(0, self.guard.middleware)
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            # aiohttp's own idle timer, never later than the guard's
-            keepalive_timeout=self.limits.idle_timeout,
-            logger=self.guard.client_error_log(),
-            **{"shutdown_timeout": 1.0, **self.runner_options},
-        )
-        await runner.setup()
-        site = GuardedSite(runner, self.host, self.port, self.guard, ssl_context=ssl_context)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None

@@ -23,6 +23,7 @@ from prometheus_client.metrics_core import (
 from kommo_callerid import __version__
 from kommo_callerid.calls.detector import SkipReason
 from kommo_callerid.core.models import AmiCounters, LatencyHistogram
+from kommo_callerid.serving.guard import SHED_REASONS
 from kommo_callerid.web.callerid import Answer
 from kommo_callerid.web.metrics_phonebook import phonebook_metrics
 from kommo_callerid.web.stats import DISCARD_REASONS, StatsView, status_label
@@ -75,6 +76,8 @@ class DaemonCollector:
             yield from phonebook_metrics(PREFIX, view.phonebook)
         if view.recordings_enabled:
             yield from _recordings(view)
+        if view.listeners:
+            yield from _listeners(view)
 
 
 def _ami(view: StatsView) -> Iterator[Metric]:
@@ -233,6 +236,32 @@ def _recordings(view: StatsView) -> Iterator[Metric]:
         view.recordings_refused,
         RECORDING_REFUSALS,
     )
+
+
+def _listeners(view: StatsView) -> Iterator[Metric]:
+    """Per listener (``http``: the local endpoint, ``public``): what serving/ guards."""
+    open_now = GaugeMetricFamily(
+        PREFIX + "http_connections", "Connections a listener holds now.", labels=["listener"]
+    )
+    shed = CounterMetricFamily(
+        PREFIX + "http_connections_shed",
+        "Connections a listener closed before their time, by reason: full (every connection "
+        "busy), evicted (room for a newcomer), handshake (TLS not done in time), no_request "
+        "and slow_request (a request not whole in time), stalled_reader (a response not "
+        "taken for write_timeout).",
+        labels=["listener", "reason"],
+    )
+    errors = CounterMetricFamily(
+        PREFIX + "http_client_errors",
+        "Malformed requests (an oversized header, garbage), answered 400 and not logged each.",
+        labels=["listener"],
+    )
+    for listener in view.listeners:
+        open_now.add_metric([listener.listener], listener.open)
+        for reason in sorted({*SHED_REASONS, *listener.shed}):
+            shed.add_metric([listener.listener, reason], listener.shed.get(reason, 0))
+        errors.add_metric([listener.listener], listener.client_errors)
+    yield from (open_now, shed, errors)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

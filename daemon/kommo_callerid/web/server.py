@@ -16,8 +16,9 @@ import structlog
 from aiohttp import web
 
 from kommo_callerid.core.config import HttpConfig
-from kommo_callerid.serving.descriptors import listener_share
-from kommo_callerid.serving.guard import ConnectionLimits, GuardedListener
+from kommo_callerid.serving.descriptors import listener_limits
+from kommo_callerid.serving.guard import ConnectionGuard, ConnectionLimits
+from kommo_callerid.serving.listener import GuardedListener
 
 log = structlog.get_logger(__name__)
 
@@ -73,7 +74,7 @@ class HttpServer:
         self._callerid = callerid
         #: Bounded connections and request deadlines (serving.guard); by default within this
         #: listener's share of the descriptors, so AMI and Kommo always get one.
-        self.limits = limits or LOCAL_LIMITS.within(listener_share())
+        self.limits = limits or listener_limits(LOCAL_LIMITS)
         self._listener: GuardedListener | None = None
         self.port: int | None = None
 
@@ -92,6 +93,11 @@ class HttpServer:
             port=self.port,
             max_connections=self.limits.max_connections,
         )
+
+    @property
+    def guard(self) -> ConnectionGuard | None:
+        """The listener's connection table (its counters go on ``/metrics``)."""
+        return self._listener.guard if self._listener is not None else None
 
     @property
     def connections(self) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kommo_callerid.core.models import AmiCounters, LatencyHistogram
+from kommo_callerid.serving.guard import ListenerSnapshot
 
 #: The AmiCounters fields that count events read but not delivered, i.e. the discard reasons.
 DISCARD_REASONS = ("dropped", "invalid", "oversized", "garbage")
@@ -90,6 +91,9 @@ class StatsView:
     #: Per PBX, with several (``[ami.NAME]``); empty for the one unnamed ``[ami]``.
     pbx_links: tuple[PbxLinkStats, ...] = ()
     phonebook: PhonebookStats | None = None
+    #: The bounded HTTP listeners running (``http``, ``public``): connections and what
+    #: their guards shed.
+    listeners: tuple[ListenerSnapshot, ...] = ()
 
 
 def log_fields(view: StatsView) -> dict[str, Any]:
