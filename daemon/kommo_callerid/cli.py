@@ -27,6 +27,7 @@ from kommo_callerid.core.config import Config, LogConfig
 from kommo_callerid.core.config_load import ConfigError, load_config, resolve_config_path
 from kommo_callerid.core.logging import configure_logging, json_for_terminal
 from kommo_callerid.core.models import KommoError
+from kommo_callerid.daemon import event_loop
 from kommo_callerid.daemon.app import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, Daemon
 from kommo_callerid.daemon.memory import freeze_startup_heap
 from kommo_callerid.kommo.auth import TokenFileUnusable
@@ -270,7 +271,7 @@ def _run(config: Config, path: Path) -> int:
         return await daemon.serve()
 
     freeze_startup_heap()
-    return asyncio.run(serve())
+    return event_loop.run(serve())
 
 
 def _check(config: Config, cli_path: str | None, *, offline: bool, listen: float) -> int:

@@ -30,6 +30,7 @@ from panoramisk import Manager
 from kommo_callerid.core.config import LogConfig
 from kommo_callerid.core.config_load import from_mapping
 from kommo_callerid.core.logging import configure_logging
+from kommo_callerid.daemon import event_loop
 from kommo_callerid.daemon.app import Daemon
 from kommo_callerid.daemon.memory import freeze_startup_heap
 
@@ -152,11 +153,15 @@ def main() -> None:
         configure_logging(LogConfig(level=level, format="json"), stream=devnull)
         run = run_daemon(config) if mode == "daemon" else run_bare(config)
         profile_to = os.environ.get("BENCH_PROFILE")  # a directory: one cProfile file per child
+        # the daemon on the loop the CLI picks (uvloop when installed); bare panoramisk on asyncio's
+        # (BENCH_BARE_FAST=1: on the daemon's too)
+        fast = mode == "daemon" or os.environ.get("BENCH_BARE_FAST")
+        go = event_loop.run if fast else asyncio.run
         if not profile_to:
-            asyncio.run(run)
+            go(run)
             return
         with cProfile.Profile() as profile:
-            asyncio.run(run)
+            go(run)
         profile.dump_stats(Path(profile_to) / f"{mode}-{os.getpid()}.prof")
 
 
