@@ -42,8 +42,8 @@ class FastPathUnavailable(Exception):
     """No answer from the fast path: send the request the ordinary way."""
 
 
-class _Unparseable(Exception):
-    pass
+class UnreadableAnswer(Exception):
+    """The bytes on the connection are not an HTTP/1.1 answer this parser will vouch for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +139,11 @@ class FastPost:
         #: Requests answered through this path (tests and benchmarks count them).
         self.sent = 0
 
+    @property
+    def ready(self) -> bool:
+        """An idle connection is open."""
+        return any(not conn.closed for conn in self._idle)
+
     def want(self) -> None:
         """Make sure the opener runs while the pool is short of connections."""
         if self._closed or len(self._idle) + self._busy >= self._size:
@@ -175,10 +180,11 @@ class FastPost:
             self._busy -= 1
             conn.close()
             self.want()
-            if isinstance(exc, _Unparseable):
+            if isinstance(exc, UnreadableAnswer):
                 raise FastPathUnavailable from None
             raise
         self._busy -= 1
+        conn.buffer.clear()  # a reusable answer ended exactly at the buffer's end
         conn.served = True
         self._failures = 0
         if parsed.reusable and not conn.closed:
@@ -217,7 +223,7 @@ class FastPost:
             if parsed is not None:
                 return parsed
             if conn.closed:
-                raise _Unparseable
+                raise UnreadableAnswer
             await conn.wait_data()
 
     async def _open(self) -> None:
@@ -252,7 +258,7 @@ class FastPost:
 
 def parse_response(buffer: bytearray, eof: bool, max_body: int) -> _Parsed | None:
     """The answer at the start of ``buffer``, or None while more bytes are needed; raises
-    :class:`_Unparseable`. Interim (1xx) answers are dropped from the buffer."""
+    :class:`UnreadableAnswer`. Interim (1xx) answers are dropped from the buffer."""
     head = _final_head(buffer)
     if head is None:
         return None
@@ -273,7 +279,7 @@ def parse_response(buffer: bytearray, eof: bool, max_body: int) -> _Parsed | Non
     coding = headers.get("transfer-encoding")
     if coding is not None:
         if coding.lower().split(",")[-1].strip() != "chunked":
-            raise _Unparseable
+            raise UnreadableAnswer
         return _chunked(buffer, start, max_body, answer, keep)
     length_text = headers.get("content-length")
     if length_text is None:  # the body runs until the server closes the connection
@@ -281,7 +287,7 @@ def parse_response(buffer: bytearray, eof: bool, max_body: int) -> _Parsed | Non
             return answer(None, False)
         return answer(bytes(buffer[start:]), False) if eof else None
     if not length_text.isdigit():
-        raise _Unparseable
+        raise UnreadableAnswer
     length = int(length_text)
     if length > max_body:
         return answer(None, False)
@@ -296,15 +302,15 @@ def _final_head(buffer: bytearray) -> tuple[int, str, dict[str, str], int] | Non
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
             if len(buffer) > MAX_HEAD:
-                raise _Unparseable
+                raise UnreadableAnswer
             return None
         if end > MAX_HEAD:
-            raise _Unparseable
+            raise UnreadableAnswer
         status, version, headers = _head(bytes(buffer[:end]))
         if status >= 200:
             return status, version, headers, end + 4
         if status == 101:
-            raise _Unparseable
+            raise UnreadableAnswer
         del buffer[: end + 4]
 
 
@@ -312,21 +318,21 @@ def _head(raw: bytes) -> tuple[int, str, dict[str, str]]:
     lines = raw.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0") or not parts[1].isdigit():
-        raise _Unparseable
+        raise UnreadableAnswer
     status = int(parts[1])
     if not 100 <= status <= 599:
-        raise _Unparseable
+        raise UnreadableAnswer
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if not sep or not name or name != name.strip():
-            raise _Unparseable
+            raise UnreadableAnswer
         key, value = name.lower(), value.strip()
         if key in ("content-length", "transfer-encoding") and headers.get(key, value) != value:
-            raise _Unparseable  # conflicting framing: never guess where the answer ends
+            raise UnreadableAnswer  # conflicting framing: never guess where the answer ends
         headers[key] = value
     if "content-length" in headers and "transfer-encoding" in headers:
-        raise _Unparseable
+        raise UnreadableAnswer
     return status, parts[0], headers
 
 
@@ -343,15 +349,15 @@ def _chunked(
         line_end = buffer.find(b"\r\n", pos)
         if line_end < 0:
             if len(buffer) - pos > MAX_HEAD:
-                raise _Unparseable
+                raise UnreadableAnswer
             return None
         size_text = bytes(buffer[pos:line_end]).split(b";", 1)[0].strip()
         try:
             count = int(size_text, 16)
         except ValueError:
-            raise _Unparseable from None
+            raise UnreadableAnswer from None
         if count < 0 or not size_text.isalnum():
-            raise _Unparseable
+            raise UnreadableAnswer
         if count == 0:
             if buffer[line_end + 2 : line_end + 4] == b"\r\n":
                 done = line_end + 4
@@ -369,6 +375,6 @@ def _chunked(
         if len(buffer) < data_end + 2:
             return None
         if buffer[data_end : data_end + 2] != b"\r\n":
-            raise _Unparseable
+            raise UnreadableAnswer
         chunks.append(bytes(buffer[data_start:data_end]))
         pos = data_end + 2

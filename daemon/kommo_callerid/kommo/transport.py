@@ -244,16 +244,9 @@ class KommoTransport:
         # A callable payload is made now, inside the slot: a batch is sealed here.
         payload = call.payload() if callable(call.payload) else call.payload
         if fast is not None:
-            try:
-                body = json.dumps(payload).encode()
-                answer = await fast.post(path, headers["Authorization"], body, budget)
-            except FastPathUnavailable:
-                pass  # not sent, or no usable answer: the ordinary way, in this same slot
-            except TimeoutError as exc:
-                self._stats.requests[path, None] += 1
-                return _Failure(self._transport_detail(exc, budget))
-            else:
-                return self._fast_response(path, answer)
+            outcome = await self._send_fast(fast, path, headers["Authorization"], payload, budget)
+            if outcome is not None:
+                return outcome
         try:
             async with session.request(
                 call.method,
@@ -276,6 +269,20 @@ class KommoTransport:
         if body is None:  # the caller decides: a notification's 2xx is a success whatever it says
             return Response(path, status, content_type, b"", header_pause, oversized=True)
         return Response(path, status, content_type, body, retry_after=header_pause)
+
+    async def _send_fast(
+        self, fast: FastPost, path: str, authorization: str, payload: Any, budget: float
+    ) -> Response | _Failure | None:
+        """The exchange on the warm connection; None: send it the ordinary way (in the same
+        slot: nothing went out, or the server closed the connection without answering)."""
+        try:
+            answer = await fast.post(path, authorization, json.dumps(payload).encode(), budget)
+        except FastPathUnavailable:
+            return None
+        except TimeoutError as exc:
+            self._stats.requests[path, None] += 1
+            return _Failure(self._transport_detail(exc, budget))
+        return self._fast_response(path, answer)
 
     def _fast_response(self, path: str, answer: FastAnswer) -> Response:
         status = answer.status
