@@ -233,3 +233,19 @@ def test_the_parser_caps_the_body_and_rejects_conflicting_framing() -> None:
     conflicting = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"
     with pytest.raises(UnreadableAnswer):
         parse_response(bytearray(conflicting), False, MAX_BODY_BYTES)
+
+
+def test_the_warm_connection_works_on_uvloop() -> None:
+    # the daemon runs on uvloop when installed: its transports are not asyncio.Transport
+    uvloop = pytest.importorskip("uvloop")
+
+    async def notify_five() -> tuple[int, int]:
+        async with FakeKommo(demo_dataset()) as kommo:
+            client = _client(kommo.base_url, kommo.token)
+            async with client:
+                fast = await _warm(client)
+                for _ in range(5):
+                    assert await client.notify(JOHN, [1], within=5) is NotifyOutcome.SENT
+                return fast.sent, len(kommo.events)
+
+    assert uvloop.run(notify_five()) == (5, 6)

@@ -26,6 +26,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 from kommo_callerid.kommo.limits import retry_delay
@@ -76,8 +77,8 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses; they have its methods
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -233,7 +234,7 @@ class FastPost:
                 await asyncio.sleep(retry_delay(self._failures, cap=RECONNECT_CAP))
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
-                    _, conn = await loop.create_connection(
+                    transport, conn = await loop.create_connection(
                         lambda: _Connection(self),
                         self._host,
                         self._port,
@@ -241,6 +242,10 @@ class FastPost:
                         server_hostname=self._host if self._ssl is not None else None,
                     )
             except (OSError, TimeoutError):  # ssl.SSLError is an OSError
+                self._failures += 1
+                continue
+            if conn.closed or conn.transport is None:  # lost at once: not a usable connection
+                transport.close()
                 self._failures += 1
                 continue
             self._idle.append(conn)
