@@ -13,7 +13,9 @@ and the transport sends the request through aiohttp as before. An answer it did 
 back as :class:`FastAnswer`, which the transport maps exactly as it maps aiohttp's. A
 connection the server closes before answering a request written on it is the usual
 keep-alive race (the server closed it idle, without reading the request): the aiohttp
-resend is then the only copy Kommo sees.
+resend is then the only copy Kommo sees, and it goes out in the same slot. Only a request's
+first attempt comes here; retries (after a 401's token refresh, a 429, a 5xx) go the
+ordinary way. Never through a proxy: the transport has no fast path when one is configured.
 
 Size: a connection pool with its owned opener task and an HTTP/1.1 response parser (length,
 chunked, read-to-close) belong together; split, neither is usable alone.
@@ -241,7 +243,7 @@ class FastPost:
                         ssl=self._ssl,
                         server_hostname=self._host if self._ssl is not None else None,
                     )
-            except (OSError, TimeoutError):  # ssl.SSLError is an OSError
+            except Exception:  # refused, TLS, DNS, a bad host: only the fast path waits
                 self._failures += 1
                 continue
             if conn.closed or conn.transport is None:  # lost at once: not a usable connection
