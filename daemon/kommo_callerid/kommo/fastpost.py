@@ -119,7 +119,15 @@ class FastPost:
     """Up to ``size`` keep-alive connections to ``base_url``'s host, opened in the background
     by an owned task; :meth:`post` uses an idle one or raises :class:`FastPathUnavailable`."""
 
-    def __init__(self, base_url: str, user_agent: str, *, max_body: int, size: int = 1) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        user_agent: str,
+        *,
+        max_body: int,
+        size: int = 1,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         parts = urlsplit(base_url)
         self._tls = parts.scheme == "https"
         self._host = parts.hostname or ""
@@ -132,7 +140,9 @@ class FastPost:
         self._head = f"Host: {host_header}\r\nUser-Agent: {user_agent}\r\nAccept: */*\r\n"
         self._max_body = max_body
         self._size = size
-        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self._tls else None
+        self._ssl: ssl.SSLContext | None = None
+        if self._tls:  # the transport passes the context its aiohttp session uses
+            self._ssl = ssl_context or ssl.create_default_context()
         self._idle: deque[_Connection] = deque()
         self._busy = 0
         self._opener: asyncio.Task[None] | None = None

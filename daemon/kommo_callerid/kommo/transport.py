@@ -13,6 +13,7 @@ one place, so no request can skip a step.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -116,10 +117,18 @@ class KommoTransport:
         self._error_logged: dict[tuple[str, int | None], tuple[float, int]] = {}
         choice = proxy_for(config)
         self._proxy = choice.url if choice is not None else None
+        # One TLS context for both ways out, so the warm connection trusts (and checks host
+        # names against) exactly what aiohttp does: aiohttp's own default context is made at
+        # its import, before SSL_CERT_FILE / SSL_CERT_DIR could be set.
+        self._ssl: ssl.SSLContext | None = None
+        if config.base_url.lower().startswith("https:"):
+            self._ssl = ssl.create_default_context()
         #: The notification's warm connection (issue 22); never through a proxy.
         self.fast: FastPost | None = None
         if self._proxy is None:
-            self.fast = FastPost(config.base_url, _USER_AGENT, max_body=MAX_BODY_BYTES)
+            self.fast = FastPost(
+                config.base_url, _USER_AGENT, max_body=MAX_BODY_BYTES, ssl_context=self._ssl
+            )
 
     def table_sizes(self) -> dict[str, int]:
         return {"limiter_waiting": self._limiter.waiting, "error_log_keys": len(self._error_logged)}
@@ -296,7 +305,10 @@ class KommoTransport:
         if self._closed:
             raise RuntimeError("the Kommo client is closed")
         if self._session is None:
-            self._session = aiohttp.ClientSession(headers={"User-Agent": _USER_AGENT})
+            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True)
+            self._session = aiohttp.ClientSession(
+                headers={"User-Agent": _USER_AGENT}, connector=connector
+            )
         return self._session
 
     def _transport_detail(self, exc: BaseException, budget: float) -> str:
