@@ -12,6 +12,8 @@ one place, so no request can skip a step.
 
 from __future__ import annotations
 
+import json
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -26,6 +28,7 @@ from kommo_callerid.core.config import KommoConfig
 from kommo_callerid.core.models import DeadlineReached, KommoAuthError, KommoError, LatencyHistogram
 from kommo_callerid.core.waiters import SlotExpired
 from kommo_callerid.kommo.auth import TOKEN_PATH, TokenProvider
+from kommo_callerid.kommo.fastpost import FastAnswer, FastPathUnavailable, FastPost
 from kommo_callerid.kommo.limits import (
     Clock,
     GateClosed,
@@ -47,6 +50,7 @@ MAX_PAUSE = 60.0
 #: How often a repeating retryable error is logged (403: the issue asks for once a minute).
 ERROR_LOG_INTERVAL = {403: 60.0}
 DEFAULT_ERROR_LOG_INTERVAL = 10.0
+_USER_AGENT = f"kommo-callerid/{__version__}"
 
 
 class BacklogExpired(DeadlineReached):
@@ -113,12 +117,26 @@ class KommoTransport:
         self._error_logged: dict[tuple[str, int | None], tuple[float, int]] = {}
         choice = proxy_for(config)
         self._proxy = choice.url if choice is not None else None
+        # One TLS context for both ways out, so the warm connection trusts (and checks host
+        # names against) exactly what aiohttp does: aiohttp's own default context is made at
+        # its import, before SSL_CERT_FILE / SSL_CERT_DIR could be set.
+        self._ssl: ssl.SSLContext | None = None
+        if config.base_url.lower().startswith("https:"):
+            self._ssl = ssl.create_default_context()
+        #: The notification's warm connection (issue 22); never through a proxy.
+        self.fast: FastPost | None = None
+        if self._proxy is None:
+            self.fast = FastPost(
+                config.base_url, _USER_AGENT, max_body=MAX_BODY_BYTES, ssl_context=self._ssl
+            )
 
     def table_sizes(self) -> dict[str, int]:
         return {"limiter_waiting": self._limiter.waiting, "error_log_keys": len(self._error_logged)}
 
     async def close(self) -> None:
         self._closed = True
+        if self.fast is not None:
+            await self.fast.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -148,7 +166,9 @@ class KommoTransport:
             except GateClosed:
                 raise self._deadline(path, last, attempt - 1) from None
             try:
-                authorization, outcome = await self._authorized_attempt(call)
+                # Only a first attempt takes the fast path: a retry (after a 401's refresh,
+                # a 429, a lost answer) goes the ordinary way.
+                authorization, outcome = await self._authorized_attempt(call, attempt == 1)
             except BaseException:
                 self.gate.abandon()
                 raise
@@ -190,27 +210,40 @@ class KommoTransport:
         except KommoError as exc:  # the refresh failed for now (or was not saved): retry later
             return _Failure(f"token refresh failed: {exc.detail}"), False
 
-    async def _authorized_attempt(self, call: _Call) -> tuple[str | None, Response | _Failure]:
+    async def _authorized_attempt(
+        self, call: _Call, first: bool
+    ) -> tuple[str | None, Response | _Failure]:
         try:
             authorization = await self.auth.authorization()
         except KommoAuthError:
             raise
         except KommoError as exc:  # the token endpoint failed for now: retry like any failure
             return None, _Failure(f"token refresh failed: {exc.detail}")
-        return authorization, await self._attempt(call, authorization)
+        return authorization, await self._attempt(call, authorization, first)
 
-    async def _attempt(self, call: _Call, authorization: str | None) -> Response | _Failure:
+    async def _attempt(
+        self, call: _Call, authorization: str | None, first: bool = False
+    ) -> Response | _Failure:
         session = self._ensure_session()
         headers = {"Authorization": authorization} if authorization else {}
+        fast = self.fast
+        if fast is not None:
+            fast.want()  # the first request of any kind opens the warm connection
+            if not (first and authorization and _fast_eligible(call)):
+                fast = None
         try:
             async with self._limiter.slot(call.priority, call.deadline):
-                return await self._send(session, call, headers)
+                return await self._send(session, call, headers, fast)
         except SlotExpired:
             detail = "waited for the rate limit until the deadline (a backlog of requests)"
             raise BacklogExpired(None, call.path, detail, 0) from None
 
     async def _send(
-        self, session: aiohttp.ClientSession, call: _Call, headers: dict[str, str]
+        self,
+        session: aiohttp.ClientSession,
+        call: _Call,
+        headers: dict[str, str],
+        fast: FastPost | None = None,
     ) -> Response | _Failure:
         """One HTTP exchange within a rate-limit slot."""
         path = call.path
@@ -219,6 +252,10 @@ class KommoTransport:
             return _Failure("no time left before the deadline")
         # A callable payload is made now, inside the slot: a batch is sealed here.
         payload = call.payload() if callable(call.payload) else call.payload
+        if fast is not None:
+            outcome = await self._send_fast(fast, path, headers["Authorization"], payload, budget)
+            if outcome is not None:
+                return outcome
         try:
             async with session.request(
                 call.method,
@@ -242,12 +279,35 @@ class KommoTransport:
             return Response(path, status, content_type, b"", header_pause, oversized=True)
         return Response(path, status, content_type, body, retry_after=header_pause)
 
+    async def _send_fast(
+        self, fast: FastPost, path: str, authorization: str, payload: Any, budget: float
+    ) -> Response | _Failure | None:
+        """The exchange on the warm connection; None: send it the ordinary way (in the same
+        slot: nothing went out, or the server closed the connection without answering)."""
+        try:
+            answer = await fast.post(path, authorization, json.dumps(payload).encode(), budget)
+        except FastPathUnavailable:
+            return None
+        except TimeoutError as exc:
+            self._stats.requests[path, None] += 1
+            return _Failure(self._transport_detail(exc, budget))
+        return self._fast_response(path, answer)
+
+    def _fast_response(self, path: str, answer: FastAnswer) -> Response:
+        status = answer.status
+        self._stats.requests[path, status] += 1
+        pause = _seconds(answer.retry_after)
+        if answer.body is None:
+            return Response(path, status, answer.content_type, b"", pause, oversized=True)
+        return Response(path, status, answer.content_type, answer.body, retry_after=pause)
+
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._closed:
             raise RuntimeError("the Kommo client is closed")
         if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True)
             self._session = aiohttp.ClientSession(
-                headers={"User-Agent": f"kommo-callerid/{__version__}"},
+                headers={"User-Agent": _USER_AGENT}, connector=connector
             )
         return self._session
 
@@ -283,6 +343,16 @@ class KommoTransport:
             retry_in=round(delay, 2),
             repeated=repeated,
         )
+
+
+def _fast_eligible(call: _Call) -> bool:
+    """The call notification: a JSON POST without a query string."""
+    return (
+        call.priority is Priority.NOTIFY
+        and call.method == "POST"
+        and not call.form
+        and call.params is None
+    )
 
 
 def _retryable(status: int | None) -> bool:

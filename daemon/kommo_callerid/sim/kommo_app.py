@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import itertools
 import secrets
+import ssl
 import time
 import uuid
 from collections import deque
@@ -151,7 +152,10 @@ class FakeKommo:
         rate_limit: int | None = None,
         clock: Clock = time.monotonic,
         oauth: FakeOAuth | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        #: Serve over TLS with this (server) context: ``base_url`` is then https.
+        self.ssl_context = ssl_context
         self.dataset = dataset if dataset is not None else demo_dataset()
         self.token = token or secrets.token_urlsafe(24)
         #: Requests allowed per sliding 1-second window, all endpoints together; None: no limit.
@@ -192,7 +196,8 @@ class FakeKommo:
     def base_url(self) -> str:
         if self._port is None:
             raise RuntimeError("the fake Kommo server is not running")
-        return f"http://127.0.0.1:{self._port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._port}"
 
     def fail_next(
         self,
@@ -240,7 +245,7 @@ class FakeKommo:
     async def start(self) -> None:
         runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.ssl_context).start()
         self._runner = runner
         self._port = int(runner.addresses[0][1])
 
