@@ -43,9 +43,8 @@ if [ -z "$wheel" ]; then
   wheel=$(ls "$work"/wheel/*.whl)
 fi
 echo "deb: venv at $prefix with $python ($pyminor), $(basename "$wheel")"
-# [fast]: uvloop (a manylinux wheel for Debian's python3), the event loop the daemon picks when
-# it is there: ingest with the journal on at 6.5-7.2x a bare panoramisk reader (4x without).
-quietly "$venv/bin/python" -m pip install --no-compile --disable-pip-version-check "$wheel[fast]"
+# Not [fast] (uvloop): on it the AMI reader outruns the intake in a flood and events are shed.
+quietly "$venv/bin/python" -m pip install --no-compile --disable-pip-version-check "$wheel"
 # The click-to-call widget archive an account administrator uploads in Kommo, written by the
 # same code as `kommo-callerid widget` (byte for byte: fixed dates). It holds no server URL (the
 # administrator types it in the widget's settings in Kommo), so one archive fits every install

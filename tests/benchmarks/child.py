@@ -30,9 +30,17 @@ from panoramisk import Manager
 from kommo_callerid.core.config import LogConfig
 from kommo_callerid.core.config_load import from_mapping
 from kommo_callerid.core.logging import configure_logging
-from kommo_callerid.daemon import event_loop
 from kommo_callerid.daemon.app import Daemon
 from kommo_callerid.daemon.memory import freeze_startup_heap
+
+
+def _daemon_loop() -> Any:
+    """The CLI's loop runner; asyncio.run for an older package (a before/after table)."""
+    try:
+        from kommo_callerid.daemon import event_loop
+    except ImportError:
+        return asyncio.run
+    return event_loop.run
 
 
 def rss_mb() -> float:
@@ -156,7 +164,7 @@ def main() -> None:
         # the daemon on the loop the CLI picks (uvloop when installed); bare panoramisk on asyncio's
         # (BENCH_BARE_FAST=1: on the daemon's too)
         fast = mode == "daemon" or os.environ.get("BENCH_BARE_FAST")
-        go = event_loop.run if fast else asyncio.run
+        go = _daemon_loop() if fast else asyncio.run
         if not profile_to:
             go(run)
             return
