@@ -10,13 +10,14 @@ import pytest
 from pydantic import SecretStr
 
 from kommo_callerid.ami.client import AmiClient
+from kommo_callerid.ami.protocol import URGENT_REST_BYTES
 from kommo_callerid.core.config import AmiConfig
 from kommo_callerid.core.models import ChannelEvent, ChannelEventKind
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
 from kommo_callerid.sim.recording import format_message
 
 EventQueue = asyncio.Queue[ChannelEvent]
-LEGS = 200  # events behind the call's first channel in the same write
+LEGS = 50  # events behind the call's first channel in the same write (some 7 KiB)
 
 
 def newchannel(uniqueid: str, linkedid: str) -> dict[str, str]:
@@ -87,7 +88,7 @@ async def test_a_new_call_and_the_task_it_starts_run_before_the_rest_of_its_read
 
     await asyncio.create_task(notify())
     assert first.uniqueid == first.linkedid == "1.0"
-    # before issue 22's change: the whole read was parsed first (199 and 199 here)
+    # before issue 22's change: the whole read was parsed first (49 and 49 here)
     assert (behind_at_intake, seen_by_task) == (0, [0])
     rest = await take(queue, LEGS - 1)
     assert [event.uniqueid for event in rest] == [f"1.{n}" for n in range(1, LEGS)]
@@ -109,8 +110,10 @@ async def test_reads_behind_held_calls_keep_their_order(
 async def test_a_link_lost_while_a_read_is_held_delivers_the_read_first(
     server: FakeAmiServer, client: AmiClient, queue: EventQueue
 ) -> None:
-    calls = 50  # each root holds the rest two loop turns: the end of the stream comes first
-    server.emit_raw(b"".join(call_bytes(call, legs=5) for call in range(calls)))
+    calls = 15  # each root holds the rest two loop turns: the end of the stream comes first
+    data = b"".join(call_bytes(call, legs=5) for call in range(calls))
+    assert len(data) < URGENT_REST_BYTES
+    server.emit_raw(data)
     for session in server.sessions:
         session.writer.close()  # the data, then the end of the stream
     await asyncio.wait_for(client.wait_closed(), 5)
@@ -129,3 +132,15 @@ async def test_a_long_backlog_is_not_held(
         while queue.qsize() <= len(backlog):  # noqa: ASYNC110 - looks at every loop turn
             await asyncio.sleep(0)
     assert queue.qsize() == len(backlog) + 10  # a flood: the read is parsed whole
+
+
+async def test_a_long_rest_of_the_read_is_not_held(
+    server: FakeAmiServer, client: AmiClient, queue: EventQueue
+) -> None:
+    data = call_bytes(4, legs=400)
+    assert len(data) > 2 * URGENT_REST_BYTES  # a backlog behind the call: read whole
+    server.emit_raw(data)
+    async with asyncio.timeout(5):
+        await queue.get()
+    await client.send_action({"Action": "Ping"}, timeout=5.0)  # everything before it is read
+    assert queue.qsize() == 399

@@ -72,6 +72,10 @@ MAX_MESSAGE_BYTES = 64 * 1024
 _END = b"\r\n\r\n"  # a message ends with a blank line
 _EVENT = b"Event: "
 _EVENT_LINE = b"\r\nEvent: "
+#: After an urgent event (a call's first channel) the rest of the read waits two loop turns
+#: when it is shorter than this (a call's other channels, a few other events); a longer rest
+#: is a backlog and is read at once.
+URGENT_REST_BYTES = 16 * 1024
 #: Blank lines of bare LFs or CRs: they end a (broken) message that is not AMI's CRLF.
 _FOREIGN_ENDS = (b"\n\n", b"\r\r")
 #: Events that need panoramisk's path whatever the handler wants: Shutdown ends the link.
@@ -277,7 +281,8 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
             return
         self._feed(memoryview(data))
 
-    def _feed(self, rest: memoryview, *, urgent_pauses: bool = True) -> None:
+    def _feed(self, rest: memoryview, later: int | None = 0) -> None:
+        """Parse ``rest``; ``later``: bytes held behind it (None: never pause, see _pauses)."""
         while rest:  # only as much as fits: the buffer never exceeds MAX_MESSAGE_BYTES
             room = MAX_MESSAGE_BYTES - len(self._buffer)
             if room <= 0:  # full and no message end in it
@@ -288,7 +293,7 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
             self.max_buffered = max(self.max_buffered, len(self._buffer))
             if self.version is None and not self._take_banner():
                 return
-            if self._take_messages(urgent_pauses):
+            if self._take_messages(None if later is None else later + len(rest)):
                 self._hold(rest)
                 return
 
@@ -304,23 +309,26 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
         loop = self.factory.loop
         loop.call_soon(loop.call_soon, self._resume)
 
-    def _resume(self, *, urgent_pauses: bool = True) -> None:
+    def _resume(self, *, pausing: bool = True) -> None:
         held, self._held = self._held, None
         if held is None:  # already flushed (the link was lost meanwhile)
             return
-        if self._take_messages(urgent_pauses):  # messages left in the buffer come first
+        later = sum(map(len, held))
+        if self._take_messages(later if pausing else None):  # the buffer's messages first
             self._held = held
             self._resume_later()
             return
         for index, chunk in enumerate(held):
-            self._feed(memoryview(chunk), urgent_pauses=urgent_pauses)
+            later -= len(chunk)
+            self._feed(memoryview(chunk), later if pausing else None)
             if self._held is not None:  # paused again: the later reads stay in line
                 self._held.extend(held[index + 1 :])
                 return
 
-    def _take_messages(self, urgent_pauses: bool = True) -> bool:
+    def _take_messages(self, later: int | None = None) -> bool:
         """Parse the buffer's whole messages; True when it stopped after an urgent event
-        (messages may be left in the buffer)."""
+        (messages may be left in the buffer). ``later``: the bytes still to come after the
+        buffer's (None: never stop)."""
         buffer, start = self._buffer, 0
         paused = False
         while (end := buffer.find(_END, max(start, self._scanned))) >= 0:
@@ -333,7 +341,13 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
                     self.ignored += 1
                 elif route is _Route.EVENT:
                     urgent = self.factory.deliver(_fields(_decode(buffer[start:end])))
-                    paused = urgent and urgent_pauses
+                    # a long rest is a backlog (a flood): it is read whole, as the intake
+                    # handles a long queue in whole batches
+                    paused = (
+                        urgent
+                        and later is not None
+                        and later + len(buffer) - end < URGENT_REST_BYTES
+                    )
                 else:
                     self._parse(buffer[start:end])
             start = end + len(_END)
@@ -433,7 +447,7 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._held is not None:  # what came before the loss is read before it is reported
-            self._resume(urgent_pauses=False)
+            self._resume(pausing=False)
         self.close()
         self.factory.connection_lost(exc)
 
