@@ -10,7 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from kommo_callerid.ami.client import AmiClient
-from kommo_callerid.ami.protocol import URGENT_REST_BYTES
+from kommo_callerid.ami.protocol import URGENT_READ_BYTES
 from kommo_callerid.core.config import AmiConfig
 from kommo_callerid.core.models import ChannelEvent, ChannelEventKind
 from kommo_callerid.sim.ami_server import DEMO_SECRET, DEMO_USERNAME, FakeAmiServer
@@ -112,7 +112,7 @@ async def test_a_link_lost_while_a_read_is_held_delivers_the_read_first(
 ) -> None:
     calls = 15  # each root holds the rest two loop turns: the end of the stream comes first
     data = b"".join(call_bytes(call, legs=5) for call in range(calls))
-    assert len(data) < URGENT_REST_BYTES
+    assert len(data) < URGENT_READ_BYTES
     server.emit_raw(data)
     for session in server.sessions:
         session.writer.close()  # the data, then the end of the stream
@@ -134,11 +134,11 @@ async def test_a_long_backlog_is_not_held(
     assert queue.qsize() == len(backlog) + 10  # a flood: the read is parsed whole
 
 
-async def test_a_long_rest_of_the_read_is_not_held(
+async def test_a_long_read_is_not_held(
     server: FakeAmiServer, client: AmiClient, queue: EventQueue
 ) -> None:
     data = call_bytes(4, legs=400)
-    assert len(data) > 2 * URGENT_REST_BYTES  # a backlog behind the call: read whole
+    assert len(data) > 2 * URGENT_READ_BYTES  # a backlog behind the call: read whole
     server.emit_raw(data)
     async with asyncio.timeout(5):
         await queue.get()

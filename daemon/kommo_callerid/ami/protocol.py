@@ -36,9 +36,10 @@ Building panoramisk's ``Message`` (a case-insensitive dict) costs far more than 
 handler does not want is counted and dropped undecoded; a wanted one is parsed straight into a
 plain dict. Only responses, garbage and events that may answer an action take panoramisk's path.
 When the handler says an event is urgent (it returns True: a call has just begun), the rest of
-the TCP read is parsed two loop turns later: the call's intake and its notification run first,
-not behind the hundreds of events a read may bring after it. Order is kept (later reads wait
-in line behind it), and a lost link parses what is held before it reports the loss.
+a short TCP read is parsed two loop turns later: the call's intake and its notification run
+first, not behind the events the read brings after it (a long read is a backlog: read whole).
+Order is kept (later reads wait in line behind it), and a lost link parses what is held
+before it reports the loss.
 
 panoramisk's objects are untyped (``Any``). Only :mod:`.ami` touches them, through
 :meth:`SessionManager.submit`, :func:`first_headers` and
@@ -72,10 +73,11 @@ MAX_MESSAGE_BYTES = 64 * 1024
 _END = b"\r\n\r\n"  # a message ends with a blank line
 _EVENT = b"Event: "
 _EVENT_LINE = b"\r\nEvent: "
-#: After an urgent event (a call's first channel) the rest of the read waits two loop turns
-#: when it is shorter than this (a call's other channels, a few other events); a longer rest
-#: is a backlog and is read at once.
-URGENT_REST_BYTES = 16 * 1024
+#: After an urgent event (a call's first channel) the rest of a read shorter than this waits
+#: two loop turns. A longer read means a backlog (the kernel queued more than a few dozen
+#: events while the daemon was busy): it is read whole, as the intake takes a long queue in
+#: whole batches, and a flood is not read call by call.
+URGENT_READ_BYTES = 16 * 1024
 #: Blank lines of bare LFs or CRs: they end a (broken) message that is not AMI's CRLF.
 _FOREIGN_ENDS = (b"\n\n", b"\r\r")
 #: Events that need panoramisk's path whatever the handler wants: Shutdown ends the link.
@@ -279,10 +281,10 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
         if self._held is not None:  # parsing waits for an urgent event's turn: in line
             self._held.append(bytes(data))
             return
-        self._feed(memoryview(data))
+        self._feed(memoryview(data), pausing=len(data) < URGENT_READ_BYTES)
 
-    def _feed(self, rest: memoryview, later: int | None = 0) -> None:
-        """Parse ``rest``; ``later``: bytes held behind it (None: never pause, see _pauses)."""
+    def _feed(self, rest: memoryview, *, pausing: bool) -> None:
+        """Parse ``rest``; ``pausing``: stop after an urgent event (see _take_messages)."""
         while rest:  # only as much as fits: the buffer never exceeds MAX_MESSAGE_BYTES
             room = MAX_MESSAGE_BYTES - len(self._buffer)
             if room <= 0:  # full and no message end in it
@@ -293,7 +295,7 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
             self.max_buffered = max(self.max_buffered, len(self._buffer))
             if self.version is None and not self._take_banner():
                 return
-            if self._take_messages(None if later is None else later + len(rest)):
+            if self._take_messages(pausing):
                 self._hold(rest)
                 return
 
@@ -313,22 +315,20 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
         held, self._held = self._held, None
         if held is None:  # already flushed (the link was lost meanwhile)
             return
-        later = sum(map(len, held))
-        if self._take_messages(later if pausing else None):  # the buffer's messages first
+        pausing = pausing and sum(map(len, held)) < URGENT_READ_BYTES  # else a backlog
+        if self._take_messages(pausing):  # the buffer's messages first
             self._held = held
             self._resume_later()
             return
         for index, chunk in enumerate(held):
-            later -= len(chunk)
-            self._feed(memoryview(chunk), later if pausing else None)
+            self._feed(memoryview(chunk), pausing=pausing)
             if self._held is not None:  # paused again: the later reads stay in line
                 self._held.extend(held[index + 1 :])
                 return
 
-    def _take_messages(self, later: int | None = None) -> bool:
+    def _take_messages(self, pausing: bool = False) -> bool:
         """Parse the buffer's whole messages; True when it stopped after an urgent event
-        (messages may be left in the buffer). ``later``: the bytes still to come after the
-        buffer's (None: never stop)."""
+        (``pausing`` only; messages may be left in the buffer)."""
         buffer, start = self._buffer, 0
         paused = False
         while (end := buffer.find(_END, max(start, self._scanned))) >= 0:
@@ -341,13 +341,7 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
                     self.ignored += 1
                 elif route is _Route.EVENT:
                     urgent = self.factory.deliver(_fields(_decode(buffer[start:end])))
-                    # a long rest is a backlog (a flood): it is read whole, as the intake
-                    # handles a long queue in whole batches
-                    paused = (
-                        urgent
-                        and later is not None
-                        and later + len(buffer) - end < URGENT_REST_BYTES
-                    )
+                    paused = urgent and pausing
                 else:
                     self._parse(buffer[start:end])
             start = end + len(_END)
