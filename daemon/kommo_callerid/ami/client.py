@@ -55,6 +55,11 @@ _KINDS = {kind.value.lower(): kind for kind in ChannelEventKind if kind not in _
 #: Hangups remembered while a channel list is on its way (see :meth:`AmiClient.list_channels`).
 _MAX_HANGUPS_WHILE_LISTING = 10_000
 _HANGUP = ChannelEventKind.HANGUP
+_NEWCHANNEL = ChannelEventKind.NEWCHANNEL
+#: A call's first channel with fewer events than this waiting is urgent: the rest of the TCP
+#: read waits until the call's notification is on its way. A longer backlog is a flood: the
+#: reader then keeps reading whole reads (the intake handles whole batches anyway).
+_URGENT_BELOW = 256
 _VARSET = ChannelEventKind.RECORDING_FILE
 #: What a session reads from its start. VarSet only once Asterisk filters it for us
 #: (:meth:`AmiClient.read_recording_files`): unfiltered, a dialplan sets dozens of variables
@@ -350,20 +355,22 @@ class AmiClient:
         if not lost.done():
             lost.set_result(reason)
 
-    def _on_event(self, fields: Mapping[str, str]) -> None:
+    def _on_event(self, fields: Mapping[str, str]) -> bool:
+        """Queue the event; True when it is a call's first channel (urgent: see
+        :mod:`.protocol`) and little waits in the queue."""
         kind = _KINDS.get(fields.get("event", "").lower())
         if kind is None:
-            return
+            return False
         if kind is ChannelEventKind.DIAL_LEGACY and fields.get("subevent", "").lower() != "begin":
-            return  # AMI 1.x Dial End: how a dial ended, unused
+            return False  # AMI 1.x Dial End: how a dial ended, unused
         if kind is _VARSET and not _is_recording_file(fields):
             self._unused_varset()
-            return
+            return False
         self._counters.received += 1
         event = _channel_event(kind, fields, self._now(), self._pbx)
         if event is None:
             self._count_invalid("no Uniqueid")
-            return
+            return False
         hung_up = self._hung_up
         if hung_up is not None and kind is _HANGUP and len(hung_up) < _MAX_HANGUPS_WHILE_LISTING:
             hung_up.add(event.uniqueid)
@@ -371,8 +378,13 @@ class AmiClient:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self._count_dropped()
-        else:
-            self._counters.delivered += 1
+            return False
+        self._counters.delivered += 1
+        return (
+            kind is _NEWCHANNEL
+            and event.uniqueid == event.linkedid
+            and self._queue.qsize() < _URGENT_BELOW
+        )
 
     def _unused_varset(self) -> None:
         """A VarSet of another variable: the Filter did not keep it out (a server that says

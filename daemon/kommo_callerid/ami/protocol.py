@@ -35,6 +35,11 @@ Building panoramisk's ``Message`` (a case-insensitive dict) costs far more than 
 ``Event:`` line, so each message's event name is read from its raw bytes first: an event the
 handler does not want is counted and dropped undecoded; a wanted one is parsed straight into a
 plain dict. Only responses, garbage and events that may answer an action take panoramisk's path.
+When the handler says an event is urgent (it returns True: a call has just begun), the rest of
+a short TCP read is parsed two loop turns later: the call's intake and its notification run
+first, not behind the events the read brings after it (a long read is a backlog: read whole).
+Order is kept (later reads wait in line behind it), and a lost link parses what is held
+before it reports the loss.
 
 panoramisk's objects are untyped (``Any``). Only :mod:`.ami` touches them, through
 :meth:`SessionManager.submit`, :func:`first_headers` and
@@ -68,6 +73,11 @@ MAX_MESSAGE_BYTES = 64 * 1024
 _END = b"\r\n\r\n"  # a message ends with a blank line
 _EVENT = b"Event: "
 _EVENT_LINE = b"\r\nEvent: "
+#: After an urgent event (a call's first channel) the rest of a read shorter than this waits
+#: two loop turns. A longer read means a backlog (the kernel queued more than a few dozen
+#: events while the daemon was busy): it is read whole, as the intake takes a long queue in
+#: whole batches, and a flood is not read call by call.
+URGENT_READ_BYTES = 16 * 1024
 #: Blank lines of bare LFs or CRs: they end a (broken) message that is not AMI's CRLF.
 _FOREIGN_ENDS = (b"\n\n", b"\r\r")
 #: Events that need panoramisk's path whatever the handler wants: Shutdown ends the link.
@@ -104,7 +114,7 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
         self,
         loop: asyncio.AbstractEventLoop,
         config: AmiConfig,
-        on_event: Callable[[Mapping[str, str]], None],
+        on_event: Callable[[Mapping[str, str]], bool | None],
         on_fault: Callable[[Exception], None],
         on_lost: Callable[[str], None],
         *,
@@ -160,15 +170,17 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
         """An event parsed by panoramisk (the slow path)."""
         self.deliver({str(k).lower(): _text(v) for k, v in event.items()})
 
-    def deliver(self, fields: Mapping[str, str]) -> None:
+    def deliver(self, fields: Mapping[str, str]) -> bool:
+        """True: the handler wants the event acted on before the rest of the read is parsed."""
         if not self.logged_in:
             self.early_events += 1
-            return
+            return False
         # A raise here would reach asyncio's data_received and drop the connection.
         try:
-            self._on_event(fields)
+            return bool(self._on_event(fields))
         except Exception as exc:
             self.fault(exc)
+            return False
 
     def fault(self, exc: Exception) -> None:
         self._on_fault(exc)
@@ -238,6 +250,8 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
         self.max_buffered = 0  # high-water mark of the buffer, for tests and diagnostics
         self.ignored = 0  # events dropped unparsed: the handler does not want them
         self._wanted = manager.wanted
+        #: Reads that came while parsing waits for an urgent event's turn (None: not waiting).
+        self._held: list[bytes] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -264,7 +278,13 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
 
     def data_received(self, data: bytes) -> None:
         self.factory.last_received_at = self.factory.loop.time()
-        rest = memoryview(data)
+        if self._held is not None:  # parsing waits for an urgent event's turn: in line
+            self._held.append(bytes(data))
+            return
+        self._feed(memoryview(data), pausing=len(data) < URGENT_READ_BYTES)
+
+    def _feed(self, rest: memoryview, *, pausing: bool) -> None:
+        """Parse ``rest``; ``pausing``: stop after an urgent event (see _take_messages)."""
         while rest:  # only as much as fits: the buffer never exceeds MAX_MESSAGE_BYTES
             room = MAX_MESSAGE_BYTES - len(self._buffer)
             if room <= 0:  # full and no message end in it
@@ -275,10 +295,42 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
             self.max_buffered = max(self.max_buffered, len(self._buffer))
             if self.version is None and not self._take_banner():
                 return
-            self._take_messages()
+            if self._take_messages(pausing):
+                self._hold(rest)
+                return
 
-    def _take_messages(self) -> None:
+    def _hold(self, rest: memoryview) -> None:
+        """An urgent event was delivered: the rest of the read waits (see _resume_later)."""
+        self._held = [bytes(rest)] if rest else []
+        self._resume_later()
+
+    def _resume_later(self) -> None:
+        """Parse what is held two loop turns from now: one turn lets the intake take the
+        urgent event, the second lets the task it starts (the call's lookup and notification)
+        run before this parse."""
+        loop = self.factory.loop
+        loop.call_soon(loop.call_soon, self._resume)
+
+    def _resume(self, *, pausing: bool = True) -> None:
+        held, self._held = self._held, None
+        if held is None:  # already flushed (the link was lost meanwhile)
+            return
+        pausing = pausing and sum(map(len, held)) < URGENT_READ_BYTES  # else a backlog
+        if self._take_messages(pausing):  # the buffer's messages first
+            self._held = held
+            self._resume_later()
+            return
+        for index, chunk in enumerate(held):
+            self._feed(memoryview(chunk), pausing=pausing)
+            if self._held is not None:  # paused again: the later reads stay in line
+                self._held.extend(held[index + 1 :])
+                return
+
+    def _take_messages(self, pausing: bool = False) -> bool:
+        """Parse the buffer's whole messages; True when it stopped after an urgent event
+        (``pausing`` only; messages may be left in the buffer)."""
         buffer, start = self._buffer, 0
+        paused = False
         while (end := buffer.find(_END, max(start, self._scanned))) >= 0:
             if self._skipping:  # the tail of an oversized message: reading resumes after it
                 self._skipping = False
@@ -288,12 +340,17 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
                 if route is _Route.IGNORE:
                     self.ignored += 1
                 elif route is _Route.EVENT:
-                    self.factory.deliver(_fields(_decode(buffer[start:end])))
+                    urgent = self.factory.deliver(_fields(_decode(buffer[start:end])))
+                    paused = urgent and pausing
                 else:
                     self._parse(buffer[start:end])
             start = end + len(_END)
+            if paused:
+                break
         del buffer[:start]
-        self._scanned = max(0, len(buffer) - len(_END) + 1)
+        # after a pause the buffer may still hold whole messages: scan it from the start
+        self._scanned = 0 if paused else max(0, len(buffer) - len(_END) + 1)
+        return paused
 
     def _after_foreign_message(self, buffer: bytearray, start: int, end: int) -> int:
         """Where the CRLF message ending at ``end`` really starts: after the last blank line
@@ -383,6 +440,8 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
             self.factory.dispatch(message)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._held is not None:  # what came before the loss is read before it is reported
+            self._resume(pausing=False)
         self.close()
         self.factory.connection_lost(exc)
 
