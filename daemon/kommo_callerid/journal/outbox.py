@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kommo_callerid.core.models import CallDirection, CallStatus
+from kommo_callerid.core.sqlite import immediate
 from kommo_callerid.journal.entry import Followup, JournalEntry, State
 
 T = TypeVar("T")
@@ -233,15 +234,8 @@ class Outbox:
         ).fetchone()
         return int(row[0])
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Any:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return immediate(self._db)
 
 
 class AsyncOutbox:

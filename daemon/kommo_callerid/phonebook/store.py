@@ -20,11 +20,12 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from kommo_callerid.core.models import Entity, EntityType
 from kommo_callerid.core.phonebook_models import BookKind, Deal, PhoneOwner
+from kommo_callerid.core.sqlite import immediate
 from kommo_callerid.phonebook.select import Candidate, choose, match_key
 
 #: "KCPB": marks the file as this daemon's phone book.
@@ -282,15 +283,8 @@ class Mirror:
     def _set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _write(self) -> contextlib.AbstractContextManager[None]:
+        return immediate(self._db)
 
 
 _KIND_NAME = {TYPE[kind]: kind.value for kind in BookKind}
