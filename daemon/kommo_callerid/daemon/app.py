@@ -462,14 +462,16 @@ class Daemon:
                     running.last_event_at = event.received_at
                 for decision in tracker.feed(event):
                     notifier.handle(decision)
+                # A new call ends the batch when little waits behind it (and not in a flood):
+                # it is begun at once, before even the outcome tracker sees its channel, so its
+                # lookup and notification go out before the rest (its legs, other calls'
+                # hangups and their journal entries). With a backlog, batches stay whole.
+                call_first = notifier.calls_to_begin and queue.qsize() < SHORT_BACKLOG
+                if call_first:
+                    notifier.end_batch()
                 for call in outcomes.feed(event):
                     self._journal(self._at_wall_time(call))
-                # A new call ends the batch when little waits behind it (and not in a flood):
-                # its lookup and notification then go out before the rest (its legs, other
-                # calls' hangups and their journal entries). With a backlog, batches stay whole.
-                if taken >= CONSUME_BATCH or queue.empty():
-                    break
-                if notifier.calls_to_begin and queue.qsize() < SHORT_BACKLOG:
+                if call_first or taken >= CONSUME_BATCH or queue.empty():
                     break
                 event = queue.get_nowait()
                 taken += 1

@@ -44,6 +44,7 @@ from kommo_callerid.calls.detector import (
 )
 from kommo_callerid.calls.recipients import CallRecipients, for_pbx
 from kommo_callerid.core.config import CallsConfig, NotifyConfig, Recipient
+from kommo_callerid.core.log_soon import info_soon
 from kommo_callerid.core.models import KommoError, LatencyHistogram, LookupResult, NotifyOutcome
 from kommo_callerid.daemon.ownership import NOTIFY, ClaimPort, ClaimsPort, hold
 
@@ -303,18 +304,20 @@ class CallNotifier:
 
     def _announce(self, active: _ActiveCall) -> None:
         started = active.call
-        log.info(
+        if self._claims is not None:
+            self._tasks.spawn(self._claim(active), name=f"claim-{started.call_id}")
+        else:
+            active.owned = True
+            self._begin(active)
+        # after the call's first step (a warm lookup writes its notification): see log_soon
+        info_soon(
+            log,
             "call.incoming",
             **active.fields(),
             exten=started.did,
             channel=started.channel,
             name=started.caller_name,
         )
-        if self._claims is not None:
-            self._tasks.spawn(self._claim(active), name=f"claim-{started.call_id}")
-        else:
-            active.owned = True
-            self._begin(active)
 
     def _begin(self, active: _ActiveCall) -> None:
         started = active.call
@@ -390,7 +393,8 @@ class CallNotifier:
 
     def _ring(self, active: _ActiveCall, leg: LegRinging) -> None:
         user = for_pbx(self._notify.extensions, active.call.pbx, leg.extension)
-        log.info(
+        info_soon(  # in line behind the call's call.incoming
+            log,
             "call.ringing",
             **active.fields(),
             extension=leg.extension,
@@ -405,7 +409,8 @@ class CallNotifier:
         if self._batch_skips > FLOOD_BATCH or self.flooded:
             self._folded_skipped[str(skipped.reason)] += 1
             return
-        log.info(
+        info_soon(  # in line with the call lines around it
+            log,
             "call.skipped",
             **_call_fields(skipped.call_id, skipped.number, skipped.pbx),
             reason=str(skipped.reason),
@@ -426,7 +431,7 @@ class CallNotifier:
         if active.recipients.lookup_finished():
             self._send_to_everyone(active)
         if users:  # in this task, not a new one: a warm lookup reaches Kommo in one loop turn
-            await self._deliver(active, users)
+            await self._deliver(active, users, bound=True)
 
     async def _fallback_timer(self, active: _ActiveCall) -> None:
         active.bind()
@@ -492,8 +497,12 @@ class CallNotifier:
             self._shed_unlogged = 0
         self._shed_logged_at = self._clock()
 
-    async def _deliver(self, active: _ActiveCall, users: tuple[int, ...] | None) -> None:
-        active.bind()
+    async def _deliver(
+        self, active: _ActiveCall, users: tuple[int, ...] | None, *, bound: bool = False
+    ) -> None:
+        """``bound``: run by a task of the call that bound its fields already."""
+        if not bound:
+            active.bind()
         outcome = await self._kommo.notify(
             active.call.number, users, within=self._time_left(active)
         )

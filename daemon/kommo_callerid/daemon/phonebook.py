@@ -19,6 +19,7 @@ import structlog
 from kommo_callerid.cluster.link import ClusterLink
 from kommo_callerid.cluster.phonebook_feed import PhonebookFeed
 from kommo_callerid.core.config import Config, PhonebookConfig
+from kommo_callerid.core.log_soon import info_soon
 from kommo_callerid.core.models import LookupResult, NotifyOutcome
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.kommo.phonebook_api import KommoDirectory
@@ -142,7 +143,8 @@ class MirrorFirst:
             ms=round((self._clock() - started) * 1000, 3),
         )
         self.sources["phonebook"] += 1
-        log.info(
+        info_soon(  # after the notification this answer lets out (see log_soon)
+            log,
             "kommo.lookup",
             entity_type=entity.type.value if entity else None,
             entity_id=entity.id if entity else None,

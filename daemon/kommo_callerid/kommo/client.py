@@ -22,6 +22,7 @@ import structlog
 from kommo_callerid.cluster.limiter import Limiter
 from kommo_callerid.cluster.store import SharedCache, SharedTokens
 from kommo_callerid.core.config import CacheConfig, KommoConfig, LookupMode
+from kommo_callerid.core.log_soon import info_soon
 from kommo_callerid.core.models import (
     AccountInfo,
     DeadlineReached,
@@ -457,8 +458,10 @@ class KommoClient:
 
 
 def _log_lookup(result: LookupResult) -> None:
+    """After the caller's next step (the notification it is about to write): see log_soon."""
     entity = result.entity
-    log.info(
+    info_soon(
+        log,
         "kommo.lookup",
         entity_type=entity.type.value if entity else None,
         entity_id=entity.id if entity else None,
