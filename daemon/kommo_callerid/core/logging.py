@@ -128,7 +128,8 @@ class _JsonLine:
     """
 
     def __init__(self) -> None:
-        make = json.encoder.c_make_encoder
+        # the C encoder json.encoder uses itself (None without the accelerator)
+        make = getattr(json.encoder, "c_make_encoder", None)
         if make is None:  # an interpreter without the C accelerator: the plain encoder
             self._encode: Callable[[object], str] = json.JSONEncoder(default=_json_default).encode
         else:
