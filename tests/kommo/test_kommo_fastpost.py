@@ -18,7 +18,8 @@ from structlog.testing import capture_logs
 from kommo_callerid.core.config import CacheConfig, KommoConfig
 from kommo_callerid.core.models import NotifyOutcome
 from kommo_callerid.kommo.client import KommoClient
-from kommo_callerid.kommo.fastpost import FastPost, UnreadableAnswer, parse_response
+from kommo_callerid.kommo.fastparse import UnreadableAnswer, parse_response
+from kommo_callerid.kommo.fastpost import FastPost
 from kommo_callerid.kommo.transport import MAX_BODY_BYTES
 from kommo_callerid.sim.kommo_app import EVENTS_PATH, FakeKommo, FakeOAuth, demo_dataset
 
