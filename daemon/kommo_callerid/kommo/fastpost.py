@@ -58,6 +58,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         #: It carried a request: a loss later is the server's keep-alive timeout, not a fault.
         self.served = False
+        #: The request on it ran out of time.
+        self.expired = False
         self._waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -82,6 +84,10 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def expire(self) -> None:
+        self.expired = True
+        self._wake()
 
     async def wait_data(self) -> None:
         waiter = asyncio.get_running_loop().create_future()
@@ -177,10 +183,12 @@ class FastPost:
         conn = self._take(spare)
         assert conn.transport is not None
         self._busy += 1
+        # A plain timer, not asyncio.timeout: this wait is the hot path's, and the timer
+        # only wakes the reader (nothing is cancelled).
+        timer = asyncio.get_running_loop().call_later(timeout, conn.expire)
         try:
             conn.transport.write(request)
-            async with asyncio.timeout(timeout):
-                parsed = await self._read(conn)
+            parsed = await self._read(conn)
         except BaseException as exc:
             self._busy -= 1
             conn.close()
@@ -188,6 +196,8 @@ class FastPost:
             if isinstance(exc, UnreadableAnswer):
                 raise FastPathUnavailable from None
             raise
+        finally:
+            timer.cancel()
         self._busy -= 1
         conn.buffer.clear()  # a reusable answer ended exactly at the buffer's end
         conn.served = True
@@ -226,7 +236,10 @@ class FastPost:
         return head + body if body else head
 
     async def _read(self, conn: _Connection) -> Parsed:
+        await conn.wait_data()  # the request was just written: nothing to parse yet
         while True:
+            if conn.expired:
+                raise TimeoutError
             parsed = parse_response(conn.buffer, conn.closed, self._max_body)
             if parsed is not None:
                 return parsed
