@@ -251,3 +251,16 @@ async def test_a_429_with_retry_after_on_a_journal_post_is_retried_later() -> No
         assert fast.sent == 1 and len(server.requests) == 2  # one attempt: the journal's rule
         # every request waits out the Retry-After
         assert client.transport.gate._until > time.monotonic() + 20
+
+
+async def test_a_lookup_without_an_answer_times_out_within_its_budget(kommo: FakeKommo) -> None:
+    async with _client(kommo.base_url, kommo.token, timeout=0.2) as client:
+        fast = await _warm(client)
+        await wait_for(lambda: len(fast._idle) == FAST_CONNECTIONS)
+        kommo.set_delay(BY_PHONE_PATH, 2.0)
+        with capture_logs(), pytest.raises(KommoError) as caught:
+            await client.lookup(JOHN, within=0.3)
+        assert caught.value.detail == "no answer within 0.2 s"
+        assert client.stats.requests[BY_PHONE_PATH, None] >= 1
+        assert fast.sent == 0
+        await wait_for(lambda: len(fast._idle) == FAST_CONNECTIONS)  # the pool is whole again
