@@ -4,12 +4,11 @@ to the ordinary (aiohttp) path; a 429 with an HTML body and a 401 keep their mea
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from http_script import OK_204, ScriptedServer
 from oauth_support import client as oauth_client
 from oauth_support import oauth_config
 from pydantic import SecretStr
@@ -18,14 +17,14 @@ from structlog.testing import capture_logs
 from kommo_callerid.core.config import CacheConfig, KommoConfig
 from kommo_callerid.core.models import NotifyOutcome
 from kommo_callerid.kommo.client import KommoClient
-from kommo_callerid.kommo.fastpost import FastPost, UnreadableAnswer, parse_response
+from kommo_callerid.kommo.fastparse import UnreadableAnswer, parse_response
+from kommo_callerid.kommo.fastpost import FastPost
 from kommo_callerid.kommo.transport import MAX_BODY_BYTES
 from kommo_callerid.sim.kommo_app import EVENTS_PATH, FakeKommo, FakeOAuth, demo_dataset
 
 from support import wait_for
 
 JOHN = "18305803077"
-OK_204 = b"HTTP/1.1 204 No Content\r\n\r\n"
 
 
 @pytest.fixture
@@ -109,60 +108,6 @@ async def test_a_401_on_the_warm_connection_refreshes_and_the_retry_goes_out(
 async def test_a_proxy_means_no_fast_path(kommo: FakeKommo) -> None:
     async with _client(kommo.base_url, kommo.token, proxy="http://127.0.0.1:9") as client:
         assert client.transport.fast is None
-
-
-class ScriptedServer:
-    """A bare HTTP/1.1 server: reads each request and plays the next scripted reply (bytes
-    to write, then whether to close); a reply of None closes without answering. Once the
-    script runs out, it answers 204."""
-
-    def __init__(self, *script: tuple[bytes | None, bool]) -> None:
-        self.script = deque(script)
-        self.requests: list[bytes] = []
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    async def __aenter__(self) -> ScriptedServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.append(writer)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    name, _, value = line.partition(b":")
-                    if name.lower() == b"content-length":
-                        length = int(value)
-                body = await reader.readexactly(length)
-                self.requests.append(body)
-                reply, close = self.script.popleft() if self.script else (OK_204, False)
-                if reply is not None:
-                    writer.write(reply)
-                    await writer.drain()
-                if reply is None or close:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
 
 
 async def test_a_connection_closed_without_an_answer_falls_back() -> None:

@@ -18,9 +18,16 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from kommo_callerid.core.config import CacheConfig, KommoConfig
-from kommo_callerid.core.models import NotifyOutcome
+from kommo_callerid.core.models import (
+    CallDirection,
+    CallStatus,
+    JournalCall,
+    JournalVerdict,
+    NotifyOutcome,
+)
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.kommo.fastpost import FastPost
+from kommo_callerid.kommo.journal_api import KommoJournal
 from kommo_callerid.sim.kommo_app import EVENTS_PATH, FakeKommo, demo_dataset
 
 from support import wait_for
@@ -99,8 +106,8 @@ async def test_notifications_go_out_on_one_warm_tls_connection(
         assert fast.sent == 10
         assert len(kommo.connections) == before + 1  # the ten shared one TLS connection
 
-        # the server closes it (its keep-alive timeout): a new one is opened and used
-        [warm] = fast._idle
+        # the server closes it (its keep-alive timeout): another one (a spare) is used
+        warm = fast._idle[-1]  # the last used is the next taken
         kommo.connections[-1].close()
         await wait_for(lambda: fast.ready and warm not in fast._idle)
         for _ in range(3):
@@ -144,3 +151,24 @@ async def test_the_warm_connection_alone_checks_the_host_name(
         finally:
             await fast.close()
     assert kommo.requests == []
+
+
+async def test_lookups_and_journal_posts_go_out_on_the_warm_tls_connection(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    async with _trusting(monkeypatch, tmp_path, "IP:127.0.0.1") as kommo, _client(kommo) as client:
+        assert await client.notify(JOHN, [1], within=5) is NotifyOutcome.SENT  # aiohttp
+        fast = _fast(client)
+        await wait_for(lambda: fast.ready)
+        found = await client.lookup(JOHN)
+        journal = KommoJournal(client.transport, timeout=5, rate_limit=7)
+        call = JournalCall(
+            "9.1", CallDirection.INBOUND, JOHN, 5, CallStatus.ANSWERED, "", None, 1_780_000_000,
+            "", "kommo-callerid",
+        )  # fmt: skip
+        [answer] = await journal.add_calls([call])
+        assert fast.sent == 2
+    assert found.entity is not None and found.entity.id == 1001
+    assert answer.verdict is JournalVerdict.ATTACHED
+    assert kommo.journal.uniqs() == ["9.1"]
+    assert all(200 <= record.status < 300 for record in kommo.requests)

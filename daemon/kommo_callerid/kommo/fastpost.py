@@ -1,10 +1,12 @@
-"""A warm keep-alive connection for the call notification's POST (issue 22).
+"""Warm keep-alive connections for the first attempt of Kommo requests (issue 22).
 
 aiohttp on Python 3.11 writes a request's body from a task of its own (eager task start is
-3.12+): the POST leaves the machine one or more loop turns after the notification asked for
-it, and AMI data queued meanwhile is parsed first. Here the whole request (line, headers,
-JSON body) is written in one ``transport.write`` from the caller's own task, on a connection
-opened beforehand, and the answer is read by a small HTTP/1.1 parser.
+3.12+), and builds a request, a response and their headers in several layers: per request
+that is the largest share of the daemon's CPU. Here the whole request (line, headers, JSON
+body) is written in one ``transport.write`` from the caller's own task, on a connection
+opened beforehand, and the answer is read by a small HTTP/1.1 parser
+(:mod:`kommo_callerid.kommo.fastparse`). The transport sends a notification's POST, a
+lookup's GET and the journal's JSON POSTs this way.
 
 It only ever adds a way out: the transport asks it inside the rate-limit slot it already
 holds (gate, limiter and authorisation unchanged), and anything unusual — no idle connection
@@ -16,9 +18,6 @@ keep-alive race (the server closed it idle, without reading the request): the ai
 resend is then the only copy Kommo sees, and it goes out in the same slot. Only a request's
 first attempt comes here; retries (after a 401's token refresh, a 429, a 5xx) go the
 ordinary way. Never through a proxy: the transport has no fast path when one is configured.
-
-Size: a connection pool with its owned opener task and an HTTP/1.1 response parser (length,
-chunked, read-to-close) belong together; split, neither is usable alone.
 """
 
 from __future__ import annotations
@@ -26,44 +25,27 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
 
+from kommo_callerid.kommo.fastparse import FastAnswer, Parsed, UnreadableAnswer, parse_response
 from kommo_callerid.kommo.limits import retry_delay
 
-#: The answer's head (status line and headers) may not be longer than this.
-MAX_HEAD = 64 * 1024
+__all__ = ["FastAnswer", "FastPathUnavailable", "FastPost"]
+
 #: Seconds one connection attempt may take (TLS handshake included).
 CONNECT_TIMEOUT = 10.0
 #: The longest pause between two failed connection attempts.
 RECONNECT_CAP = 30.0
+#: Characters a request target (path and query) may hold: what ``urlencode`` and our paths
+#: produce; anything else (a space, a line break) would split the request line.
+_TARGET_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?#[]@!$&'()*+,;=%"
+)
 
 
 class FastPathUnavailable(Exception):
     """No answer from the fast path: send the request the ordinary way."""
-
-
-class UnreadableAnswer(Exception):
-    """The bytes on the connection are not an HTTP/1.1 answer this parser will vouch for."""
-
-
-@dataclass(frozen=True, slots=True)
-class FastAnswer:
-    status: int
-    #: The media type, lower case without parameters (what aiohttp's ``content_type`` says).
-    content_type: str
-    #: None: larger than the body cap, not read.
-    body: bytes | None
-    retry_after: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Parsed:
-    answer: FastAnswer
-    #: The connection may carry another request.
-    reusable: bool
 
 
 class _Connection(asyncio.Protocol):
@@ -76,6 +58,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         #: It carried a request: a loss later is the server's keep-alive timeout, not a fault.
         self.served = False
+        #: The request on it ran out of time.
+        self.expired = False
         self._waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -101,6 +85,10 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def expire(self) -> None:
+        self.expired = True
+        self._wake()
+
     async def wait_data(self) -> None:
         waiter = asyncio.get_running_loop().create_future()
         self._waiter = waiter
@@ -117,7 +105,7 @@ class _Connection(asyncio.Protocol):
 
 class FastPost:
     """Up to ``size`` keep-alive connections to ``base_url``'s host, opened in the background
-    by an owned task; :meth:`post` uses an idle one or raises :class:`FastPathUnavailable`."""
+    by an owned task; :meth:`request` uses an idle one or raises :class:`FastPathUnavailable`."""
 
     def __init__(
         self,
@@ -174,21 +162,33 @@ class FastPost:
             self._idle.popleft().close()
         await asyncio.sleep(0)  # let connection_lost run before the loop may close
 
-    async def post(self, path: str, authorization: str, body: bytes, timeout: float) -> FastAnswer:
-        """Kommo's answer to ``POST path``; raises :class:`FastPathUnavailable` (not sent,
-        or no usable answer: send it again the ordinary way) or :class:`TimeoutError`."""
-        conn = self._take()
+    async def request(
+        self,
+        method: str,
+        target: str,
+        authorization: str,
+        body: bytes | None,
+        timeout: float,
+        *,
+        spare: int = 0,
+    ) -> FastAnswer:
+        """Kommo's answer to ``method target`` (a path with its query string; ``body``: JSON,
+        None for none); raises :class:`FastPathUnavailable` (not sent, or no usable answer:
+        send it again the ordinary way) or :class:`TimeoutError`. ``spare``: how many idle
+        connections must stay for others (the journal leaves one to a notification)."""
         try:
-            request = self._request(path, authorization, len(body))
+            request = self._request(method, target, authorization, body)
         except (UnicodeEncodeError, ValueError):
-            self._give_back(conn)
             raise FastPathUnavailable from None
+        conn = self._take(spare)
         assert conn.transport is not None
         self._busy += 1
+        # A plain timer, not asyncio.timeout: this wait is the hot path's, and the timer
+        # only wakes the reader (nothing is cancelled).
+        timer = asyncio.get_running_loop().call_later(timeout, conn.expire)
         try:
-            conn.transport.write(request + body)
-            async with asyncio.timeout(timeout):
-                parsed = await self._read(conn)
+            conn.transport.write(request)
+            parsed = await self._read(conn)
         except BaseException as exc:
             self._busy -= 1
             conn.close()
@@ -196,6 +196,8 @@ class FastPost:
             if isinstance(exc, UnreadableAnswer):
                 raise FastPathUnavailable from None
             raise
+        finally:
+            timer.cancel()
         self._busy -= 1
         conn.buffer.clear()  # a reusable answer ended exactly at the buffer's end
         conn.served = True
@@ -208,9 +210,9 @@ class FastPost:
         self.sent += 1
         return parsed.answer
 
-    def _take(self) -> _Connection:
-        while self._idle:
-            conn = self._idle.popleft()
+    def _take(self, spare: int) -> _Connection:
+        while len(self._idle) > spare:
+            conn = self._idle.pop()  # the last one used: the others stay spare
             transport = conn.transport
             if not conn.closed and not conn.buffer and transport and not transport.is_closing():
                 return conn
@@ -218,20 +220,26 @@ class FastPost:
         self.want()
         raise FastPathUnavailable
 
-    def _give_back(self, conn: _Connection) -> None:
-        self._idle.appendleft(conn)
-
-    def _request(self, path: str, authorization: str, length: int) -> bytes:
+    def _request(self, method: str, target: str, authorization: str, body: bytes | None) -> bytes:
         if any(char in authorization for char in "\r\n"):
             raise ValueError("a line break in the Authorization header")
-        return (
-            f"POST {self._prefix}{path} HTTP/1.1\r\n{self._head}"
-            f"Authorization: {authorization}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {length}\r\nConnection: keep-alive\r\n\r\n"
+        if not _TARGET_CHARS.issuperset(target) or method not in ("GET", "POST"):
+            raise ValueError("a request target or method this path does not send")
+        if body is None:
+            framing = "" if method == "GET" else "Content-Length: 0\r\n"
+        else:
+            framing = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        head = (
+            f"{method} {self._prefix}{target} HTTP/1.1\r\n{self._head}"
+            f"Authorization: {authorization}\r\n{framing}Connection: keep-alive\r\n\r\n"
         ).encode("latin-1")
+        return head + body if body else head
 
-    async def _read(self, conn: _Connection) -> _Parsed:
+    async def _read(self, conn: _Connection) -> Parsed:
+        await conn.wait_data()  # the request was just written: nothing to parse yet
         while True:
+            if conn.expired:
+                raise TimeoutError
             parsed = parse_response(conn.buffer, conn.closed, self._max_body)
             if parsed is not None:
                 return parsed
@@ -271,127 +279,3 @@ class FastPost:
             # one now, so the call after a quiet spell still finds one warm.
             if not self._closed:
                 self.want()
-
-
-def parse_response(buffer: bytearray, eof: bool, max_body: int) -> _Parsed | None:
-    """The answer at the start of ``buffer``, or None while more bytes are needed; raises
-    :class:`UnreadableAnswer`. Interim (1xx) answers are dropped from the buffer."""
-    head = _final_head(buffer)
-    if head is None:
-        return None
-    status, version, headers, start = head
-    connection = {token.strip() for token in headers.get("connection", "").lower().split(",")}
-    keep = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
-    raw_type = headers.get("content-type")
-    content_type = "application/octet-stream"
-    if raw_type is not None:
-        content_type = raw_type.split(";", 1)[0].strip().lower()
-    retry_after = headers.get("retry-after")
-
-    def answer(body: bytes | None, reusable: bool) -> _Parsed:
-        return _Parsed(FastAnswer(status, content_type, body, retry_after), reusable)
-
-    if status in (204, 304):
-        return answer(b"", keep and len(buffer) == start)
-    coding = headers.get("transfer-encoding")
-    if coding is not None:
-        if coding.lower().split(",")[-1].strip() != "chunked":
-            raise UnreadableAnswer
-        return _chunked(buffer, start, max_body, answer, keep)
-    length_text = headers.get("content-length")
-    if length_text is None:  # the body runs until the server closes the connection
-        if len(buffer) - start > max_body:
-            return answer(None, False)
-        return answer(bytes(buffer[start:]), False) if eof else None
-    if not length_text.isdigit():
-        raise UnreadableAnswer
-    length = int(length_text)
-    if length > max_body:
-        return answer(None, False)
-    if len(buffer) - start < length:
-        return None
-    return answer(bytes(buffer[start : start + length]), keep and len(buffer) == start + length)
-
-
-def _final_head(buffer: bytearray) -> tuple[int, str, dict[str, str], int] | None:
-    """Status, version, headers and where the body starts, once the head is complete."""
-    while True:
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buffer) > MAX_HEAD:
-                raise UnreadableAnswer
-            return None
-        if end > MAX_HEAD:
-            raise UnreadableAnswer
-        status, version, headers = _head(bytes(buffer[:end]))
-        if status >= 200:
-            return status, version, headers, end + 4
-        if status == 101:
-            raise UnreadableAnswer
-        del buffer[: end + 4]
-
-
-def _head(raw: bytes) -> tuple[int, str, dict[str, str]]:
-    lines = raw.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0") or not parts[1].isdigit():
-        raise UnreadableAnswer
-    status = int(parts[1])
-    if not 100 <= status <= 599:
-        raise UnreadableAnswer
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise UnreadableAnswer
-        key, value = name.lower(), value.strip()
-        if key in ("content-length", "transfer-encoding") and headers.get(key, value) != value:
-            raise UnreadableAnswer  # conflicting framing: never guess where the answer ends
-        headers[key] = value
-    if "content-length" in headers and "transfer-encoding" in headers:
-        raise UnreadableAnswer
-    return status, parts[0], headers
-
-
-def _chunked(
-    buffer: bytearray,
-    start: int,
-    max_body: int,
-    answer: Callable[[bytes | None, bool], _Parsed],
-    reusable: bool,
-) -> _Parsed | None:
-    chunks: list[bytes] = []
-    size, pos = 0, start
-    while True:
-        line_end = buffer.find(b"\r\n", pos)
-        if line_end < 0:
-            if len(buffer) - pos > MAX_HEAD:
-                raise UnreadableAnswer
-            return None
-        size_text = bytes(buffer[pos:line_end]).split(b";", 1)[0].strip()
-        try:
-            count = int(size_text, 16)
-        except ValueError:
-            raise UnreadableAnswer from None
-        if count < 0 or not size_text.isalnum():
-            raise UnreadableAnswer
-        if count == 0:
-            if buffer[line_end + 2 : line_end + 4] == b"\r\n":
-                done = line_end + 4
-            else:  # trailers: skipped
-                trailer_end = buffer.find(b"\r\n\r\n", line_end)
-                if trailer_end < 0:
-                    return None
-                done = trailer_end + 4
-            return answer(b"".join(chunks), reusable and len(buffer) == done)
-        size += count
-        if size > max_body:
-            return answer(None, False)
-        data_start = line_end + 2
-        data_end = data_start + count
-        if len(buffer) < data_end + 2:
-            return None
-        if buffer[data_end : data_end + 2] != b"\r\n":
-            raise UnreadableAnswer
-        chunks.append(bytes(buffer[data_start:data_end]))
-        pos = data_end + 2

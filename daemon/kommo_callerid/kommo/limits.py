@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 import random
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -72,19 +72,15 @@ class RateLimiter:
         """Requests that gave up waiting because their deadline passed (never sent)."""
         return self._waiters.expired + self._expired_on_arrival
 
-    @asynccontextmanager
-    async def slot(
-        self, priority: Priority = Priority.LOOKUP, deadline: float | None = None
-    ) -> AsyncIterator[None]:
+    def slot(self, priority: Priority = Priority.LOOKUP, deadline: float | None = None) -> _Slot:
         """Hold one request slot; raises :class:`SlotExpired` when ``deadline`` (on the
         limiter's clock) passes first."""
-        await self._acquire(priority, math.inf if deadline is None else deadline)
-        try:
-            yield
-        finally:
-            self._running -= 1
-            self._finished.append(self._clock())
-            self._waiters.wake_head()
+        return _Slot(self, priority, math.inf if deadline is None else deadline)
+
+    def _release(self) -> None:
+        self._running -= 1
+        self._finished.append(self._clock())
+        self._waiters.wake_head()
 
     async def _acquire(self, priority: Priority, deadline: float) -> None:
         waiters = self._waiters
@@ -129,6 +125,24 @@ class RateLimiter:
         if self._finished:
             return self._finished[0] + self._period - now
         return None
+
+
+class _Slot(AbstractAsyncContextManager[None]):
+    """:meth:`RateLimiter.slot`: a class, not ``asynccontextmanager``, as every request
+    enters one (a generator-based manager costs several times as much)."""
+
+    __slots__ = ("_deadline", "_limiter", "_priority")
+
+    def __init__(self, limiter: RateLimiter, priority: Priority, deadline: float) -> None:
+        self._limiter = limiter
+        self._priority = priority
+        self._deadline = deadline
+
+    async def __aenter__(self) -> None:
+        await self._limiter._acquire(self._priority, self._deadline)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._limiter._release()
 
 
 def retry_delay(attempt: int, *, base: float = 0.25, cap: float = 4.0) -> float:

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import structlog
@@ -51,6 +52,12 @@ MAX_PAUSE = 60.0
 ERROR_LOG_INTERVAL = {403: 60.0}
 DEFAULT_ERROR_LOG_INTERVAL = 10.0
 _USER_AGENT = f"kommo-callerid/{__version__}"
+#: Warm connections: a call's notifications, its lookup and a journal request may all be in
+#: flight at once (the cold case sends the lookup, then the notification right after).
+FAST_CONNECTIONS = 4
+#: Requests whose first attempt goes out on a warm connection; the phone book's sync (pages
+#: of up to a megabyte, minutes apart) keeps to aiohttp and leaves the connections free.
+_FAST_PRIORITIES = frozenset({Priority.NOTIFY, Priority.LOOKUP, Priority.JOURNAL})
 
 
 class BacklogExpired(DeadlineReached):
@@ -123,11 +130,15 @@ class KommoTransport:
         self._ssl: ssl.SSLContext | None = None
         if config.base_url.lower().startswith("https:"):
             self._ssl = ssl.create_default_context()
-        #: The notification's warm connection (issue 22); never through a proxy.
+        #: The warm connections (issue 22); never through a proxy.
         self.fast: FastPost | None = None
         if self._proxy is None:
             self.fast = FastPost(
-                config.base_url, _USER_AGENT, max_body=MAX_BODY_BYTES, ssl_context=self._ssl
+                config.base_url,
+                _USER_AGENT,
+                max_body=MAX_BODY_BYTES,
+                size=FAST_CONNECTIONS,
+                ssl_context=self._ssl,
             )
 
     def table_sizes(self) -> dict[str, int]:
@@ -181,7 +192,7 @@ class KommoTransport:
             if isinstance(outcome, Response) and (
                 out_of_attempts or not _retryable(outcome.status)
             ):
-                return replace(outcome, attempts=attempt)
+                return outcome if attempt == 1 else replace(outcome, attempts=attempt)
             last = outcome
             delay = _pause(outcome) or retry_delay(attempt)
             if out_of_attempts or self._clock() + delay >= deadline:
@@ -253,7 +264,7 @@ class KommoTransport:
         # A callable payload is made now, inside the slot: a batch is sealed here.
         payload = call.payload() if callable(call.payload) else call.payload
         if fast is not None:
-            outcome = await self._send_fast(fast, path, headers["Authorization"], payload, budget)
+            outcome = await self._send_fast(fast, call, headers["Authorization"], payload, budget)
             if outcome is not None:
                 return outcome
         try:
@@ -280,12 +291,18 @@ class KommoTransport:
         return Response(path, status, content_type, body, retry_after=header_pause)
 
     async def _send_fast(
-        self, fast: FastPost, path: str, authorization: str, payload: Any, budget: float
+        self, fast: FastPost, call: _Call, authorization: str, payload: Any, budget: float
     ) -> Response | _Failure | None:
-        """The exchange on the warm connection; None: send it the ordinary way (in the same
+        """The exchange on a warm connection; None: send it the ordinary way (in the same
         slot: nothing went out, or the server closed the connection without answering)."""
+        path = call.path
+        target = f"{path}?{urlencode(call.params)}" if call.params else path
+        body = None if payload is None else json.dumps(payload).encode()
+        spare = 1 if call.priority is Priority.JOURNAL else 0  # one left for a notification
         try:
-            answer = await fast.post(path, authorization, json.dumps(payload).encode(), budget)
+            answer = await fast.request(
+                call.method, target, authorization, body, budget, spare=spare
+            )
         except FastPathUnavailable:
             return None
         except TimeoutError as exc:
@@ -346,13 +363,8 @@ class KommoTransport:
 
 
 def _fast_eligible(call: _Call) -> bool:
-    """The call notification: a JSON POST without a query string."""
-    return (
-        call.priority is Priority.NOTIFY
-        and call.method == "POST"
-        and not call.form
-        and call.params is None
-    )
+    """A notification, a lookup or a journal request: a GET, or a POST with a JSON body."""
+    return call.priority in _FAST_PRIORITIES and call.method in ("GET", "POST") and not call.form
 
 
 def _retryable(status: int | None) -> bool:
