@@ -149,6 +149,8 @@ class _ActiveCall:
     claim: ClaimPort | None = None
     #: Its Kommo work still running (lookup, notifications, fallback timer).
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Agents whose legs rang in the intake's current batch: one notification for them all.
+    rung: list[int] = field(default_factory=list)
 
     def bind(self) -> None:
         """In one of the call's own tasks: its log lines carry the call (a task's context
@@ -192,6 +194,8 @@ class CallNotifier:
         self._pending: OrderedDict[str, _ActiveCall] = OrderedDict()
         #: Calls detected in the intake's current batch, not begun yet (oldest first).
         self._waiting: OrderedDict[str, _ActiveCall] = OrderedDict()
+        #: Calls with ringing agents not notified yet (flushed when the batch ends).
+        self._ringing: dict[str, _ActiveCall] = {}
         self._begin_timer: asyncio.TimerHandle | None = None
         #: Calls begun since ``_window_start`` (a flood: more than FLOOD_BATCH in one window).
         self._window_start = float("-inf")
@@ -238,6 +242,7 @@ class CallNotifier:
         """The intake's batch is done: begin the calls it detected, at once unless more than
         FLOOD_BATCH calls were begun in the last FLOOD_BEGIN_INTERVAL s (a flood)."""
         self._batch_skips = 0
+        self._notify_ringing()
         if not self._waiting:
             if self._folded_skipped:
                 self.log_shed()
@@ -331,6 +336,7 @@ class CallNotifier:
         for leg in active.early_legs:  # the call may have ended since: they rang all the same
             self._ring(active, leg)
         active.early_legs.clear()
+        self._notify_ringing()
 
     async def _claim(self, active: _ActiveCall) -> None:
         """Cluster: notify the call only if this daemon wins (or takes over) its claim."""
@@ -401,7 +407,18 @@ class CallNotifier:
             channel=leg.channel,
             user=user,
         )
-        self._send(active, active.recipients.offer(Recipient.RINGING, [user]))
+        users = active.recipients.offer(Recipient.RINGING, [user])
+        if users:
+            active.rung.extend(users)
+            self._ringing[active.call.call_id] = active
+
+    def _notify_ringing(self) -> None:
+        """One notification per call for the agents whose legs rang together (a queue rings
+        several phones in one breath): one request instead of one per agent."""
+        for active in self._ringing.values():
+            users, active.rung = tuple(active.rung), []
+            self._send(active, users)
+        self._ringing.clear()
 
     def _skipped(self, skipped: ChannelSkipped) -> None:
         self.stats.skipped[skipped.reason] += 1
@@ -465,6 +482,7 @@ class CallNotifier:
                 call_id, active = self._waiting.popitem(last=False)
                 self._folded_incoming += 1
             self._active.pop(call_id, None)
+            self._ringing.pop(call_id, None)
             self.stats.dropped["shed"] += 1
             self._shed_unlogged += 1
         if not self.flooded:
