@@ -166,3 +166,15 @@ def finished_call(
         did=did if direction is CallDirection.INBOUND else None,
         result=f"answered by {answered_by}" if answered else "caller hung up after 20 s",
     )
+
+
+def on_disk(outbox: Any) -> dict[str, int]:
+    """An outbox's records per state, read from its file by a connection of the test's own
+    (``AsyncOutbox`` keeps only the unsent count: the full count scans the history)."""
+    from kommo_callerid.journal.outbox import Outbox
+
+    reader = Outbox.open(outbox.path, create=False)
+    try:
+        return reader.counts()
+    finally:
+        reader.close()

@@ -104,7 +104,7 @@ async def test_a_record_waits_for_its_file_through_the_grace_never_longer(
                 sent = {call.uniq: call.body for call in fake.journal.calls}
                 assert sorted(sent) == ["1.1"]  # 1.2 and 1.3 wait, written already
                 assert claim_of(sent["1.1"]["link"], key).uniqueid == "1.1"
-                assert outbox.counts["pending"] == 2
+                assert outbox.pending == 2
 
                 clock.advance(5.0)
                 lay_out(monitor, "1.2", when, b"second")  # MIXMON_POST made it, late

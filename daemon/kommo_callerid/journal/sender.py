@@ -148,7 +148,7 @@ class JournalSender:
     def pending(self) -> int:
         """Records on disk that Kommo has not accepted yet (what is only in memory is
         :attr:`unwritten`: a crash loses it)."""
-        return self.outbox.counts["pending"]
+        return self.outbox.pending
 
     @property
     def unwritten(self) -> int:
@@ -240,11 +240,10 @@ class JournalSender:
             self._next_prune = self._clock() + PRUNE_INTERVAL
             await self.outbox.prune(self._clock() - HISTORY_SECONDS)
         self._wake.clear()
-        due = await self.outbox.due(self._clock(), BATCH_SIZE)
+        due, next_try = await self.outbox.due_or_next_try(self._clock(), BATCH_SIZE)
         if due and not self._stopping:
             await self._send(due)
         elif not self._stopping:
-            next_try = await self.outbox.next_try()
             recheck = self._clock() + RECHECK
             await self._idle(recheck if next_try is None else min(next_try, recheck))
 
