@@ -23,6 +23,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from common import (
     BENCH_USERS,
@@ -61,8 +62,8 @@ async def play_calls(
     caller: Callable[[int], str],
     per_call: int = 1,
 ) -> list[float]:
-    """Play ``calls`` calls at the paced rate, ``per_call`` notifications expected for each;
-    the latency of each call's first notification in milliseconds."""
+    """Play ``calls`` calls at the paced rate, ``per_call`` users notified for each; the
+    latency of each call's first notification in milliseconds."""
     noise = [wire(mix.noise(int(NOISE_PER_SECOND * TICK))) for _ in range(16)]
     sent_at: dict[str, deque[float]] = defaultdict(deque)
     hangups: deque[bytes] = deque()
@@ -83,8 +84,8 @@ async def play_calls(
         await pacer.tick()
     ami.emit_raw(b"".join(hangups))
     expected = calls * per_call
-    if not await wait_until(lambda: len(kommo.events) - first >= expected, 30):
-        raise RuntimeError(f"only {len(kommo.events) - first} of {expected} notifications")
+    if not await wait_until(lambda: _recipients(kommo, first) >= expected, 30):
+        raise RuntimeError(f"only {_recipients(kommo, first)} of {expected} notifications")
     return [
         (event.received_at - sent_at[event.phone_number].popleft()) * 1000
         for event in kommo.events[first:]
@@ -121,6 +122,7 @@ async def run(report: Report, quick: bool) -> None:
                         ami, kommo, mix, calls, lambda i: mix.unknown_caller()
                     )
                     pb_asked = kommo.requests_to(BY_PHONE_PATH) - asked
+        floor, cross_rtt = await _floor(ami, kommo, mix, config, calls)
         after = await loopback_rtt_ms(f"{kommo.base_url}/no-such-path")
     if statistics.median(after) < statistics.median(rtt):
         rtt = after
@@ -147,7 +149,31 @@ async def run(report: Report, quick: bool) -> None:
             f"p99 ≤ {WARM_P99_RTTS} RTT (as warm)",
             percentile(pb_cold, 0.99) <= WARM_P99_RTTS * unit,
         )
+    report.add(
+        "floor: the least forwarder (find the Newchannel, write a prebuilt POST), p50 / p99 / max",
+        f"{spread(floor)} = {_rtts(floor, unit)}",
+    )
+    report.add(
+        "loopback HTTP round trip from another process p50 / p99 / max",
+        f"{spread(cross_rtt)} = {statistics.median(cross_rtt) / unit:.1f} RTT",
+    )
     report.add("latency run", f"{rates}; {tables['dropped'] or 'no'} drops; RTT p50 {unit:.3f} ms")
+
+
+async def _floor(
+    ami: FakeAmiServer, kommo: FakeKommo, mix: PbxMix, config: dict[str, Any], calls: int
+) -> tuple[list[float], list[float]]:
+    """What the machine and the fakes cost with no daemon (floor.py): the least forwarder's
+    latency under the same load, and the RTT measured from a process of its own."""
+    async with Child("floor", config) as child:
+        floor = await play_calls(ami, kommo, mix, calls, lambda i: KNOWN_CALLERS[i % 5])
+        cross_rtt: list[float] = (await child.ask(f"rtt {kommo.base_url}/no-such-path"))["rtt"]
+    return floor, cross_rtt
+
+
+def _recipients(kommo: FakeKommo, first: int) -> int:
+    """Users notified since event ``first`` (one event may name several: ringing agents)."""
+    return sum(len(event.users or (None,)) for event in kommo.events[first:])
 
 
 def _rtts(values: list[float], unit: float) -> str:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import floor
 from panoramisk import Manager
 
 from kommo_callerid.core.config import LogConfig
@@ -154,12 +155,34 @@ async def run_bare(config: dict[str, Any]) -> None:
     say({"stopped": True})
 
 
+async def run_floor(config: dict[str, Any]) -> None:
+    """The latency floor (see floor.py): the least forwarder, or the cross-process RTT."""
+
+    async def serve() -> None:
+        say({"ready": True, "pid": os.getpid()})
+        reader = await commands()
+        while line := (await reader.readline()).decode().strip():
+            if line == "stop":
+                break
+            if line.startswith("rtt "):
+                say({"rtt": await floor.rtt(line.split()[1], 300)})
+            else:
+                say({"rss_mb": rss_mb(), "cpu_s": time.process_time()})
+        say({"stopped": True})
+
+    if "ami" in config:
+        await floor.forward(config, serve)
+    else:
+        await serve()
+
+
 def main() -> None:
     mode, config = sys.argv[1], json.loads(sys.argv[2])
     level = config.get("log", {}).get("level", "info")
     with open(os.environ.get("BENCH_LOG", os.devnull), "w") as devnull:
         configure_logging(LogConfig(level=level, format="json"), stream=devnull)
-        run = run_daemon(config) if mode == "daemon" else run_bare(config)
+        modes = {"daemon": run_daemon, "bare": run_bare, "floor": run_floor}
+        run = modes[mode](config)
         profile_to = os.environ.get("BENCH_PROFILE")  # a directory: one cProfile file per child
         # the daemon on the loop the CLI picks (uvloop when installed); bare panoramisk on asyncio's
         # (BENCH_BARE_FAST=1: on the daemon's too)

@@ -304,9 +304,11 @@ class AsyncOutbox:
         return await self._call(work)
 
     async def update(self, entries: Sequence[JournalEntry]) -> None:
-        _, self.pending = await self._call(
-            lambda outbox: (outbox.update(entries), outbox.pending())
-        )
+        def work(outbox: Outbox) -> int:
+            outbox.update(entries)
+            return outbox.pending()
+
+        self.pending = await self._call(work)
 
     async def due_now(self, now: float) -> int:
         return await self._call(lambda outbox: outbox.due_now(now))
