@@ -445,9 +445,11 @@ class CallNotifier:
         else:
             responsible = result.responsible_user_id
         users = active.recipients.offer(Recipient.RESPONSIBLE, [responsible])
+        # In this task, not a new one: the notification goes out in this loop turn, not
+        # behind the rest of the AMI read that waited for the call's first step.
         if active.recipients.lookup_finished():
-            self._send_to_everyone(active)
-        if users:  # in this task, not a new one: a warm lookup reaches Kommo in one loop turn
+            await self._deliver(active, None, bound=True)  # the everyone-fallback
+        elif users:
             await self._deliver(active, users, bound=True)
 
     async def _fallback_timer(self, active: _ActiveCall) -> None:
