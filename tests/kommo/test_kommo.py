@@ -305,9 +305,26 @@ async def test_concurrent_lookups_of_one_number_make_one_request(
     assert results[0].entity is not None
 
 
-async def test_cancelling_one_waiter_keeps_the_shared_request(
+async def test_a_waiter_that_gives_up_leaves_the_shared_request_to_the_others(
     fake: FakeKommo, client: KommoClient
 ) -> None:
+    fake.set_delay(BY_PHONE_PATH, 0.1)
+    leader = asyncio.create_task(client.lookup(JOHN))
+    follower = asyncio.create_task(client.lookup(JOHN))
+    await asyncio.sleep(0.02)
+    follower.cancel()
+    result = await leader
+    assert result.entity is not None and result.entity.id == 1001
+    with pytest.raises(asyncio.CancelledError):
+        await follower
+    assert fake.requests_to(BY_PHONE_PATH) == 1
+
+
+async def test_when_the_leading_waiter_gives_up_a_follower_asks_again(
+    fake: FakeKommo, client: KommoClient
+) -> None:
+    """The request runs in the first caller's task (no hop through a task of its own, see
+    kommo.single_flight): when that caller gives up, a follower leads a request of its own."""
     fake.set_delay(BY_PHONE_PATH, 0.1)
     impatient = asyncio.create_task(client.lookup(JOHN))
     patient = asyncio.create_task(client.lookup(JOHN))
@@ -317,7 +334,8 @@ async def test_cancelling_one_waiter_keeps_the_shared_request(
     assert result.entity is not None and result.entity.id == 1001
     with pytest.raises(asyncio.CancelledError):
         await impatient
-    assert fake.requests_to(BY_PHONE_PATH) == 1
+    assert fake.requests_to(BY_PHONE_PATH) == 2
+    assert client.table_sizes()["inflight"] == 0
 
 
 async def test_a_shared_failure_reaches_every_waiter(fake: FakeKommo, client: KommoClient) -> None:

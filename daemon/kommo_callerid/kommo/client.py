@@ -46,6 +46,7 @@ from kommo_callerid.kommo.parse import (
     parse_by_phone,
     parse_contacts,
 )
+from kommo_callerid.kommo.single_flight import SingleFlight
 from kommo_callerid.kommo.transport import (
     MAX_BODY_BYTES,
     BacklogExpired,
@@ -118,9 +119,7 @@ class KommoClient:
                 tokens.on_secret = on_secret
             self._http.auth = tokens
         self._cache = LookupCache(cache)
-        self._inflight: dict[str, asyncio.Task[LookupResult]] = {}
-        #: Callers awaiting each shared fetch: when the last gives up, the fetch is cancelled.
-        self._awaiting: dict[str, int] = {}
+        self._inflight: SingleFlight[str, LookupResult] = SingleFlight()
         self._backlog_logged_at = float("-inf")
         self._backlog_unlogged = 0
         self._by_phone_gone = False
@@ -156,10 +155,8 @@ class KommoClient:
         await self._http.auth.authorize(code)
 
     async def close(self) -> None:
-        tasks = list(self._inflight.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        leaders = [t for t in self._inflight.cancel_all() if t is not asyncio.current_task()]
+        await asyncio.gather(*leaders, return_exceptions=True)
         await self._http.auth.close()
         await self._http.close()
 
@@ -279,28 +276,7 @@ class KommoClient:
             raise self._failure(response.status, ACCOUNT_PATH, detail) from None
 
     async def _shared_fetch(self, key: str, deadline: float) -> LookupResult:
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.create_task(self._fetch(key, deadline))
-            self._inflight[key] = task
-            task.add_done_callback(partial(self._fetch_done, key))
-        # shield: a caller that gives up must not cancel the request the others wait for;
-        # when the last one gives up (a call shed in a flood), nobody needs the request.
-        self._awaiting[key] = self._awaiting.get(key, 0) + 1
-        try:
-            return await asyncio.shield(task)
-        finally:
-            self._awaiting[key] -= 1
-            if not self._awaiting[key]:
-                del self._awaiting[key]
-                if not task.done():
-                    task.cancel()
-
-    def _fetch_done(self, key: str, task: asyncio.Task[LookupResult]) -> None:
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved here, so a fetch nobody awaits any more is not a warning
+        return await self._inflight.run(key, partial(self._fetch, key, deadline))
 
     async def _fetch(self, key: str, deadline: float) -> LookupResult:
         if self._shared is not None:
