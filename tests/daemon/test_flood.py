@@ -65,7 +65,10 @@ async def test_a_real_call_after_a_flood_is_notified_within_seconds(ami: FakeAmi
             assert await serving == EXIT_OK
             stopped_after = time.monotonic() - stop_asked
     assert notified_after < 2.0, notified_after
-    assert dropped["shed"] == FLOOD + 1 - MAX_PENDING_CALLS
+    # every call beyond the newest MAX_PENDING_CALLS is shed, but for the few whose Kommo
+    # work (notification and lookup) was done before the table filled: at most the first
+    # second's 7 requests' worth (the first call's lookup goes out at once)
+    assert FLOOD + 1 - MAX_PENDING_CALLS - 7 <= dropped["shed"] <= FLOOD + 1 - MAX_PENDING_CALLS
     assert kommo.violations == 0
     shed_lines = [x for x in events(logs, "kommo.notify_dropped") if x["reason"] == "shed"]
     assert 1 <= len(shed_lines) <= 3  # rate-limited, not one line per call (and one at stop)
