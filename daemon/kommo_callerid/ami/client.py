@@ -380,7 +380,7 @@ class AmiClient:
         self._counters.delivered += 1
         waiting = queue.qsize()
         pacer = self._pacer
-        if pacer is not None and (waiting >= pacer.stall_at or pacer.watching):
+        if pacer is not None and (waiting >= pacer.stall_at or pacer.flooding):
             return pacer.after_queued(waiting)
         if kind is _NEWCHANNEL and waiting < _URGENT_BELOW and event.uniqueid == event.linkedid:
             return Flow.URGENT
