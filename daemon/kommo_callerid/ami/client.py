@@ -5,6 +5,8 @@ panoramisk 1.4 faults it works around). This module turns it into typed results:
 or :class:`AmiLoginError` / :class:`AmiConnectionError`, :class:`~.models.ChannelEvent` on the
 queue, event counters, and the reason the link ended. It never reconnects or pings on its own:
 the supervisor owns reconnects and the watchdog (:meth:`AmiClient.send_action` with a Ping).
+The events are built in :mod:`.events`; a full queue stalls the reader for a moment before it
+sheds (:mod:`.pacing`).
 
 Size: one AMI session end to end (connect, login, filters, read loop, actions); split when it grows.
 """

@@ -32,14 +32,18 @@ carries the secret).
 
 Speed: a busy PBX sends tens of thousands of events a second and the daemon uses six kinds.
 Building panoramisk's ``Message`` (a case-insensitive dict) costs far more than reading the
-``Event:`` line, so each message's event name is read from its raw bytes first: an event the
-handler does not want is counted and dropped undecoded; a wanted one is parsed straight into a
-plain dict. Only responses, garbage and events that may answer an action take panoramisk's path.
-When the handler says an event is urgent (it returns True: a call has just begun), the rest of
-a short TCP read is parsed two loop turns later: the call's intake and its notification run
-first, not behind the events the read brings after it (a long read is a backlog: read whole).
-Order is kept (later reads wait in line behind it), and a lost link parses what is held
-before it reports the loss.
+``Event:`` line, so each message's event name is read from its raw bytes first (a message
+starting with a wanted event's line as Asterisk spells it is routed on that prefix alone): an
+event the handler does not want is counted and dropped undecoded; a wanted one is parsed
+straight into a plain dict of the headers the handler reads (``headers``), the others skipped.
+Only responses, garbage and events that may answer an action take panoramisk's path.
+What the handler returns (:class:`Flow`) paces the reader. URGENT (a call has just begun):
+the rest of a short TCP read is parsed two loop turns later: the call's intake and its
+notification run first, not behind the events the read brings after it (a long read is a
+backlog: read whole). STALL (the intake is behind, see :mod:`.pacing`): nothing more is
+parsed, and the transport stops reading, until :meth:`SessionManager.unstall`. Order is kept
+(later reads wait in line behind it), and a lost link parses what is held before it reports
+the loss.
 
 panoramisk's objects are untyped (``Any``). Only :mod:`.ami` touches them, through
 :meth:`SessionManager.submit`, :func:`first_headers` and
