@@ -116,7 +116,7 @@ async def test_a_sustained_flood_is_shed_and_counted_after_a_bounded_stall(
     await ami.close()
 
 
-async def test_the_reader_stalls_again_only_once_the_backlog_drained(
+async def test_after_an_overrun_the_reader_stalls_again_once_the_queue_drained(
     server: FakeAmiServer, queue: EventQueue
 ) -> None:
     ami = await connect(server, queue)

@@ -64,10 +64,6 @@ class ReadPacer:
         self._since = 0.0
         self._check: asyncio.Handle | None = None
 
-    @property
-    def stalled(self) -> bool:
-        return self._check is not None
-
     def after_queued(self, waiting: int) -> Flow:
         """``waiting`` events are queued now. The client calls this only when ``waiting``
         is at least :attr:`stall_at` or :attr:`flooding` is set (the hot path)."""
