@@ -5,6 +5,8 @@ panoramisk 1.4 faults it works around). This module turns it into typed results:
 or :class:`AmiLoginError` / :class:`AmiConnectionError`, :class:`~.models.ChannelEvent` on the
 queue, event counters, and the reason the link ended. It never reconnects or pings on its own:
 the supervisor owns reconnects and the watchdog (:meth:`AmiClient.send_action` with a Ping).
+The events are built in :mod:`.events`; a full queue stalls the reader for a moment before it
+sheds (:mod:`.pacing`).
 
 Size: one AMI session end to end (connect, login, filters, read loop, actions); split when it grows.
 """
@@ -20,9 +22,12 @@ from typing import TypeVar
 
 import structlog
 
+from kommo_callerid.ami.events import HEADERS, KINDS, channel_event, is_recording_file
+from kommo_callerid.ami.pacing import ReadPacer
 from kommo_callerid.ami.protocol import (
     MAX_MESSAGE_BYTES,
     Discard,
+    Flow,
     SessionManager,
     all_headers,
     first_headers,
@@ -44,14 +49,6 @@ log = structlog.get_logger(__name__)
 
 _CLOSE_GRACE = 2.0  # seconds a closing link may take to flush before it is aborted
 _WARN_EVERY = 1000  # drops and bad events are logged on the 1st, 1001st, ... occurrence
-#: What the daemon makes itself, or reads from an action's answer: never a live event.
-_NOT_EVENTS = frozenset({
-    ChannelEventKind.LINK_LOST,
-    ChannelEventKind.CHANNEL_UP,
-    ChannelEventKind.CHANNELS_LISTED,
-    ChannelEventKind.CHANNELS_UNKNOWN,
-})  # fmt: skip
-_KINDS = {kind.value.lower(): kind for kind in ChannelEventKind if kind not in _NOT_EVENTS}
 #: Hangups remembered while a channel list is on its way (see :meth:`AmiClient.list_channels`).
 _MAX_HANGUPS_WHILE_LISTING = 10_000
 _HANGUP = ChannelEventKind.HANGUP
@@ -64,13 +61,9 @@ _VARSET = ChannelEventKind.RECORDING_FILE
 #: What a session reads from its start. VarSet only once Asterisk filters it for us
 #: (:meth:`AmiClient.read_recording_files`): unfiltered, a dialplan sets dozens of variables
 #: per call, each a VarSet that would be parsed only to be dropped.
-_READ_AT_ONCE = [name for name, kind in _KINDS.items() if kind is not _VARSET]
+_READ_AT_ONCE = [kind.value for kind in KINDS.values() if kind is not _VARSET]
 #: VarSets of other variables a session reads before it stops reading VarSets.
 _MAX_UNUSED_VARSETS = 20
-#: The only variable whose VarSet is used: the file MixMonitor writes.
-RECORDING_VARIABLE = "MIXMONITOR_FILENAME"
-#: A longer value is no file name Asterisk would write (PATH_MAX).
-_MAX_RECORDING_FILE = 4096
 
 T = TypeVar("T")
 
@@ -107,6 +100,8 @@ class AmiClient:
         self._hung_up: set[str] | None = None
         #: VarSets of other variables than MixMonitor's (counted as ignored).
         self._unused_varsets = 0
+        #: Stalls the reader while the intake is behind (set at connect).
+        self._pacer: ReadPacer | None = None
 
     @property
     def counters(self) -> AmiCounters:
@@ -145,7 +140,9 @@ class AmiClient:
             self._mark_lost,
             on_discard=self._on_discard,
             events=_READ_AT_ONCE,
+            headers=HEADERS,
         )
+        self._pacer = ReadPacer(self._queue.maxsize, self._queue.qsize, link.unstall)
         timeout = self._config.connect_timeout
         try:
             async with asyncio.timeout(timeout):
@@ -165,8 +162,8 @@ class AmiClient:
 
     def read_recording_files(self) -> None:
         """Asterisk accepted the Filter for ``MIXMONITOR_FILENAME``: read its VarSets now."""
-        if self._link is not None and self._link.wanted is not None:
-            self._link.wanted.add(_VARSET.value.lower().encode())
+        if self._link is not None:
+            self._link.want(_VARSET.value)
 
     async def send_action(
         self,
@@ -351,40 +348,45 @@ class AmiClient:
     def _mark_lost(self, reason: str) -> None:
         """The first reason wins: a link closed on purpose is not "closed by the server"."""
         self._logged_in = False
+        if self._pacer is not None:
+            self._pacer.close()
         lost = self._lost_future()
         if not lost.done():
             lost.set_result(reason)
 
-    def _on_event(self, fields: Mapping[str, str]) -> bool:
-        """Queue the event; True when it is a call's first channel (urgent: see
-        :mod:`.protocol`) and little waits in the queue."""
-        kind = _KINDS.get(fields.get("event", "").lower())
+    def _on_event(self, fields: Mapping[str, str]) -> Flow:
+        """Queue the event. URGENT when it is a call's first channel and little waits in the
+        queue; STALL when the intake is behind (see :mod:`.pacing`)."""
+        kind = KINDS.get(fields.get("event", "").lower())
         if kind is None:
-            return False
+            return Flow.GO
         if kind is ChannelEventKind.DIAL_LEGACY and fields.get("subevent", "").lower() != "begin":
-            return False  # AMI 1.x Dial End: how a dial ended, unused
-        if kind is _VARSET and not _is_recording_file(fields):
+            return Flow.GO  # AMI 1.x Dial End: how a dial ended, unused
+        if kind is _VARSET and not is_recording_file(fields):
             self._unused_varset()
-            return False
+            return Flow.GO
         self._counters.received += 1
-        event = _channel_event(kind, fields, self._now(), self._pbx)
+        event = channel_event(kind, fields, self._now(), self._pbx)
         if event is None:
             self._count_invalid("no Uniqueid")
-            return False
+            return Flow.GO
         hung_up = self._hung_up
         if hung_up is not None and kind is _HANGUP and len(hung_up) < _MAX_HANGUPS_WHILE_LISTING:
             hung_up.add(event.uniqueid)
+        queue = self._queue
         try:
-            self._queue.put_nowait(event)
+            queue.put_nowait(event)
         except asyncio.QueueFull:
             self._count_dropped()
-            return False
+            return Flow.GO
         self._counters.delivered += 1
-        return (
-            kind is _NEWCHANNEL
-            and event.uniqueid == event.linkedid
-            and self._queue.qsize() < _URGENT_BELOW
-        )
+        waiting = queue.qsize()
+        pacer = self._pacer
+        if pacer is not None and (waiting >= pacer.stall_at or pacer.flooding):
+            return pacer.after_queued(waiting)
+        if kind is _NEWCHANNEL and waiting < _URGENT_BELOW and event.uniqueid == event.linkedid:
+            return Flow.URGENT
+        return Flow.GO
 
     def _unused_varset(self) -> None:
         """A VarSet of another variable: the Filter did not keep it out (a server that says
@@ -392,9 +394,8 @@ class AmiClient:
         every variable the dialplan sets would cost the hot path (the file is then left to
         ``pattern``)."""
         self._unused_varsets += 1
-        wanted = self._link.wanted if self._link is not None else None
-        if self._unused_varsets == _MAX_UNUSED_VARSETS and wanted is not None:
-            wanted.discard(_VARSET.value.lower().encode())
+        if self._unused_varsets == _MAX_UNUSED_VARSETS and self._link is not None:
+            self._link.unwant(_VARSET.value)
 
     def _now(self) -> float:
         clock = self._clock
@@ -428,76 +429,6 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno and not isinstance(exc, ssl.SSLError):
         return os.strerror(exc.errno)
     return exc.strerror or str(exc) or type(exc).__name__
-
-
-def _channel_event(
-    kind: ChannelEventKind, fields: Mapping[str, str], received_at: float, pbx: str = ""
-) -> ChannelEvent | None:
-    """The event, or None without a Uniqueid (it could not be tied to any call).
-
-    A Dial started by an Originate has no dialling channel: its DestUniqueid ties it to a call.
-    """
-    if kind is ChannelEventKind.DIAL_LEGACY:
-        return _legacy_dial(fields, received_at, pbx)
-    if kind is _VARSET:
-        return _recording_file(fields, received_at, pbx)
-    uniqueid = fields.get("uniqueid", "")
-    dest_uniqueid = fields.get("destuniqueid", "")
-    if not (uniqueid or dest_uniqueid):
-        return None
-    return ChannelEvent(
-        kind=kind,
-        channel=fields.get("channel", ""),
-        uniqueid=uniqueid,
-        # Asterisk < 13.5 sends no Linkedid
-        linkedid=fields.get("linkedid") or fields.get("destlinkedid") or uniqueid or dest_uniqueid,
-        caller_num=fields.get("calleridnum", ""),
-        caller_name=fields.get("calleridname", ""),
-        context=fields.get("context", ""),
-        exten=fields.get("exten", ""),
-        received_at=received_at,
-        dest_channel=fields.get("destchannel", ""),
-        dest_uniqueid=dest_uniqueid,
-        dial_status=fields.get("dialstatus", ""),
-        cause=_int(fields.get("cause", "")),
-        bridge_id=fields.get("bridgeuniqueid", ""),
-        pbx=pbx,
-        has_linkedid=bool(fields.get("linkedid") or fields.get("destlinkedid")),
-    )
-
-
-def _is_recording_file(fields: Mapping[str, str]) -> bool:
-    value = fields.get("value", "")
-    return (
-        fields.get("variable", "") == RECORDING_VARIABLE
-        and 0 < len(value) <= _MAX_RECORDING_FILE
-        and "\x00" not in value
-    )
-
-
-def _recording_file(fields: Mapping[str, str], received_at: float, pbx: str) -> ChannelEvent | None:
-    """``VarSet`` of ``MIXMONITOR_FILENAME`` on a channel: which file records it."""
-    uniqueid, linkedid = fields.get("uniqueid", ""), fields.get("linkedid", "")
-    if not uniqueid:
-        return None
-    return ChannelEvent(
-        kind=_VARSET,
-        channel=fields.get("channel", ""),
-        uniqueid=uniqueid,
-        linkedid=linkedid or uniqueid,
-        caller_num="",
-        caller_name="",
-        context="",
-        exten="",
-        received_at=received_at,
-        pbx=pbx,
-        has_linkedid=bool(linkedid),
-        recording_file=fields["value"],
-    )
-
-
-def _int(text: str) -> int:
-    return int(text) if text.isdigit() else 0
 
 
 def _channel_up(item: Mapping[str, str], at: float, pbx: str) -> ChannelEvent | None:
@@ -536,28 +467,6 @@ def duration_seconds(text: str) -> float:
     for part in parts:
         seconds = seconds * 60 + int(part)
     return float(seconds)
-
-
-def _legacy_dial(
-    fields: Mapping[str, str], received_at: float, pbx: str = ""
-) -> ChannelEvent | None:
-    """AMI 1.x ``Dial``: its Begin, as an event of the dialled channel tied to the dialler."""
-    dialled, dialler = fields.get("destuniqueid", ""), fields.get("uniqueid", "")
-    if not dialled or not dialler:
-        return None
-    return ChannelEvent(
-        kind=ChannelEventKind.DIAL_LEGACY,
-        channel=fields.get("destination", ""),
-        uniqueid=dialled,
-        linkedid=dialler,
-        caller_num=fields.get("calleridnum", ""),
-        caller_name=fields.get("calleridname", ""),
-        context="",
-        exten=fields.get("dialstring", ""),
-        received_at=received_at,
-        pbx=pbx,
-        has_linkedid=False,
-    )
 
 
 def _raise_if_refused(answer: Mapping[str, str]) -> None:

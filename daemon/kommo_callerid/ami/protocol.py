@@ -32,14 +32,18 @@ carries the secret).
 
 Speed: a busy PBX sends tens of thousands of events a second and the daemon uses six kinds.
 Building panoramisk's ``Message`` (a case-insensitive dict) costs far more than reading the
-``Event:`` line, so each message's event name is read from its raw bytes first: an event the
-handler does not want is counted and dropped undecoded; a wanted one is parsed straight into a
-plain dict. Only responses, garbage and events that may answer an action take panoramisk's path.
-When the handler says an event is urgent (it returns True: a call has just begun), the rest of
-a short TCP read is parsed two loop turns later: the call's intake and its notification run
-first, not behind the events the read brings after it (a long read is a backlog: read whole).
-Order is kept (later reads wait in line behind it), and a lost link parses what is held
-before it reports the loss.
+``Event:`` line, so each message's event name is read from its raw bytes first (a message
+starting with a wanted event's line as Asterisk spells it is routed on that prefix alone): an
+event the handler does not want is counted and dropped undecoded; a wanted one is parsed
+straight into a plain dict of the headers the handler reads (``headers``), the others skipped.
+Only responses, garbage and events that may answer an action take panoramisk's path.
+What the handler returns (:class:`Flow`) paces the reader. URGENT (a call has just begun):
+the rest of a short TCP read is parsed two loop turns later: the call's intake and its
+notification run first, not behind the events the read brings after it (a long read is a
+backlog: read whole). STALL (the intake is behind, see :mod:`.pacing`): nothing more is
+parsed, and the transport stops reading, until :meth:`SessionManager.unstall`. Order is kept
+(later reads wait in line behind it), and a lost link parses what is held before it reports
+the loss.
 
 panoramisk's objects are untyped (``Any``). Only :mod:`.ami` touches them, through
 :meth:`SessionManager.submit`, :func:`first_headers` and
@@ -63,7 +67,14 @@ from panoramisk.message import Message
 
 from kommo_callerid.core.config import AmiConfig
 
-__all__ = ["MAX_MESSAGE_BYTES", "Discard", "SessionManager", "all_headers", "first_headers"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "Discard",
+    "Flow",
+    "SessionManager",
+    "all_headers",
+    "first_headers",
+]
 
 BANNER_PREFIX = b"Asterisk Call Manager/"
 _MAX_BANNER_BYTES = 256
@@ -85,6 +96,20 @@ _SPECIAL_EVENTS = frozenset({b"shutdown"})
 
 #: Why input was thrown away: a message over MAX_MESSAGE_BYTES, or text that is no AMI message.
 Discard = Literal["oversized", "garbage"]
+#: Header names remembered per session (each line's name is looked up, not lower-cased):
+#: more than an Asterisk sends; a peer inventing names gets them lower-cased one by one.
+_MAX_KNOWN_NAMES = 512
+_MAX_NAME_CHARS = 64
+
+
+class Flow(enum.Enum):
+    """What the event handler asks of the reader after an event."""
+
+    GO = enum.auto()  # read on
+    #: a call has just begun: the rest of a short read waits two loop turns (see module doc)
+    URGENT = enum.auto()
+    #: the handler is behind: stop parsing and reading until :meth:`SessionManager.unstall`
+    STALL = enum.auto()
 
 
 def _text(value: Any) -> str:
@@ -114,16 +139,20 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
         self,
         loop: asyncio.AbstractEventLoop,
         config: AmiConfig,
-        on_event: Callable[[Mapping[str, str]], bool | None],
+        on_event: Callable[[Mapping[str, str]], Flow],
         on_fault: Callable[[Exception], None],
         on_lost: Callable[[str], None],
         *,
         on_discard: Callable[[Discard], None],
         events: Collection[str] | None = None,
+        headers: Collection[str] | None = None,
     ) -> None:
         """``events``: the event names ``on_event`` wants (any case); None means every event.
 
-        Others are counted in :attr:`ignored` and never parsed.
+        Others are counted in :attr:`ignored` and never parsed. ``headers``: the header names
+        ``on_event`` reads (any case) from a wanted event; None means every header. Only
+        those are decoded into the mapping it gets (events taking panoramisk's path, which
+        may answer an action, keep every header).
         """
         # The real endpoint, though only AmiClient connects: were panoramisk's reconnect ever
         # armed again, it would reach this server (and the tests would see it).
@@ -142,8 +171,37 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
         #: False until a Login is answered with Success: events before that are ignored.
         self.logged_in = False
         self.early_events = 0
-        #: A set the session's protocol shares: a name added later is read from then on.
-        self.wanted = None if events is None else {e.lower().encode() for e in events}
+        #: A set the session's protocol shares: a name added later (:meth:`want`) is read
+        #: from then on.
+        self.wanted: set[bytes] | None = None
+        #: Each wanted event's first line as spelled here (Asterisk's own spelling): a message
+        #: starting with one of these is routed without its name being read out.
+        self.event_lines: tuple[bytes, ...] = ()
+        self._spellings: dict[bytes, bytes] = {}
+        if events is not None:
+            self.wanted = set()
+            for name in events:
+                self.want(name)
+        self.headers = None if headers is None else frozenset(h.lower() for h in headers)
+
+    def want(self, name: str) -> None:
+        """Read the event ``name`` (spelled as Asterisk does) from now on."""
+        if self.wanted is None:
+            return  # every event is read
+        key = name.lower().encode()
+        self.wanted.add(key)
+        if key not in _SPECIAL_EVENTS:
+            self._spellings[key] = _EVENT + name.encode() + b"\r\n"
+        self.event_lines = tuple(self._spellings.values())
+
+    def unwant(self, name: str) -> None:
+        """Stop reading the event ``name``: it is counted as ignored from now on."""
+        if self.wanted is None:
+            return
+        key = name.lower().encode()
+        self.wanted.discard(key)
+        self._spellings.pop(key, None)
+        self.event_lines = tuple(self._spellings.values())
 
     def protocol_factory(self) -> _SessionProtocol:
         return _SessionProtocol(self)
@@ -170,17 +228,22 @@ class SessionManager(Manager):  # type: ignore[misc]  # panoramisk is untyped
         """An event parsed by panoramisk (the slow path)."""
         self.deliver({str(k).lower(): _text(v) for k, v in event.items()})
 
-    def deliver(self, fields: Mapping[str, str]) -> bool:
-        """True: the handler wants the event acted on before the rest of the read is parsed."""
+    def deliver(self, fields: Mapping[str, str]) -> Flow:
+        """What the handler asks of the reader after this event (see :class:`Flow`)."""
         if not self.logged_in:
             self.early_events += 1
-            return False
+            return Flow.GO
         # A raise here would reach asyncio's data_received and drop the connection.
         try:
-            return bool(self._on_event(fields))
+            return self._on_event(fields)
         except Exception as exc:
             self.fault(exc)
-            return False
+            return Flow.GO
+
+    def unstall(self) -> None:
+        """Read again after the handler asked for a stall (:attr:`Flow.STALL`)."""
+        if self.protocol is not None:
+            self.protocol.unstall()
 
     def fault(self, exc: Exception) -> None:
         self._on_fault(exc)
@@ -250,8 +313,17 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
         self.max_buffered = 0  # high-water mark of the buffer, for tests and diagnostics
         self.ignored = 0  # events dropped unparsed: the handler does not want them
         self._wanted = manager.wanted
-        #: Reads that came while parsing waits for an urgent event's turn (None: not waiting).
+        #: The buffer may hold a blank line of bare LFs or CRs (see _after_foreign_message):
+        #: most streams never do, and their messages are then not searched for one.
+        self._foreign = False
+        self._names = None if manager.headers is None else _HeaderNames(manager.headers)
+        #: Reads that came while parsing waits for an urgent event's turn or a stall's end
+        #: (None: not waiting).
         self._held: list[bytes] | None = None
+        #: The handler asked for a stall: nothing is parsed (nor read) until unstall().
+        self._stalled = False
+        #: The link is lost and what is held is parsed: no event may pause that.
+        self._flushing = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -278,10 +350,23 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
 
     def data_received(self, data: bytes) -> None:
         self.factory.last_received_at = self.factory.loop.time()
-        if self._held is not None:  # parsing waits for an urgent event's turn: in line
+        if self._held is not None:  # parsing waits (an urgent event's turn, a stall): in line
             self._held.append(bytes(data))
             return
         self._feed(memoryview(data), pausing=len(data) < URGENT_READ_BYTES)
+
+    def unstall(self) -> None:
+        """The handler caught up (or may not wait longer): read and parse again."""
+        if not self._stalled:
+            return
+        self._stalled = False
+        self.transport.resume_reading()  # a no-op once the transport is closing
+        self._resume()
+
+    def _stall(self) -> None:
+        self._stalled = True
+        # The kernel buffers what comes meanwhile; the handler bounds the stall in time.
+        self.transport.pause_reading()
 
     def _feed(self, rest: memoryview, *, pausing: bool) -> None:
         """Parse ``rest``; ``pausing``: stop after an urgent event (see _take_messages)."""
@@ -290,8 +375,11 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
             if room <= 0:  # full and no message end in it
                 self._skip_oversized()
                 continue
+            added_at = len(self._buffer)
             self._buffer += rest[:room]
             rest = rest[room:]
+            if not self._foreign:  # the new bytes, and one before (a pair split by reads)
+                self._foreign = _has_foreign(self._buffer, max(0, added_at - 1))
             self.max_buffered = max(self.max_buffered, len(self._buffer))
             if self.version is None and not self._take_banner():
                 return
@@ -300,9 +388,10 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
                 return
 
     def _hold(self, rest: memoryview) -> None:
-        """An urgent event was delivered: the rest of the read waits (see _resume_later)."""
+        """Parsing stopped (an urgent event, a stall): the rest of the read waits."""
         self._held = [bytes(rest)] if rest else []
-        self._resume_later()
+        if not self._stalled:  # a stall ends with unstall()
+            self._resume_later()
 
     def _resume_later(self) -> None:
         """Parse what is held two loop turns from now: one turn lets the intake take the
@@ -312,13 +401,16 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
         loop.call_soon(loop.call_soon, self._resume)
 
     def _resume(self, *, pausing: bool = True) -> None:
+        if self._stalled:  # a stall came meanwhile: unstall() resumes
+            return
         held, self._held = self._held, None
         if held is None:  # already flushed (the link was lost meanwhile)
             return
         pausing = pausing and sum(map(len, held)) < URGENT_READ_BYTES  # else a backlog
         if self._take_messages(pausing):  # the buffer's messages first
             self._held = held
-            self._resume_later()
+            if not self._stalled:
+                self._resume_later()
             return
         for index, chunk in enumerate(held):
             self._feed(memoryview(chunk), pausing=pausing)
@@ -328,26 +420,35 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
 
     def _take_messages(self, pausing: bool = False) -> bool:
         """Parse the buffer's whole messages; True when it stopped after an urgent event
-        (``pausing`` only; messages may be left in the buffer)."""
+        (``pausing`` only) or for a stall (messages may be left in the buffer)."""
         buffer, start = self._buffer, 0
         paused = False
+        foreign = self._foreign
         while (end := buffer.find(_END, max(start, self._scanned))) >= 0:
             if self._skipping:  # the tail of an oversized message: reading resumes after it
                 self._skipping = False
             else:
-                start = self._after_foreign_message(buffer, start, end)
+                if foreign:
+                    start = self._after_foreign_message(buffer, start, end)
                 route = self._route(buffer, start, end)
                 if route is _Route.IGNORE:
                     self.ignored += 1
                 elif route is _Route.EVENT:
-                    urgent = self.factory.deliver(_fields(_decode(buffer[start:end])))
-                    paused = urgent and pausing
+                    flow = self.factory.deliver(_fields(_decode(buffer[start:end]), self._names))
+                    if flow is not Flow.GO and not self._flushing:
+                        if flow is Flow.STALL:
+                            self._stall()
+                            paused = True
+                        else:
+                            paused = pausing
                 else:
                     self._parse(buffer[start:end])
             start = end + len(_END)
             if paused:
                 break
         del buffer[:start]
+        if foreign:  # what is left: a message's head, or the rest of a paused read
+            self._foreign = _has_foreign(buffer, 0)
         # after a pause the buffer may still hold whole messages: scan it from the start
         self._scanned = 0 if paused else max(0, len(buffer) - len(_END) + 1)
         return paused
@@ -355,7 +456,8 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
     def _after_foreign_message(self, buffer: bytearray, start: int, end: int) -> int:
         """Where the CRLF message ending at ``end`` really starts: after the last blank line
         of bare LFs or CRs, whatever came before it counted as garbage."""
-        # Two plain searches, no generator: this runs for every message.
+        # Two plain searches, no generator: this runs for every message while the buffer
+        # holds one.
         lf, cr = _FOREIGN_ENDS
         cut = max(buffer.rfind(lf, start, end), buffer.rfind(cr, start, end))
         if cut < 0:
@@ -370,6 +472,10 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
         wanted = self._wanted
         if wanted is None:
             return _Route.PANORAMISK
+        if buffer.startswith(self.factory.event_lines, start, end):  # the usual case
+            if self.responses and buffer.find(b"ActionID:", start, end) >= 0:
+                return _Route.PANORAMISK  # maybe part of an action's answer
+            return _Route.EVENT
         if buffer.startswith(_EVENT, start, end):
             name_at = start + len(_EVENT)
         else:
@@ -440,6 +546,7 @@ class _SessionProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is unty
             self.factory.dispatch(message)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._flushing, self._stalled = True, False
         if self._held is not None:  # what came before the loss is read before it is reported
             self._resume(pausing=False)
         self.close()
@@ -485,15 +592,55 @@ def _is_login(action: Any) -> bool:
     return str(action.get("Action", "")).lower() == "login"
 
 
-def _fields(text: str) -> dict[str, str]:
+def _fields(text: str, names: _HeaderNames | None = None) -> dict[str, str]:
     """An event's headers, names lower-cased; as panoramisk reads them (``Name: value``
-    lines), a repeated header keeping its first value."""
+    lines), a repeated header keeping its first value. With ``names``, only those headers.
+
+    This runs for every wanted event, a line at a time: a line's name is looked up as it is
+    spelled (Asterisk spells each the same way every time), and only a wanted header's value
+    is stripped and kept.
+    """
     fields: dict[str, str] = {}
+    if names is None:
+        for line in text.split("\r\n"):
+            name, colon, value = line.partition(": ")
+            if colon:
+                fields.setdefault(name.lower(), value.strip())
+        return fields
+    known = names.known
     for line in text.split("\r\n"):
         name, colon, value = line.partition(": ")
-        if colon:
-            fields.setdefault(name.lower(), value.strip())
+        key = known.get(name)
+        if key is None:
+            key = names.learn(name)
+        if key and colon and key not in fields:
+            fields[key] = value.strip()
     return fields
+
+
+class _HeaderNames:
+    """The headers an event handler reads: each spelling seen, mapped to its lower-case name
+    ("" for a header not read), so a line's name is looked up rather than lower-cased."""
+
+    __slots__ = ("known", "wanted")
+
+    def __init__(self, wanted: Collection[str]) -> None:
+        self.wanted = frozenset(wanted)
+        self.known: dict[str, str] = {name: name for name in self.wanted}
+
+    def learn(self, name: str) -> str:
+        key = name.lower()
+        key = key if key in self.wanted else ""
+        # Bounded: a peer sending made-up names, or lines without a colon, fills no memory.
+        if len(self.known) < _MAX_KNOWN_NAMES and len(name) <= _MAX_NAME_CHARS:
+            self.known[name] = key
+        return key
+
+
+def _has_foreign(buffer: bytearray, at: int) -> bool:
+    """Whether the buffer holds a blank line of bare LFs or CRs from ``at`` on."""
+    lf, cr = _FOREIGN_ENDS
+    return buffer.find(lf, at) >= 0 or buffer.find(cr, at) >= 0
 
 
 def _decode(raw: bytes | bytearray) -> str:
