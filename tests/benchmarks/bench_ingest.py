@@ -9,7 +9,10 @@ real PBX Asterisk pays for filtering, not us.
 
 The daemons run with ``[journal]`` on (``common.daemon_config``), as in production. Every
 inbound call of the mix (one a cycle, each a new caller to the DID) must be notified: the
-count is checked after the marker call's notification, which ends the clock.
+count is checked after the marker call's notification. The clock stops when the daemon has
+detected the marker call (the last one): the stream read, parsed and decided. Its notification
+comes up to 0.5 s later: 2,001 calls in a few seconds is a flood to the notifier, which then
+begins new calls every FLOOD_BEGIN_INTERVAL; that figure is printed too.
 """
 
 from __future__ import annotations
@@ -49,9 +52,11 @@ async def bare_rate(events: list[WireEvent]) -> float:
 
 async def daemon_rate(
     mix: PbxMix, events: list[WireEvent], filtered: bool
-) -> tuple[float, int, int]:
-    """PBX events per second, how many channel events the daemon consumed, and how many of
-    the stream's inbound calls (the marker too) were notified."""
+) -> tuple[float, float, int, int]:
+    """PBX events per second up to the last call detected (the whole stream read, parsed
+    and decided: the ingest rate) and up to its notification (which a flood's pacing of new
+    calls may hold up to FLOOD_BEGIN_INTERVAL), how many channel events the daemon consumed,
+    and how many of the stream's inbound calls (the marker too) were notified."""
     async with FakeAmiServer(users=BENCH_USERS) as ami, FakeKommo(rate_limit=None) as kommo:
         config = daemon_config(
             ami,
@@ -63,16 +68,18 @@ async def daemon_rate(
             sent = filtered_for(ami, events) if filtered else events
             marker = mix.inbound(agents=())
             data = wire(sent) + call_bytes(marker.events)
+            inbound = len(events) // CYCLE_EVENTS + 1
+            await child.ask(f"calls {inbound}")  # says "detected" when the last call is seen
             started = time.monotonic()
             await ami.stream(data)
+            detected = (await child.read())["detected"] - started
             if not await wait_until(lambda: _notified(kommo, marker.caller_num), 120):
                 raise RuntimeError("the marker call was never notified")
             elapsed = kommo.events[-1].received_at - started
-            inbound = len(events) // CYCLE_EVENTS + 1
             await wait_until(lambda: _callers(kommo) >= inbound, 10)
             consumed = (await child.ask("stats"))["events"]
             notified = _callers(kommo)
-    return len(events) / elapsed, consumed, notified
+    return len(events) / detected, len(events) / elapsed, consumed, notified
 
 
 def _callers(kommo: FakeKommo) -> int:
@@ -93,10 +100,10 @@ async def run(report: Report, quick: bool) -> None:
     events = mix.cycles(cycles)
     channel = sum(1 for e in events if e.name in CHANNEL_EVENTS)
     bare = await bare_rate(events)
-    full, consumed_b, notified_b = await daemon_rate(mix, events, filtered=False)
+    full, _, consumed_b, notified_b = await daemon_rate(mix, events, filtered=False)
     # (c) needs a longer stream to last as long: its filter passes about one event in eight.
     long_events = mix.cycles(cycles * 8)
-    kept, consumed_c, notified_c = await daemon_rate(mix, long_events, filtered=True)
+    kept, kept_notified, consumed_c, notified_c = await daemon_rate(mix, long_events, filtered=True)
     report.add("ingest (a) bare panoramisk, no-op handler", f"{bare:,.0f} events/s")
     report.add(
         "ingest (b) daemon, no server-side filter",
@@ -109,6 +116,10 @@ async def run(report: Report, quick: bool) -> None:
         f"{kept:,.0f} events/s ({kept / bare:.1f} x a)",
         "≥ 5 x a (issue 22)",
         kept >= 5 * bare,
+    )
+    report.add(
+        "ingest (c) up to the last call's notification (a flood: new calls begun every 0.5 s)",
+        f"{kept_notified:,.0f} events/s ({kept_notified / bare:.1f} x a)",
     )
     calls_b, calls_c = cycles + 1, cycles * 8 + 1
     report.add(

@@ -3,7 +3,8 @@
 Run by ``common.Child``: ``child.py daemon|bare CONFIG_JSON``. It prints ``{"ready": ...}`` once
 logged in to the AMI server, then answers one-line commands on stdin with one JSON line:
 ``stats`` (tables, RSS, CPU seconds), ``memory`` (the same after a garbage collection),
-``expect N`` (bare: print ``{"done": ...}`` after N more events), ``stop``. Logs go to
+``expect N`` (bare: print ``{"done": ...}`` after N more events), ``calls N`` (daemon: print
+``{"detected": ...}`` once N inbound calls were detected), ``stop``. Logs go to
 /dev/null at the configured level: formatting them is real cost.
 With ``BENCH_PROFILE=DIR`` in the environment each child writes a cProfile file into DIR;
 with ``BENCH_TRACEMALLOC=N`` the daemon traces allocations and ``memory`` writes the traced
@@ -113,13 +114,28 @@ async def run_daemon(config: dict[str, Any]) -> None:
     await wait_for(lambda: daemon.ami_connected or serving.done())
     say({"ready": True, "pid": os.getpid()})
     reader = await commands()
+    watchers: set[asyncio.Task[None]] = set()
     while line := (await reader.readline()).decode().strip():
         if line == "stop":
             break
+        if line.startswith("calls "):  # say {"detected": ...} once N inbound calls were seen
+            watchers.add(asyncio.create_task(_detected(daemon, int(line.split()[1]))))
         say(daemon_tables(daemon, collect=line == "memory"))
+    for watcher in watchers:
+        watcher.cancel()
     daemon.stop.set()
     await serving
     say({"stopped": True})
+
+
+async def _detected(daemon: Daemon, calls: int) -> None:
+    """When the intake has detected ``calls`` inbound calls (polled every millisecond): the
+    stream up to the last call's first channel is read, parsed and decided."""
+    running = daemon._running
+    assert running is not None
+    while running.notifier.stats.calls_incoming < calls:  # noqa: ASYNC110 - a counter: poll
+        await asyncio.sleep(0.001)
+    say({"detected": time.monotonic()})
 
 
 async def run_bare(config: dict[str, Any]) -> None:
