@@ -43,7 +43,7 @@ if [ -z "$wheel" ]; then
   wheel=$(ls "$work"/wheel/*.whl)
 fi
 echo "deb: venv at $prefix with $python ($pyminor), $(basename "$wheel")"
-# Not [fast] (uvloop): on it the AMI reader outruns the intake in a flood and events are shed.
+# Not [fast] (uvloop): safe since the AMI reader waits for the intake, but it gains little (README).
 quietly "$venv/bin/python" -m pip install --no-compile --disable-pip-version-check "$wheel"
 # The click-to-call widget archive an account administrator uploads in Kommo, written by the
 # same code as `kommo-callerid widget` (byte for byte: fixed dates). It holds no server URL (the

@@ -6,11 +6,12 @@ about twice as fast (ingest 2.5-4.0x a bare panoramisk reader on asyncio's loop,
 uvloop). It is optional: without it, or if it cannot be imported, the daemon runs on asyncio's
 loop exactly as before; nothing is configured. Tests keep pytest's own loop.
 
-Not installed by the .deb nor the tests yet. On uvloop the reader outruns the intake in a
+Not installed by the .deb nor the tests. On uvloop the reader outran the intake in a
 ``read=all`` flood: without backpressure events were shed (115 of 321 inbound calls notified
 in the ingest benchmark). The AMI reader now stalls while the intake is behind
 (:mod:`kommo_callerid.ami.pacing`): on uvloop every call is notified (2,001 of 2,001, full
-ingest run), at about the rate of asyncio's loop, as the intake is then the bottleneck.
+ingest run), at about the rate of asyncio's loop, as the intake is then the bottleneck; CPU
+per call 3.3 -> 3.0 ms, too little for one more compiled dependency in the .deb.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from kommo_callerid.core.config import Config
 from kommo_callerid.journal.clock import SteadyClock
 from kommo_callerid.journal.outbox import AsyncOutbox
-from kommo_callerid.journal.sender import CallLog, JournalSender, LinkResolver
+from kommo_callerid.journal.sender import LINGER, CallLog, JournalSender, LinkResolver
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.kommo.journal_api import KommoJournal
 
@@ -48,6 +48,7 @@ async def open_journal(
         clock=clock or SteadyClock(),
         exclusive=True,
         links=links,
+        linger=LINGER,
     )
     try:
         await sender.open()
