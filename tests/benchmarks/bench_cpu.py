@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from bench_latency import NOISE_PER_SECOND, TICK, play_calls
+from bench_latency import NOISE_PER_SECOND, SPREAD, TICK, play_calls
 from common import BENCH_USERS, Child, Pacer, PbxMix, Report, daemon_config, wire
 
 from kommo_callerid.sim.ami_server import FakeAmiServer
@@ -57,8 +57,9 @@ async def run(report: Report, quick: bool) -> None:
 
 
 async def _noise_only(ami: FakeAmiServer, mix: PbxMix, seconds: float) -> None:
-    noise = [wire(mix.noise(int(NOISE_PER_SECOND * TICK))) for _ in range(16)]
-    pacer = Pacer(TICK)
-    for tick in range(round(seconds / TICK)):
+    per_write = int(NOISE_PER_SECOND * TICK) // SPREAD  # as play_calls spreads it
+    noise = [wire(mix.noise(per_write)) for _ in range(16 * SPREAD)]
+    pacer = Pacer(TICK / SPREAD)
+    for tick in range(round(seconds / TICK) * SPREAD):
         ami.emit_raw(noise[tick % len(noise)])
         await pacer.tick()

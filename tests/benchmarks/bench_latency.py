@@ -48,6 +48,7 @@ from kommo_callerid.sim.recording import format_message
 CALLS_PER_SECOND = 50
 NOISE_PER_SECOND = 1000
 TICK = 0.01  # noise goes out every tick, a call every other tick
+SPREAD = 5  # writes of noise a tick
 #: Issue 22's targets, as multiples of the loopback RTT p50: warm p99 (stretch 5), warm p50,
 #: cold (a lookup request first) p99.
 WARM_P99_RTTS, WARM_P50_RTTS, COLD_P99_RTTS = 10, 4, 15
@@ -64,28 +65,33 @@ async def play_calls(
 ) -> list[float]:
     """Play ``calls`` calls at the paced rate, ``per_call`` users notified for each; the
     latency of each call's first notification in milliseconds."""
-    noise = [wire(mix.noise(int(NOISE_PER_SECOND * TICK))) for _ in range(16)]
+    # Each tick's noise in SPREAD writes, 1/SPREAD of a tick apart: a PBX's events are spread
+    # over time; one burst a tick made every root land behind ten events being parsed.
+    per_write = int(NOISE_PER_SECOND * TICK) // SPREAD
+    noise = [[wire(mix.noise(per_write)) for _ in range(SPREAD)] for _ in range(16)]
     sent_at: dict[str, deque[float]] = defaultdict(deque)
     hangups: deque[bytes] = deque()
     first = len(kommo.events)
-    pacer = Pacer(TICK)
+    pacer = Pacer(TICK / SPREAD)
     ticks_per_call = round(1 / CALLS_PER_SECOND / TICK)
     legs = b""  # the last call's agent legs: they follow its root a tick (10 ms) later
     for tick in range(calls * ticks_per_call):
-        # One write a tick, the root alone last: each write costs this process a wake-up of
-        # the daemon (~0.3 ms on a VM), and writes after the root delayed its own reading of
-        # the daemon's POST (the p99 was the benchmark's, not the daemon's).
+        # The root is written alone, and nothing right after it: each write costs this
+        # process a wake-up of the daemon (~0.3 ms on a VM), and writes after the root
+        # delayed the benchmark's own reading of the daemon's POST.
         old = hangups.popleft() if len(hangups) > HANGUP_AFTER else b""
-        ami.emit_raw(legs + noise[tick % len(noise)] + old)
-        legs = b""
-        if tick % ticks_per_call == 0:
-            call = mix.inbound(caller(tick // ticks_per_call))
-            root, *rest = call.events
-            ami.emit_raw(format_message(root))
-            sent_at[call.caller_num].append(time.monotonic())  # write() has sent it
-            legs = call_bytes(rest)
-            hangups.append(call_bytes(call.hangups))
-        await pacer.tick()
+        for part, events in enumerate(noise[tick % len(noise)]):
+            ami.emit_raw(legs + events + old if part == 0 else events)
+            if part == SPREAD // 2 and tick % ticks_per_call == 0:
+                call = mix.inbound(caller(tick // ticks_per_call))
+                root, *rest = call.events
+                ami.emit_raw(format_message(root))
+                sent_at[call.caller_num].append(time.monotonic())  # write() has sent it
+                legs = call_bytes(rest)
+                hangups.append(call_bytes(call.hangups))
+            elif part == 0:
+                legs = b""
+            await pacer.tick()
     ami.emit_raw(legs + b"".join(hangups))
     expected = calls * per_call
     if not await wait_until(lambda: _recipients(kommo, first) >= expected, 30):
