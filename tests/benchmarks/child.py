@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import floor
+from common import loopback_rtt_ms
 from panoramisk import Manager
 
 from kommo_callerid.core.config import LogConfig
@@ -181,7 +182,7 @@ async def run_floor(config: dict[str, Any]) -> None:
             if line == "stop":
                 break
             if line.startswith("rtt "):
-                say({"rtt": await floor.rtt(line.split()[1], 300)})
+                say({"rtt": await loopback_rtt_ms(line.split()[1])})
             else:
                 say({"rss_mb": rss_mb(), "cpu_s": time.process_time()})
         say({"stopped": True})

@@ -3,7 +3,7 @@ and the fake Kommo, measured with the least a caller-ID forwarder can do.
 
 ``forward``: a raw asyncio protocol logs in, splits the stream at blank lines, and for a root
 ``Newchannel`` (Uniqueid = Linkedid) writes one prebuilt notification POST on a warm keep-alive
-connection: no decision, no lookup, no journal, no log line. ``rtt``: the loopback HTTP round
+connection: no decision, no lookup, no journal, no log line. ``rtt`` (child.py): the round
 trip from a process of its own (the daemon's case: the fake Kommo answers from another
 process, so every hop crosses processes, which costs more than the in-process RTT the targets
 use as their unit). Run by ``child.py floor|rtt CONFIG_JSON``.
@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 from urllib.parse import urlsplit
-
-import aiohttp
 
 _END = b"\r\n\r\n"
 
@@ -70,14 +67,3 @@ async def forward(config: dict[str, Any], ready: Any) -> None:
     transport.write(login.encode())
     await protocol.logged_in
     await ready()
-
-
-async def rtt(url: str, rounds: int) -> list[float]:
-    async with aiohttp.ClientSession() as session:
-        times = []
-        for _ in range(rounds):
-            started = time.perf_counter()
-            async with session.get(url) as answer:
-                await answer.read()
-            times.append((time.perf_counter() - started) * 1000)
-    return times[rounds // 10 :]

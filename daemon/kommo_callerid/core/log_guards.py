@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from structlog.typing import EventDict, WrappedLogger
 
@@ -113,12 +113,7 @@ class SecretScrubber:
     def scrub(self, event_dict: EventDict) -> EventDict:
         """The slow path: every text field (and the text in a list) searched alone."""
         sub = self._pattern.sub
-        for key, value in event_dict.items():
-            if isinstance(value, str):
-                event_dict[key] = sub(SCRUBBED, value)
-            elif isinstance(value, _SEQUENCES) and any(isinstance(v, str) for v in value):
-                event_dict[key] = [sub(SCRUBBED, v) if isinstance(v, str) else v for v in value]
-        return event_dict
+        return each_text(event_dict, lambda _key, value: sub(SCRUBBED, value))
 
     def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         if self.may_hold(_JOIN.join(_texts(event_dict))):
@@ -168,11 +163,16 @@ def _clean(key: str, value: str) -> str:
 def neutralise(event_dict: EventDict) -> EventDict:
     """The slow path: escape control characters and cap long values in every text field
     (one level of lists too), so no renderer writes an ESC from a caller ID to a terminal."""
+    return each_text(event_dict, _clean)
+
+
+def each_text(event_dict: EventDict, change: Callable[[str, str], str]) -> EventDict:
+    """``change(key, text)`` applied to every text field, and to the text in a list field."""
     for key, value in event_dict.items():
         if isinstance(value, str):
-            event_dict[key] = _clean(key, value)
+            event_dict[key] = change(key, value)
         elif isinstance(value, _SEQUENCES) and any(isinstance(v, str) for v in value):
-            event_dict[key] = [_clean(key, v) if isinstance(v, str) else v for v in value]
+            event_dict[key] = [change(key, v) if isinstance(v, str) else v for v in value]
     return event_dict
 
 
