@@ -6,7 +6,7 @@ and the fake Kommo, measured with the least a caller-ID forwarder can do.
 connection: no decision, no lookup, no journal, no log line. ``rtt`` (child.py): the round
 trip from a process of its own (the daemon's case: the fake Kommo answers from another
 process, so every hop crosses processes, which costs more than the in-process RTT the targets
-use as their unit). Run by ``child.py floor|rtt CONFIG_JSON``.
+use as their unit). Run by ``child.py floor CONFIG_JSON`` (``rtt URL`` on its stdin).
 """
 
 from __future__ import annotations
