@@ -4,6 +4,7 @@ to the ordinary (aiohttp) path; a 429 with an HTML body and a 401 keep their mea
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -194,3 +195,20 @@ def test_the_warm_connection_works_on_uvloop() -> None:
                 return fast.sent, len(kommo.events)
 
     assert uvloop.run(notify_five()) == (5, 6)
+
+
+async def test_a_pool_closed_while_a_request_is_out_keeps_no_connection(
+    kommo: FakeKommo,
+) -> None:
+    """The answer comes after the client closed: its connection is closed, not kept idle (it
+    was left open: an unclosed transport at garbage collection)."""
+    client = _client(kommo.base_url, kommo.token)
+    fast = await _warm(client)
+    kommo.set_delay(EVENTS_PATH, 0.2)
+    notifying = asyncio.create_task(client.notify(JOHN, [1], within=5))
+    await wait_for(lambda: kommo.requests_to(EVENTS_PATH) >= 1 and fast.sent == 0, 2)
+    await asyncio.sleep(0.05)  # the request is out, its answer delayed
+    await fast.close()
+    await notifying
+    assert not fast.ready and len(fast._idle) == 0
+    await client.close()

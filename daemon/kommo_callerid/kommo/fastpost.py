@@ -202,9 +202,9 @@ class FastPost:
         conn.buffer.clear()  # a reusable answer ended exactly at the buffer's end
         conn.served = True
         self._failures = 0
-        if parsed.reusable and not conn.closed:
+        if parsed.reusable and not conn.closed and not self._closed:
             self._idle.append(conn)
-        else:
+        else:  # (a pool closed while this request was out keeps no connection open)
             conn.close()
             self.want()
         self.sent += 1
