@@ -65,6 +65,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; they have its methods
         self.transport = cast(asyncio.Transport, transport)
+        self._pool.opened(self)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -79,6 +80,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self._wake()
         self._pool._lost(self)
+        self._pool.open_now.discard(self)
 
     def close(self) -> None:
         self.closed = True
@@ -132,6 +134,10 @@ class FastPost:
         if self._tls:  # the transport passes the context its aiohttp session uses
             self._ssl = ssl_context or ssl.create_default_context()
         self._idle: deque[_Connection] = deque()
+        #: Every connection whose socket is open, idle, busy, or made by an opener cancelled
+        #: before it could keep it (create_connection's transport is lost with a cancel):
+        #: close() closes them all.
+        self.open_now: set[_Connection] = set()
         self._busy = 0
         self._opener: asyncio.Task[None] | None = None
         #: Connections in a row that failed or were lost before carrying a request.
@@ -158,8 +164,9 @@ class FastPost:
         if opener is not None:
             opener.cancel()
             await asyncio.gather(opener, return_exceptions=True)
-        while self._idle:
-            self._idle.popleft().close()
+        self._idle.clear()
+        for conn in list(self.open_now):
+            conn.close()
         await asyncio.sleep(0)  # let connection_lost run before the loop may close
 
     async def request(
@@ -269,6 +276,12 @@ class FastPost:
                 self._failures += 1
                 continue
             self._idle.append(conn)
+
+    def opened(self, conn: _Connection) -> None:
+        if self._closed:  # made after close(): an opener's last connection
+            conn.close()
+            return
+        self.open_now.add(conn)
 
     def _lost(self, conn: _Connection) -> None:
         if conn in self._idle:
