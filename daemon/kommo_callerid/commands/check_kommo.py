@@ -50,7 +50,7 @@ class Finding:
 
 def kommo_client(config: Config) -> KommoClient:
     """The one place check builds a Kommo client (its construction may gain a token provider)."""
-    return KommoClient(config.kommo, config.cache)
+    return KommoClient(config.kommo, config.cache, warm=False)  # one request: nothing to warm
 
 
 async def check_kommo(config: Config, report: Report) -> None:

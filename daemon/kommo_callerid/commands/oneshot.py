@@ -23,7 +23,7 @@ SecretSink = Callable[[str], None] | None
 async def authorize_once(config: Config, code: str, *, on_secret: SecretSink = None) -> None:
     """Trade an OAuth authorisation code for the first token pair, saved to ``token_file``;
     raises :class:`KommoError` (already logged) when Kommo refuses."""
-    async with KommoClient(config.kommo, config.cache, on_secret=on_secret) as kommo:
+    async with KommoClient(config.kommo, config.cache, on_secret=on_secret, warm=False) as kommo:
         await kommo.authorize(code)
     if config.cluster.enabled:
         await publish_tokens(config)  # the daemons of the cluster read the pair from Redis
@@ -40,7 +40,7 @@ async def lookup_once(
             stack.push_async_callback(cluster.close)
         extra = cluster.kommo_parts() if cluster is not None else {}
         kommo = await stack.enter_async_context(
-            KommoClient(config.kommo, config.cache, on_secret=on_secret, **extra)
+            KommoClient(config.kommo, config.cache, on_secret=on_secret, warm=False, **extra)
         )
         mirror = await _mirror_first(config, kommo, stack)
         try:

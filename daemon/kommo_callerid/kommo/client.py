@@ -87,8 +87,10 @@ class KommoClient:
         limiter: Limiter | None = None,
         shared_cache: SharedCache | None = None,
         shared_tokens: SharedTokens | None = None,
+        warm: bool = True,
     ) -> None:
-        """``on_secret`` learns every OAuth token as it arrives (the log scrubber's remember)."""
+        """``on_secret`` learns every OAuth token as it arrives (the log scrubber's remember);
+        ``warm``: keep warm connections for the hot path (not in a one-shot command)."""
         self._config = config
         self._clock = clock
         self.stats = KommoStats()
@@ -99,6 +101,7 @@ class KommoClient:
             clock=clock,
             sleep=sleep,
             limiter=limiter,
+            warm=warm,
         )
         self._batcher = EventBatcher(self._http, clock)
         self._shared = shared_cache

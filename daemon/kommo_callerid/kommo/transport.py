@@ -111,7 +111,9 @@ class KommoTransport:
         clock: Clock = time.monotonic,
         sleep: Sleep,
         limiter: Limiter | None = None,
+        warm: bool = True,
     ) -> None:
+        """``warm``: keep warm connections (the daemon); a one-shot command does not."""
         self._config = config
         self.auth = auth
         self._stats = stats
@@ -132,7 +134,7 @@ class KommoTransport:
             self._ssl = ssl.create_default_context()
         #: The warm connections (issue 22); never through a proxy.
         self.fast: FastPost | None = None
-        if self._proxy is None:
+        if self._proxy is None and warm:
             self.fast = FastPost(
                 config.base_url,
                 _USER_AGENT,
