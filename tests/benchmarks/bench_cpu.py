@@ -34,13 +34,13 @@ async def run(report: Report, quick: bool) -> None:
                 return mix.unknown_caller()
 
             await play_calls(ami, kommo, mix, 50, new_caller, PER_CALL)  # warm up
-            before = (await child.ask("stats"))["cpu_s"]
+            before, sys_before, switches_before = _cpu(await child.ask("stats"))
             started = time.monotonic()
             await play_calls(ami, kommo, mix, calls, new_caller, PER_CALL)
             elapsed = time.monotonic() - started
-            middle = (await child.ask("stats"))["cpu_s"]
+            middle, sys_middle, switches_middle = _cpu(await child.ask("stats"))
             await _noise_only(ami, mix, elapsed)
-            after = (await child.ask("stats"))["cpu_s"]
+            after, sys_after, switches_after = _cpu(await child.ask("stats"))
     with_calls, noise = middle - before, after - middle
     report.add(
         "CPU per 1,000 calls (calls + noise / noise alone)",
@@ -51,9 +51,24 @@ async def run(report: Report, quick: bool) -> None:
         f"{(with_calls - noise) / calls * 1000:.2f} ms",
     )
     report.add(
+        "of which in the kernel (calls + noise / noise alone)",
+        f"{(sys_middle - sys_before) / calls * 1000:.2f} s / "
+        f"{(sys_after - sys_middle) / calls * 1000:.2f} s",
+    )
+    report.add(
+        "context switches per call (net of the noise)",
+        f"{((switches_middle - switches_before) - (switches_after - switches_middle)) / calls:.1f}",
+    )
+    report.add(
         f"CPU load at 50 calls/s + {NOISE_PER_SECOND:,} noise events/s",
         f"{with_calls / elapsed:.1%} of a core",
     )
+
+
+def _cpu(stats: dict[str, float]) -> tuple[float, float, float]:
+    """Process CPU, its kernel share and the context switches so far (every child reports
+    them: it is the benchmark's, whichever package it measures)."""
+    return stats["cpu_s"], stats["sys_s"], stats["switches"]
 
 
 async def _noise_only(ami: FakeAmiServer, mix: PbxMix, seconds: float) -> None:
