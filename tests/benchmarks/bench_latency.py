@@ -133,6 +133,7 @@ async def run(report: Report, quick: bool) -> None:
                     )
                     pb_asked = kommo.requests_to(BY_PHONE_PATH) - asked
         floor, cross_rtt = await _floor(ami, kommo, mix, config, calls)
+        floor_cold, _ = await _floor(ami, kommo, mix, {**config, "floor_lookup": True}, calls)
         after = await loopback_rtt_ms(f"{kommo.base_url}/no-such-path")
     if statistics.median(after) < statistics.median(rtt):
         rtt = after
@@ -164,6 +165,10 @@ async def run(report: Report, quick: bool) -> None:
         f"{spread(floor)} = {_rtts(floor, unit)}",
     )
     report.add(
+        "floor, cold: the same, with a by_phone lookup first, p50 / p99 / max",
+        f"{spread(floor_cold)} = {_rtts(floor_cold, unit)}",
+    )
+    report.add(
         "loopback HTTP round trip from another process p50 / p99 / max",
         f"{spread(cross_rtt)} = {statistics.median(cross_rtt) / unit:.1f} RTT",
     )
@@ -176,7 +181,11 @@ async def _floor(
     """What the machine and the fakes cost with no daemon (floor.py): the least forwarder's
     latency under the same load, and the RTT measured from a process of its own."""
     async with Child("floor", config) as child:
-        floor = await play_calls(ami, kommo, mix, calls, lambda i: KNOWN_CALLERS[i % 5])
+        # cold: every caller new, as in the daemon's cold run
+        new = mix.unknown_caller if config.get("floor_lookup") else None
+        floor = await play_calls(
+            ami, kommo, mix, calls, lambda i: new() if new else KNOWN_CALLERS[i % 5]
+        )
         cross_rtt: list[float] = (await child.ask(f"rtt {kommo.base_url}/no-such-path"))["rtt"]
     return floor, cross_rtt
 

@@ -3,7 +3,9 @@ and the fake Kommo, measured with the least a caller-ID forwarder can do.
 
 ``forward``: a raw asyncio protocol logs in, splits the stream at blank lines, and for a root
 ``Newchannel`` (Uniqueid = Linkedid) writes one prebuilt notification POST on a warm keep-alive
-connection: no decision, no lookup, no journal, no log line. ``rtt`` (child.py): the round
+connection: no decision, no lookup, no journal, no log line. With ``floor_lookup`` in the
+config it first asks Kommo's by_phone search on a second keep-alive connection and posts
+when the whole answer is in (the cold path's floor: two round trips). ``rtt`` (child.py): the round
 trip from a process of its own (the daemon's case: the fake Kommo answers from another
 process, so every hop crosses processes, which costs more than the in-process RTT the targets
 use as their unit). Run by ``child.py floor CONFIG_JSON`` (``rtt URL`` on its stdin).
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,6 +43,30 @@ class _Forwarder(asyncio.Protocol):
                     self._post(fields.get(b"CallerIDNum", b"").decode())
 
 
+class _Answers(asyncio.Protocol):
+    """The lookups' connection: each whole answer (its head and Content-Length body) posts
+    the number asked, in order (a keep-alive connection answers in order)."""
+
+    def __init__(self, post: Callable[[str], None]) -> None:
+        self._buffer = b""
+        self._post = post
+        self.asked: deque[str] = deque()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while (head_end := self._buffer.find(_END)) >= 0:
+            length = 0
+            for line in self._buffer[:head_end].split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            end = head_end + len(_END) + length
+            if len(self._buffer) < end:
+                return
+            self._buffer = self._buffer[end:]
+            if self.asked:
+                self._post(self.asked.popleft())
+
+
 class _Discard(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:  # the answers: read and dropped
         pass
@@ -59,9 +87,22 @@ async def forward(config: dict[str, Any], ready: Any) -> None:
         )
         http.write(head.encode() + body)
 
+    on_root = post
+    if config.get("floor_lookup"):
+        answers = _Answers(post)
+        lookups, _ = await loop.create_connection(lambda: answers, kommo.hostname, kommo.port)
+
+        def ask(number: str) -> None:
+            answers.asked.append(number)
+            lookups.write(
+                f"GET /api/v2/search/by_phone?phone={number} HTTP/1.1\r\nHost: {kommo.netloc}\r\n"
+                f"Authorization: Bearer {token}\r\n\r\n".encode()
+            )
+
+        on_root = ask
     ami = config["ami"]
     transport, protocol = await loop.create_connection(
-        lambda: _Forwarder(post), "127.0.0.1", ami["port"]
+        lambda: _Forwarder(on_root), "127.0.0.1", ami["port"]
     )
     login = f"Action: Login\r\nUsername: {ami['username']}\r\nSecret: {ami['secret']}\r\n\r\n"
     transport.write(login.encode())
