@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import statistics
 import sys
-import time
 import tempfile
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path

@@ -144,6 +144,10 @@ class JournalSender:
         self._task: asyncio.Task[None] | None = None
         self._next_prune = 0.0
         self._due_now_done = False
+        #: When the oldest record written since the last look was recorded (None: none):
+        #: it lingers before the look, which then finds it due (one trip to the database
+        #: thread instead of two).
+        self._fresh: float | None = None
         self._closed = False
         #: The last stop's count of records it could not write (lost with the process).
         self.lost = 0
@@ -249,6 +253,7 @@ class JournalSender:
             self._next_prune = self._clock() + PRUNE_INTERVAL
             await self.outbox.prune(self._clock() - HISTORY_SECONDS)
         self._wake.clear()
+        await self._linger_fresh()
         due, next_try = await self.outbox.due_or_next_try(self._clock(), BATCH_SIZE)
         if due and not self._stopping:
             wait = self._linger_left(due)
@@ -260,9 +265,22 @@ class JournalSender:
             recheck = self._clock() + RECHECK
             await self._idle(recheck if next_try is None else min(next_try, recheck))
 
+    async def _linger_fresh(self) -> None:
+        """Let the records just written wait ``linger`` for company before the outbox is
+        read (a stop cuts it short)."""
+        fresh, self._fresh = self._fresh, None
+        if fresh is None or self._stopping:
+            return
+        wait = min(self._linger, fresh + self._linger - self._clock())
+        if wait > 0:
+            await self._idle(self._clock() + wait, self._stop_asked)
+
     def _written(self, written: list[JournalEntry], refused: list[str]) -> None:
         """The writer committed ``written`` (or the outbox just opened): send what is due."""
         self._wake.set()
+        if written:
+            oldest = min(entry.recorded_at for entry in written)
+            self._fresh = oldest if self._fresh is None else min(self._fresh, oldest)
         for entry in written:
             self.stats.recorded += 1
             log.info(
