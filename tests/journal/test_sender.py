@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from kommo_callerid.core.config import CacheConfig, JournalConfig, KommoConfig, NotifyConfig
 from kommo_callerid.core.models import CallDirection, CallStatus
+from kommo_callerid.journal.entry import JournalEntry
 from kommo_callerid.journal.outbox import AsyncOutbox
 from kommo_callerid.journal.sender import JournalSender
 from kommo_callerid.kommo.client import KommoClient
@@ -39,18 +40,19 @@ async def journal_for(
     clock: ManualClock | None = None,
     rate_limit: float = 1000.0,
     linger: float = 0.0,
+    outbox: type[AsyncOutbox] = AsyncOutbox,
     **settings: Any,
 ) -> AsyncIterator[JournalSender]:
     config = KommoConfig(
         base_url=fake.base_url, access_token=SecretStr(fake.token), rate_limit=rate_limit
     )
     async with KommoClient(config, CacheConfig()) as kommo:
-        outbox = AsyncOutbox(database)
-        await outbox.open()
+        opened = outbox(database)
+        await opened.open()
         api = KommoJournal(kommo.transport, timeout=config.timeout, rate_limit=config.rate_limit)
         journal_config = JournalConfig(database=database, **settings)
         timing: dict[str, Any] = {"clock": clock, "sleep": clock.sleep} if clock else {}
-        sender = JournalSender(outbox, api, journal_config, NOTIFY, linger=linger, **timing)
+        sender = JournalSender(opened, api, journal_config, NOTIFY, linger=linger, **timing)
         sender.start()
         try:
             yield sender
@@ -262,15 +264,32 @@ async def test_a_hostile_answer_is_retried_without_an_error(tmp_path: Path) -> N
     assert events(logs, "journal.error") == []
 
 
+class CountingOutbox(AsyncOutbox):
+    """Counts the sender's looks at the outbox (each a trip to the database thread)."""
+
+    looks = 0
+
+    async def due_or_next_try(
+        self, now: float, limit: int
+    ) -> tuple[list[JournalEntry], float | None]:
+        self.looks += 1
+        return await super().due_or_next_try(now, limit)
+
+
 async def test_calls_that_end_together_share_one_request(tmp_path: Path) -> None:
     """Five calls ending 20 ms apart (a busy hour): with the daemon's linger they go in one
-    request (before: one request per call, 5 of Kommo's 7 a second)."""
+    request (before: one request per call, 5 of Kommo's 7 a second), and the sender looks
+    at the outbox twice: once when the first has lingered, once after the send (before: a
+    third look, right after the first write, only to learn how long to linger)."""
     async with (
         FakeKommo(demo_dataset()) as fake,
-        journal_for(fake, tmp_path / "linger.db", linger=0.25) as journal,
+        journal_for(fake, tmp_path / "linger.db", linger=0.25, outbox=CountingOutbox) as journal,
     ):
         for n in range(5):
             journal.record(finished_call(f"7.{n}", JOHN))
             await asyncio.sleep(0.02)
         await wait_for(delivered(fake, 5))
+        await asyncio.sleep(0.3)  # what follows the send: one look finding nothing due
+        looks = journal.outbox.looks if isinstance(journal.outbox, CountingOutbox) else -1
     assert fake.requests_to(CALLS_PATH) == 1
+    assert looks == 2
