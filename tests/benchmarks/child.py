@@ -9,7 +9,9 @@ logged in to the AMI server, then answers one-line commands on stdin with one JS
 With ``BENCH_PROFILE=DIR`` in the environment each child writes a cProfile file into DIR;
 with ``BENCH_TRACEMALLOC=N`` the daemon traces allocations and ``memory`` writes the traced
 total and peak and the N biggest live allocation sites to stderr (where memory goes; tracing
-slows the daemon down several times).
+slows the daemon down several times); with ``BENCH_SLOW_MS=T`` the daemon counts the loop
+callbacks that ran longer than T ms, by the task or function they belong to, and prints
+their count, total and p50/p90/p99 to stderr when stopped (what holds the loop up).
 """
 
 from __future__ import annotations
@@ -121,7 +123,50 @@ def _print_allocation_sites() -> None:
         print(f"  {stat}", file=sys.stderr)
 
 
+def _watch_slow_callbacks(threshold_ms: float) -> Callable[[], None]:
+    """Diagnosis (``BENCH_SLOW_MS``): count the loop callbacks that ran longer than the
+    threshold, by what they were; the returned function prints them to stderr."""
+    import asyncio.events
+    from collections import Counter
+
+    run = asyncio.events.Handle._run
+    slow: Counter[str] = Counter()
+    worst: dict[str, float] = {}
+    every: dict[str, list[float]] = {}
+
+    def timed(handle: Any) -> None:
+        began = time.perf_counter()
+        run(handle)
+        ms = (time.perf_counter() - began) * 1000
+        if ms > threshold_ms:
+            callback = handle._callback
+            owner = getattr(callback, "__self__", None)
+            coro = owner.get_coro() if isinstance(owner, asyncio.Task) else None
+            name = getattr(coro, "__qualname__", None) or getattr(
+                callback, "__qualname__", repr(callback)
+            )
+            slow[name] += 1
+            worst[name] = max(worst.get(name, 0.0), ms)
+            every.setdefault(name, []).append(ms)
+
+    asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+
+    def report() -> None:
+        for name, count in slow.most_common(12):
+            times = sorted(every[name])
+            q = [times[int(len(times) * f)] for f in (0.5, 0.9, 0.99)]
+            print(
+                f"slow {count:6d} total {sum(times):8.1f} ms p50/p90/p99 {q[0]:.2f}/{q[1]:.2f}/"
+                f"{q[2]:.2f} worst {worst[name]:7.2f} ms  {name[:60]}",
+                file=sys.stderr,
+            )
+
+    return report
+
+
 async def run_daemon(config: dict[str, Any]) -> None:
+    slow_ms = os.environ.get("BENCH_SLOW_MS")
+    report_slow = _watch_slow_callbacks(float(slow_ms)) if slow_ms else None
     if os.environ.get("BENCH_TRACEMALLOC"):
         tracemalloc.start()
     freeze_startup_heap()  # as the CLI does
@@ -141,6 +186,8 @@ async def run_daemon(config: dict[str, Any]) -> None:
         watcher.cancel()
     daemon.stop.set()
     await serving
+    if report_slow is not None:
+        report_slow()
     say({"stopped": True})
 
 
