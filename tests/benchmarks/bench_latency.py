@@ -181,11 +181,11 @@ async def _floor(
     """What the machine and the fakes cost with no daemon (floor.py): the least forwarder's
     latency under the same load, and the RTT measured from a process of its own."""
     async with Child("floor", config) as child:
-        # cold: every caller new, as in the daemon's cold run
-        new = mix.unknown_caller if config.get("floor_lookup") else None
-        floor = await play_calls(
-            ami, kommo, mix, calls, lambda i: new() if new else KNOWN_CALLERS[i % 5]
-        )
+
+        def caller(index: int) -> str:  # cold: every caller new, as in the daemon's cold run
+            return mix.unknown_caller() if config.get("floor_lookup") else KNOWN_CALLERS[index % 5]
+
+        floor = await play_calls(ami, kommo, mix, calls, caller)
         cross_rtt: list[float] = (await child.ask(f"rtt {kommo.base_url}/no-such-path"))["rtt"]
     return floor, cross_rtt
 

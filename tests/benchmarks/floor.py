@@ -5,8 +5,8 @@ and the fake Kommo, measured with the least a caller-ID forwarder can do.
 ``Newchannel`` (Uniqueid = Linkedid) writes one prebuilt notification POST on a warm keep-alive
 connection: no decision, no lookup, no journal, no log line. With ``floor_lookup`` in the
 config it first asks Kommo's by_phone search on a second keep-alive connection and posts
-when the whole answer is in (the cold path's floor: two round trips). ``rtt`` (child.py): the round
-trip from a process of its own (the daemon's case: the fake Kommo answers from another
+when the whole answer is in (the cold path's floor: two round trips). ``rtt`` (child.py):
+the round trip from a process of its own (the daemon's case: the fake Kommo answers from another
 process, so every hop crosses processes, which costs more than the in-process RTT the targets
 use as their unit). Run by ``child.py floor CONFIG_JSON`` (``rtt URL`` on its stdin).
 """
