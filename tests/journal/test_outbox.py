@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from kommo_callerid.core.config import JournalConfig, NotifyConfig
 from kommo_callerid.core.models import CallDirection, CallStatus
 from kommo_callerid.journal.entry import State, build_entry, recording_link, responsible_user
-from kommo_callerid.journal.outbox import Outbox, OutboxError
+from kommo_callerid.journal.outbox import AsyncOutbox, Outbox, OutboxError
 
 from support import finished_call
 
@@ -101,3 +104,32 @@ def test_responsible_user_and_link() -> None:
     assert recording_link("", inbound) == ""
     only_inbound = JournalConfig(directions=("inbound",))
     assert build_entry(outbound, only_inbound, NOTIFY, 0.0) is None
+
+
+async def test_the_due_records_are_read_on_the_loop_while_the_writer_is_busy(
+    tmp_path: Path,
+) -> None:
+    """The sender's read of the due records does not wait for the database thread (issue 22:
+    every trip there held the loop up): it sees what the writer committed last, at once,
+    even while the thread is busy; from a path a URI must quote."""
+    folder = tmp_path / "journal #1 ?"
+    folder.mkdir()
+    outbox = AsyncOutbox(folder / "j.db")
+    await outbox.open()
+    try:
+        written, _ = await outbox.insert([entry("3.1"), entry("3.2")])
+        due, _ = outbox.due_or_next_try(2e9, 10)
+        assert [e.call_id for e in due] == ["3.1", "3.2"]
+        await outbox.update([replace(written[0], state=State.SENT)])
+        release = threading.Event()
+        held = asyncio.ensure_future(outbox._run(release.wait))  # the thread is busy now
+        try:
+            due, _ = outbox.due_or_next_try(2e9, 10)
+            assert [e.call_id for e in due] == ["3.2"] and not held.done()
+        finally:
+            release.set()
+            await held
+        await outbox.update([replace(written[1], state=State.SENT)])
+        assert outbox.due_or_next_try(2e9, 10) == ([], None)
+    finally:
+        await outbox.close()

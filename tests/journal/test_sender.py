@@ -265,15 +265,13 @@ async def test_a_hostile_answer_is_retried_without_an_error(tmp_path: Path) -> N
 
 
 class CountingOutbox(AsyncOutbox):
-    """Counts the sender's looks at the outbox (each a trip to the database thread)."""
+    """Counts the sender's looks at the outbox."""
 
     looks = 0
 
-    async def due_or_next_try(
-        self, now: float, limit: int
-    ) -> tuple[list[JournalEntry], float | None]:
+    def due_or_next_try(self, now: float, limit: int) -> tuple[list[JournalEntry], float | None]:
         self.looks += 1
-        return await super().due_or_next_try(now, limit)
+        return super().due_or_next_try(now, limit)
 
 
 async def test_calls_that_end_together_share_one_request(tmp_path: Path) -> None:
