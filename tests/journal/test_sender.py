@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from kommo_callerid.core.config import CacheConfig, JournalConfig, KommoConfig, NotifyConfig
+from kommo_callerid.core.hot_path import HotPath
 from kommo_callerid.core.models import CallDirection, CallStatus
 from kommo_callerid.journal.entry import JournalEntry
 from kommo_callerid.journal.outbox import AsyncOutbox
@@ -41,6 +42,7 @@ async def journal_for(
     rate_limit: float = 1000.0,
     linger: float = 0.0,
     outbox: type[AsyncOutbox] = AsyncOutbox,
+    hot_path: HotPath | None = None,
     **settings: Any,
 ) -> AsyncIterator[JournalSender]:
     config = KommoConfig(
@@ -52,7 +54,9 @@ async def journal_for(
         api = KommoJournal(kommo.transport, timeout=config.timeout, rate_limit=config.rate_limit)
         journal_config = JournalConfig(database=database, **settings)
         timing: dict[str, Any] = {"clock": clock, "sleep": clock.sleep} if clock else {}
-        sender = JournalSender(opened, api, journal_config, NOTIFY, linger=linger, **timing)
+        sender = JournalSender(
+            opened, api, journal_config, NOTIFY, linger=linger, hot_path=hot_path, **timing
+        )
         sender.start()
         try:
             yield sender
@@ -172,6 +176,22 @@ async def test_a_missed_call_gets_one_call_back_task_even_across_a_restart(
 
 async def journal_settled(journal: JournalSender) -> None:
     await wait_for(lambda: journal.pending == 0)
+
+
+async def test_the_bookkeeping_after_an_answer_lets_a_call_in_flight_pass(tmp_path: Path) -> None:
+    """Kommo has taken the record while a call is between its lookup and its notification:
+    the record is marked sent once the call is through (issue 22), not before."""
+    hot_path = HotPath(longest_wait=5.0)
+    async with (
+        FakeKommo(demo_dataset()) as fake,
+        journal_for(fake, tmp_path / "hot.db", hot_path=hot_path) as journal,
+    ):
+        with hot_path.call():
+            journal.record(finished_call("6.0", JOHN))
+            await wait_for(delivered(fake, 1))
+            await asyncio.sleep(0.05)
+            assert (journal.stats.sent, journal.pending) == (0, 1)
+        await wait_for(lambda: journal.stats.sent == 1 and journal.pending == 0)
 
 
 async def test_one_rejected_item_the_rest_delivered_and_that_one_dropped(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from kommo_callerid.clicktocall.tokens import LEEWAY
 from kommo_callerid.cluster.link import ClusterStartError
 from kommo_callerid.cluster.replay import SharedReplayGuard
 from kommo_callerid.core.config import Config, LogConfig
+from kommo_callerid.core.hot_path import HotPath
 from kommo_callerid.core.models import (
     AmiLoginError,
     ChannelEvent,
@@ -148,6 +149,8 @@ class Daemon:
         self.recordings: Recordings | None = None
         #: Unix time of the moment (a call's start); ages and waits use the monotonic clock.
         self._wall_clock = wall_clock
+        #: Calls between their lookup and their notification: the journal lets them pass.
+        self.hot_path = HotPath()
 
     @property
     def ami_connected(self) -> bool:
@@ -226,7 +229,12 @@ class Daemon:
             try:
                 gate = cluster.journal_calls if cluster is not None else None
                 journal = await open_journal(
-                    self.config, kommo, self.recordings, gate=gate, clock=steady
+                    self.config,
+                    kommo,
+                    self.recordings,
+                    gate=gate,
+                    clock=steady,
+                    hot_path=self.hot_path,
                 )
             except OutboxHeld as exc:  # any other journal problem leaves caller ID running
                 log.error("journal.unusable", detail=str(exc))
@@ -313,6 +321,7 @@ class Daemon:
                 call_tasks,
                 loop.time,
                 claims=cluster.claims if cluster else None,
+                hot_path=self.hot_path,
             ),
             links=PbxLinks(cfg.pbxs, queue, on_state=self._ami_state_changed, clock=loop.time),
             call_tasks=call_tasks,

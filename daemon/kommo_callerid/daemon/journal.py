@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kommo_callerid.core.config import Config
+from kommo_callerid.core.hot_path import HotPath
 from kommo_callerid.journal.clock import SteadyClock
 from kommo_callerid.journal.outbox import AsyncOutbox
 from kommo_callerid.journal.sender import LINGER, CallLog, JournalSender, LinkResolver
@@ -28,12 +29,14 @@ async def open_journal(
     *,
     gate: Callable[[CallLog], CallLog] | None = None,
     clock: Callable[[], float] | None = None,
+    hot_path: HotPath | None = None,
 ) -> JournalSender | None:
     """The journal's sender (not started), or None when ``[journal] enabled`` is false;
     raises :class:`~kommo_callerid.journal.lock.OutboxHeld` when another daemon holds the
     database. ``gate`` (the cluster's) wraps its way to Kommo; ``clock``: the sender's (a
     :class:`SteadyClock` by default), which ``links`` must share: they compare its
-    ``recorded_at`` with their own now."""
+    ``recorded_at`` with their own now. ``hot_path``: the notifier's calls in flight, which
+    the sender's bookkeeping lets pass."""
     if not config.journal.enabled:
         return None
     outbox = AsyncOutbox(config.journal.database, busy_timeout=BUSY_TIMEOUT)
@@ -49,6 +52,7 @@ async def open_journal(
         exclusive=True,
         links=links,
         linger=LINGER,
+        hot_path=hot_path,
     )
     try:
         await sender.open()

@@ -44,6 +44,7 @@ from kommo_callerid.calls.detector import (
 )
 from kommo_callerid.calls.recipients import CallRecipients, for_pbx
 from kommo_callerid.core.config import CallsConfig, NotifyConfig, Recipient
+from kommo_callerid.core.hot_path import HotPath
 from kommo_callerid.core.log_soon import info_soon
 from kommo_callerid.core.models import KommoError, LatencyHistogram, LookupResult, NotifyOutcome
 from kommo_callerid.daemon.ownership import NOTIFY, ClaimPort, ClaimsPort, hold
@@ -178,9 +179,13 @@ class CallNotifier:
         clock: Callable[[], float],
         *,
         claims: ClaimsPort | None = None,
+        hot_path: HotPath | None = None,
     ) -> None:
+        """``hot_path``: marks each call from its lookup to its notification, so that the
+        journal's bookkeeping lets it pass (see :mod:`kommo_callerid.core.hot_path`)."""
         self._kommo = kommo
         self._claims = claims
+        self._hot_path = hot_path or HotPath()
         #: Set at shutdown: claims are handed back rather than held to the calls' end.
         self._stopping = asyncio.Event()
         self._notify = notify_config
@@ -437,20 +442,23 @@ class CallNotifier:
 
     async def _lookup(self, active: _ActiveCall) -> None:
         active.bind()
-        try:
-            result = await self._kommo.lookup(active.call.number, within=self._time_left(active))
-        except KommoError:
-            self.stats.lookups_failed += 1  # already logged as kommo.error
-            responsible = None
-        else:
-            responsible = result.responsible_user_id
-        users = active.recipients.offer(Recipient.RESPONSIBLE, [responsible])
-        # In this task, not a new one: the notification goes out in this loop turn, not
-        # behind the rest of the AMI read that waited for the call's first step.
-        if active.recipients.lookup_finished():
-            await self._deliver(active, None, bound=True)  # the everyone-fallback
-        elif users:
-            await self._deliver(active, users, bound=True)
+        with self._hot_path.call():
+            try:
+                result = await self._kommo.lookup(
+                    active.call.number, within=self._time_left(active)
+                )
+            except KommoError:
+                self.stats.lookups_failed += 1  # already logged as kommo.error
+                responsible = None
+            else:
+                responsible = result.responsible_user_id
+            users = active.recipients.offer(Recipient.RESPONSIBLE, [responsible])
+            # In this task, not a new one: the notification goes out in this loop turn, not
+            # behind the rest of the AMI read that waited for the call's first step.
+            if active.recipients.lookup_finished():
+                await self._deliver(active, None, bound=True)  # the everyone-fallback
+            elif users:
+                await self._deliver(active, users, bound=True)
 
     async def _fallback_timer(self, active: _ActiveCall) -> None:
         active.bind()
