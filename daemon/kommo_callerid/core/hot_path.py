@@ -3,7 +3,7 @@
 Why (issue 22): the journal's bookkeeping after Kommo's answer (a batch's states, its log
 lines, the trip to the database thread) holds the loop about a millisecond. A call whose
 lookup answer came in meanwhile waited behind it: 35 of the 40 slowest of 2,000 cold
-notifications in the latency benchmark, 1 in 25 of those that met it. The journal is not in
+notifications in the latency benchmark, of the 82 that met it at all. The journal is not in
 a hurry; a ringing phone is. So the notifier marks the stretch from a call's lookup to its
 notification, and the journal waits for a quiet moment (never long: a call centre is never
 quiet for long, and a record must still reach Kommo).
