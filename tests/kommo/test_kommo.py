@@ -448,6 +448,20 @@ async def test_connection_refused_is_a_kommo_error() -> None:
     assert raised.value.detail.startswith("ClientConnectorError")
 
 
+async def test_a_retry_without_a_slot_reports_the_last_failure_not_a_backlog() -> None:
+    # One request a second: the retry (after at most 0.5 s of backoff) would need the slot
+    # the refused attempt used, which frees after the deadline. The request was sent once;
+    # what went wrong is the refusal (CI saw "a backlog of requests" on a slow machine).
+    with refused_port() as port:
+        async with make_client(f"http://127.0.0.1:{port}", rate_limit=1) as kommo:
+            with capture_logs() as logs, pytest.raises(KommoError) as raised:
+                await kommo.lookup(JOHN, within=0.6)
+    assert raised.value.detail.startswith("ClientConnectorError")
+    assert all(
+        line["detail"].startswith("ClientConnectorError") for line in events(logs, "kommo.error")
+    )
+
+
 async def test_no_token_ever_reaches_the_logs(fake: FakeKommo) -> None:
     wrong = "wrong-" + "Kp3m" * 6
     with capture_logs() as logs:

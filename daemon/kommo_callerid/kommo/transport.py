@@ -182,6 +182,13 @@ class KommoTransport:
                 # Only a first attempt takes the fast path: a retry (after a 401's refresh,
                 # a 429, a lost answer) goes the ordinary way.
                 authorization, outcome = await self._authorized_attempt(call, attempt == 1)
+            except BacklogExpired:
+                self.gate.abandon()
+                if attempt == 1:
+                    raise
+                # A retry that found no slot before the deadline: it was sent before, and
+                # its last failure is what the caller needs to hear, not the backlog.
+                raise self._deadline(path, last, attempt - 1) from None
             except BaseException:
                 self.gate.abandon()
                 raise
