@@ -8,6 +8,7 @@ Size: every type that crosses rooms, in one place to look them up.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
@@ -204,8 +205,8 @@ class LatencyHistogram:
         self.sum = 0.0
 
     def observe(self, seconds: float) -> None:
-        index = next((i for i, bound in enumerate(self.buckets) if seconds <= bound), -1)
-        self.counts[index] += 1
+        # The first bound at or above ``seconds``; past the last bound: the +Inf slot.
+        self.counts[bisect_left(self.buckets, seconds)] += 1
         self.count += 1
         self.sum += seconds
 

@@ -478,6 +478,9 @@ class Daemon:
                 call_first = notifier.calls_to_begin and queue.qsize() < SHORT_BACKLOG
                 if call_first:
                     notifier.end_batch()
+                    # The call's lookup (a warm one writes its notification) runs now; the
+                    # outcome tracker's turn on this channel comes after, off its path.
+                    await asyncio.sleep(0)
                 for call in outcomes.feed(event):
                     self._journal(self._at_wall_time(call))
                 if call_first or taken >= CONSUME_BATCH or queue.empty():

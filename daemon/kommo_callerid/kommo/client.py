@@ -200,7 +200,15 @@ class KommoClient:
         cached = self._cache.get(key, started)
         if cached is not None:
             self.stats.cache_hits += 1
-            result = replace(cached, number=number, cached=True, ms=self._ms_since(started))
+            # Built, not replace()d: this is a warm call's path to its notification.
+            result = LookupResult(
+                number=number,
+                entity=cached.entity,
+                phone_entity=cached.phone_entity,
+                source=cached.source,
+                cached=True,
+                ms=self._ms_since(started),
+            )
         else:
             deadline = started + (within if within is not None else self._config.timeout)
             try:
