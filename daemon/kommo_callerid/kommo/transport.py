@@ -182,15 +182,12 @@ class KommoTransport:
                 # Only a first attempt takes the fast path: a retry (after a 401's refresh,
                 # a 429, a lost answer) goes the ordinary way.
                 authorization, outcome = await self._authorized_attempt(call, attempt == 1)
-            except BacklogExpired:
+            except BaseException as exc:
                 self.gate.abandon()
-                if attempt == 1:
-                    raise
-                # A retry that found no slot before the deadline: it was sent before, and
-                # its last failure is what the caller needs to hear, not the backlog.
-                raise self._deadline(path, last, attempt - 1) from None
-            except BaseException:
-                self.gate.abandon()
+                if isinstance(exc, BacklogExpired) and attempt > 1:
+                    # A retry that found no slot before the deadline: it was sent before, and
+                    # its last failure is what the caller needs to hear, not the backlog.
+                    raise self._deadline(path, last, attempt - 1) from None
                 raise
             self.gate.leave(outcome.status, _pause(outcome))
             if outcome.status == 401 and not refreshed and authorization is not None:
