@@ -10,6 +10,7 @@ bound fields (``call_id``, ``caller``). Without a running loop the line is writt
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
@@ -26,3 +27,14 @@ def info_soon(logger: InfoLogger, event: str, **fields: Any) -> None:
         logger.info(event, **fields)
         return
     loop.call_soon(partial(logger.info, event, **fields))
+
+
+def soon(callback: Callable[..., object], *args: Any) -> None:
+    """``callback(*args)`` on the next loop turn (at once with no loop running): a line whose
+    fields are gathered there too, so the hot path pays one ``call_soon`` for it."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        callback(*args)
+        return
+    loop.call_soon(callback, *args)

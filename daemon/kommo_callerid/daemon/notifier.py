@@ -45,7 +45,7 @@ from kommo_callerid.calls.detector import (
 from kommo_callerid.calls.recipients import CallRecipients, for_pbx
 from kommo_callerid.core.config import CallsConfig, NotifyConfig, Recipient
 from kommo_callerid.core.hot_path import HotPath
-from kommo_callerid.core.log_soon import info_soon
+from kommo_callerid.core.log_soon import info_soon, soon
 from kommo_callerid.core.models import KommoError, LatencyHistogram, LookupResult, NotifyOutcome
 from kommo_callerid.daemon.ownership import NOTIFY, ClaimPort, ClaimsPort, hold
 
@@ -160,6 +160,16 @@ class _ActiveCall:
 
     def fields(self) -> dict[str, str]:
         return _call_fields(self.call.call_id, self.call.number, self.call.pbx)
+
+
+def _incoming_line(started: CallStarted) -> None:
+    log.info(
+        "call.incoming",
+        **_call_fields(started.call_id, started.number, started.pbx),
+        exten=started.did,
+        channel=started.channel,
+        name=started.caller_name,
+    )
 
 
 def _call_fields(call_id: str, caller: str, pbx: str) -> dict[str, str]:
@@ -320,14 +330,7 @@ class CallNotifier:
             active.owned = True
             self._begin(active)
         # after the call's first step (a warm lookup writes its notification): see log_soon
-        info_soon(
-            log,
-            "call.incoming",
-            **active.fields(),
-            exten=started.did,
-            channel=started.channel,
-            name=started.caller_name,
-        )
+        soon(_incoming_line, started)
 
     def _begin(self, active: _ActiveCall) -> None:
         started = active.call

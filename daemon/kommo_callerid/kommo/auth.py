@@ -68,6 +68,11 @@ class TokenProvider(Protocol):
         """The Authorization header value for the next request."""
         ...
 
+    def authorization_now(self) -> str | None:
+        """The header value if it is at hand without an await (no refresh due, nothing to
+        read or save first); None: ask :meth:`authorization`."""
+        ...
+
     async def rejected(self, authorization: str) -> bool:
         """Kommo answered 401 to ``authorization``: True when a retry may now succeed."""
         ...
@@ -86,6 +91,9 @@ class StaticToken:
         self._token = token
 
     async def authorization(self) -> str:
+        return f"Bearer {self._token.get_secret_value()}"
+
+    def authorization_now(self) -> str:
         return f"Bearer {self._token.get_secret_value()}"
 
     async def rejected(self, authorization: str) -> bool:
@@ -118,6 +126,12 @@ class OAuthTokens:
 
     async def authorization(self) -> str:
         return _bearer(await self._current())
+
+    def authorization_now(self) -> str | None:
+        pair = self._pair
+        if pair is None or self._unsaved is not None or pair.due(self._wall()):
+            return None  # loaded, saved or refreshed first: that takes an await
+        return _bearer(pair)
 
     async def rejected(self, authorization: str) -> bool:
         pair = self._pair

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from kommo_callerid.core.models import DeadlineReached
@@ -31,20 +30,27 @@ class _NotSent(Exception):
     """The batch never went out: try again in another one."""
 
 
-@dataclass(eq=False)
 class _Item:
-    event: dict[str, Any]
-    deadline: float
-    answer: asyncio.Future[tuple[Response, int]] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    """One notification in a batch; ``answer``: a follower's, None for the leader (it has
+    the transport's answer itself; this runs on every call's path, a future does not)."""
+
+    __slots__ = ("answer", "deadline", "event")
+
+    def __init__(self, event: dict[str, Any], deadline: float, *, follower: bool) -> None:
+        self.event = event
+        self.deadline = deadline
+        self.answer: asyncio.Future[tuple[Response, int]] | None = (
+            asyncio.get_running_loop().create_future() if follower else None
+        )
 
 
-@dataclass(eq=False)
 class _Batch:
-    clock: Callable[[], float]
-    items: list[_Item] = field(default_factory=list)
-    sealed: list[_Item] | None = None
+    __slots__ = ("clock", "items", "sealed")
+
+    def __init__(self, clock: Callable[[], float], first: _Item) -> None:
+        self.clock = clock
+        self.items = [first]
+        self.sealed: list[_Item] | None = None
 
     def payload(self) -> dict[str, Any]:
         """Called by the transport once the rate limit let the request go (every attempt)."""
@@ -68,6 +74,11 @@ class EventBatcher:
         self._open: _Batch | None = None
         self.requests = 0
 
+    @property
+    def gathering(self) -> bool:
+        """A batch is open: its leader waits for the rate limit, and others may join it."""
+        return self._open is not None and self._open.sealed is None
+
     async def send(self, event: dict[str, Any], deadline: float) -> tuple[Response, int]:
         """Kommo's answer to the request that carried ``event``, and how many it carried;
         raises like :meth:`KommoTransport.request`."""
@@ -75,7 +86,8 @@ class EventBatcher:
             batch = self._open
             if batch is None or batch.sealed is not None or len(batch.items) >= self._max:
                 return await self._lead(event, deadline)
-            item = _Item(event, deadline)
+            item = _Item(event, deadline, follower=True)
+            assert item.answer is not None
             batch.items.append(item)
             try:
                 return await asyncio.shield(item.answer)
@@ -87,10 +99,9 @@ class EventBatcher:
                 raise
 
     async def _lead(self, event: dict[str, Any], deadline: float) -> tuple[Response, int]:
-        batch = _Batch(self._clock)
+        own = _Item(event, deadline, follower=False)
+        batch = _Batch(self._clock, own)
         self._open = batch
-        own = _Item(event, deadline)
-        batch.items.append(own)
         try:
             response = await self._http.request(
                 "POST",
@@ -126,14 +137,15 @@ def _settle(
     result: tuple[Response, int] | None = None,
     exception: BaseException | None = None,
 ) -> None:
-    if item.answer.done():
+    answer = item.answer
+    if answer is None or answer.done():  # the leader hears from the transport itself
         return
     if exception is not None:
-        item.answer.set_exception(exception)
-        item.answer.exception()  # retrieved: a follower that gave up leaves no warning
+        answer.set_exception(exception)
+        answer.exception()  # retrieved: a follower that gave up leaves no warning
     else:
         assert result is not None
-        item.answer.set_result(result)
+        answer.set_result(result)
 
 
 def _expired() -> DeadlineReached:

@@ -22,7 +22,7 @@ import structlog
 from kommo_callerid.cluster.limiter import Limiter
 from kommo_callerid.cluster.store import SharedCache, SharedTokens
 from kommo_callerid.core.config import CacheConfig, KommoConfig, LookupMode
-from kommo_callerid.core.log_soon import info_soon
+from kommo_callerid.core.log_soon import soon
 from kommo_callerid.core.models import (
     AccountInfo,
     DeadlineReached,
@@ -36,7 +36,7 @@ from kommo_callerid.kommo.auth import OAuthTokens, StaticToken, TokenProvider, W
 from kommo_callerid.kommo.batch import EventBatcher
 from kommo_callerid.kommo.cluster_tokens import ClusterTokens
 from kommo_callerid.kommo.health import HealthTracker, KommoHealth
-from kommo_callerid.kommo.limits import Clock, LookupCache, Sleep
+from kommo_callerid.kommo.limits import Clock, LookupCache, Priority, Sleep
 from kommo_callerid.kommo.parse import (
     BadShape,
     Response,
@@ -234,7 +234,7 @@ class KommoClient:
         try:
             if within <= 0:
                 raise DeadlineReached(None, EVENTS_PATH, "the call's notify_ttl had passed", 0)
-            response, batch = await self._batcher.send(event, started + within)
+            response, batch = await self._send_event(event, started + within)
         except DeadlineReached as exc:
             self._health.notification_expired(self._clock())
             return self._dropped(NotifyOutcome.DROPPED_TTL, recipients, exc, exc.attempts)
@@ -257,6 +257,16 @@ class KommoClient:
             batch=batch,
         )
         return NotifyOutcome.SENT
+
+    async def _send_event(self, event: dict[str, Any], deadline: float) -> tuple[Response, int]:
+        """Written at once when nothing waits (see ``KommoTransport.send_now``); else in a
+        batch with the notifications that wait for the rate limit with it."""
+        if self._batcher.gathering:
+            return await self._batcher.send(event, deadline)
+        sending = self._http.send_now(EVENTS_PATH, {"add": [event]}, Priority.NOTIFY, deadline)
+        if sending is None:
+            return await self._batcher.send(event, deadline)
+        return await sending, 1
 
     def _dropped(
         self, outcome: NotifyOutcome, users: list[int] | None, error: KommoError, attempts: int
@@ -445,10 +455,14 @@ class KommoClient:
 
 
 def _log_lookup(result: LookupResult) -> None:
-    """After the caller's next step (the notification it is about to write): see log_soon."""
+    """After the caller's next step (the notification it is about to write): see log_soon.
+    The line's fields are gathered there too."""
+    soon(_lookup_line, result)
+
+
+def _lookup_line(result: LookupResult) -> None:
     entity = result.entity
-    info_soon(
-        log,
+    log.info(
         "kommo.lookup",
         entity_type=entity.type.value if entity else None,
         entity_id=entity.id if entity else None,
@@ -461,4 +475,8 @@ def _log_lookup(result: LookupResult) -> None:
 
 
 def _digits(number: str) -> str:
-    return "".join(char for char in number if char.isdigit())
+    # The usual number (E.164 or digits, as normalize_number makes it) takes no loop.
+    bare = number[1:] if number[:1] == "+" else number
+    if bare.isdigit():
+        return bare
+    return "".join(filter(str.isdigit, number))

@@ -73,6 +73,9 @@ class ClusterTokens:
     async def authorization(self) -> str:
         return _bearer(await self._current())
 
+    def authorization_now(self) -> None:
+        return None  # the shared pair is read from Redis: never without an await
+
     async def rejected(self, authorization: str) -> bool:
         pair = await self._read()
         if pair is not None and _bearer(pair) != authorization:

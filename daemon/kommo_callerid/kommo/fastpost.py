@@ -18,6 +18,13 @@ keep-alive race (the server closed it idle, without reading the request): the ai
 resend is then the only copy Kommo sees, and it goes out in the same slot. Only a request's
 first attempt comes here; retries (after a 401's token refresh, a 429, a 5xx) go the
 ordinary way. Never through a proxy: the transport has no fast path when one is configured.
+
+A request is written (:meth:`FastPost.write`) and its answer read (:meth:`FastPost.answer`)
+in two halves, so a notification can be written in the caller's turn before anything is
+awaited (``KommoTransport.send_now``). A request's head is checked and encoded once per
+method, target and token, not once per call.
+
+Size: the pool, its connections and a request's two halves; parsing is in ``fastparse``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from typing import cast
+from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
 from kommo_callerid.kommo.fastparse import FastAnswer, Parsed, UnreadableAnswer, parse_response
@@ -39,6 +46,9 @@ CONNECT_TIMEOUT = 10.0
 RECONNECT_CAP = 30.0
 #: Characters a request target (path and query) may hold: what ``urlencode`` and our paths
 #: produce; anything else (a space, a line break) would split the request line.
+#: Request heads kept (:meth:`FastPost._request`): a notification's, the journal's, a few
+#: lookups'.
+_MAX_HEADS = 16
 _TARGET_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?#[]@!$&'()*+,;=%"
 )
@@ -105,6 +115,13 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
 
+class Exchange(NamedTuple):
+    """A request written by :meth:`FastPost.write`, its answer not read yet."""
+
+    conn: _Connection
+    timer: asyncio.TimerHandle
+
+
 class FastPost:
     """Up to ``size`` keep-alive connections to ``base_url``'s host, opened in the background
     by an owned task; :meth:`request` uses an idle one or raises :class:`FastPathUnavailable`."""
@@ -134,6 +151,8 @@ class FastPost:
         if self._tls:  # the transport passes the context its aiohttp session uses
             self._ssl = ssl_context or ssl.create_default_context()
         self._idle: deque[_Connection] = deque()
+        #: Checked, encoded request heads by (method, target, Authorization).
+        self._heads: dict[tuple[str, str, str], bytes] = {}
         #: Every connection whose socket is open, idle, busy, or made by an opener cancelled
         #: before it could keep it (create_connection's transport is lost with a cancel):
         #: close() closes them all.
@@ -183,6 +202,22 @@ class FastPost:
         None for none); raises :class:`FastPathUnavailable` (not sent, or no usable answer:
         send it again the ordinary way) or :class:`TimeoutError`. ``spare``: how many idle
         connections must stay for others (the journal leaves one to a notification)."""
+        exchange = self.write(method, target, authorization, body, timeout, spare=spare)
+        return await self.answer(exchange)
+
+    def write(
+        self,
+        method: str,
+        target: str,
+        authorization: str,
+        body: bytes | None,
+        timeout: float,
+        *,
+        spare: int = 0,
+    ) -> Exchange:
+        """:meth:`request`'s first half, in the caller's turn: the request written on an idle
+        connection; raises :class:`FastPathUnavailable` when nothing was written. The
+        exchange must then be given to :meth:`answer` (it holds the connection)."""
         try:
             request = self._request(method, target, authorization, body)
         except (UnicodeEncodeError, ValueError):
@@ -193,8 +228,13 @@ class FastPost:
         # A plain timer, not asyncio.timeout: this wait is the hot path's, and the timer
         # only wakes the reader (nothing is cancelled).
         timer = asyncio.get_running_loop().call_later(timeout, conn.expire)
+        conn.transport.write(request)  # asyncio's transports buffer, they do not raise
+        return Exchange(conn, timer)
+
+    async def answer(self, exchange: Exchange) -> FastAnswer:
+        """:meth:`request`'s second half: the answer to a written exchange."""
+        conn = exchange.conn
         try:
-            conn.transport.write(request)
             parsed = await self._read(conn)
         except BaseException as exc:
             self._busy -= 1
@@ -204,7 +244,7 @@ class FastPost:
                 raise FastPathUnavailable from None
             raise
         finally:
-            timer.cancel()
+            exchange.timer.cancel()
         self._busy -= 1
         conn.buffer.clear()  # a reusable answer ended exactly at the buffer's end
         conn.served = True
@@ -228,22 +268,37 @@ class FastPost:
         raise FastPathUnavailable
 
     def _request(self, method: str, target: str, authorization: str, body: bytes | None) -> bytes:
+        key = (method, target, authorization)
+        head = self._heads.get(key)
+        if head is None:
+            head = self._head_of(method, target, authorization)
+            if len(self._heads) >= _MAX_HEADS:  # lookups' targets differ: bounded
+                self._heads.clear()
+            self._heads[key] = head
+        if body is None:
+            framing = b"\r\n" if method == "GET" else b"Content-Length: 0\r\n\r\n"
+            return head + framing
+        return b"%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+            head,
+            len(body),
+            body,
+        )
+
+    def _head_of(self, method: str, target: str, authorization: str) -> bytes:
+        """A request's lines up to its framing, checked: the same for every notification
+        (built and checked once per token, not per call)."""
         if any(char in authorization for char in "\r\n"):
             raise ValueError("a line break in the Authorization header")
         if not _TARGET_CHARS.issuperset(target) or method not in ("GET", "POST"):
             raise ValueError("a request target or method this path does not send")
-        if body is None:
-            framing = "" if method == "GET" else "Content-Length: 0\r\n"
-        else:
-            framing = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        head = (
+        return (
             f"{method} {self._prefix}{target} HTTP/1.1\r\n{self._head}"
-            f"Authorization: {authorization}\r\n{framing}Connection: keep-alive\r\n\r\n"
+            f"Authorization: {authorization}\r\nConnection: keep-alive\r\n"
         ).encode("latin-1")
-        return head + body if body else head
 
     async def _read(self, conn: _Connection) -> Parsed:
-        await conn.wait_data()  # the request was just written: nothing to parse yet
+        if not (conn.buffer or conn.closed or conn.expired):  # the usual case: nothing yet
+            await conn.wait_data()
         while True:
             if conn.expired:
                 raise TimeoutError

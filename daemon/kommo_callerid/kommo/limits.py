@@ -77,6 +77,20 @@ class RateLimiter:
         limiter's clock) passes first."""
         return _Slot(self, priority, math.inf if deadline is None else deadline)
 
+    def take_now(self, deadline: float) -> bool:
+        """Take a slot if one is free now and nobody waits (then :meth:`release` it): the
+        usual case, without a coroutine."""
+        waiters = self._waiters
+        waiters.expire()
+        if waiters.live == 0 and self._clock() < deadline and self._wait_time() == 0:
+            self._running += 1
+            return True
+        return False
+
+    def release(self) -> None:
+        """Give back a slot taken by :meth:`take_now`."""
+        self._release()
+
     def _release(self) -> None:
         self._running -= 1
         self._finished.append(self._clock())
@@ -178,6 +192,14 @@ class RequestGate:
     @property
     def blocked(self) -> bool:
         return self._blocks > 0
+
+    def enter_now(self) -> bool:
+        """Pass at once if a request may go out now (then as :meth:`enter`): the usual case
+        takes no coroutine."""
+        if self._clock() >= self._until and not self._probing:
+            self._probing = self._blocks > 0
+            return True
+        return False
 
     async def enter(self, deadline: float) -> None:
         """Return when a request may go out; raise :class:`GateClosed` at ``deadline``."""

@@ -1,4 +1,5 @@
-"""The HTTP side of the Kommo client: every request goes through :meth:`KommoTransport.request`.
+"""The HTTP side of the Kommo client: every request goes through :meth:`KommoTransport.request`
+(or, written in the caller's turn when nothing waits, :meth:`KommoTransport.send_now`).
 
 One place for the rate limit (notifications first), the global pause after 429 and block
 after 403, the Authorization header (and one token refresh after a 401), the body size cap,
@@ -7,7 +8,7 @@ with jittered backoff until the request's deadline (for a notification: ``notify
 after the call arrived); other answers go back to the caller to judge.
 
 Size: one request's whole path (rate-limit slot, gate, authorisation, retries, body cap) in
-one place, so no request can skip a step.
+one place, so no request can skip a step; how an answer is judged is in :mod:`.answers`.
 """
 
 from __future__ import annotations
@@ -16,20 +17,28 @@ import json
 import ssl
 import time
 from collections import Counter
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-import structlog
 
 from kommo_callerid import __version__
 from kommo_callerid.cluster.limiter import Limiter
 from kommo_callerid.core.config import KommoConfig
 from kommo_callerid.core.models import DeadlineReached, KommoAuthError, KommoError, LatencyHistogram
 from kommo_callerid.core.waiters import SlotExpired
+from kommo_callerid.kommo.answers import (
+    Failure,
+    RetryLog,
+    pause_asked,
+    read_capped,
+    retryable,
+    seconds,
+)
 from kommo_callerid.kommo.auth import TOKEN_PATH, TokenProvider
-from kommo_callerid.kommo.fastpost import FastAnswer, FastPathUnavailable, FastPost
+from kommo_callerid.kommo.fastpost import Exchange, FastAnswer, FastPathUnavailable, FastPost
 from kommo_callerid.kommo.limits import (
     Clock,
     GateClosed,
@@ -39,18 +48,12 @@ from kommo_callerid.kommo.limits import (
     Sleep,
     retry_delay,
 )
-from kommo_callerid.kommo.parse import DETAIL_CHARS, Response, error_detail, loads_json
+from kommo_callerid.kommo.parse import DETAIL_CHARS, Response, error_detail
 from kommo_callerid.kommo.proxy import proxy_for
-
-log = structlog.get_logger(__name__)
 
 #: Kommo's answers are small; anything bigger is not an answer we can use.
 MAX_BODY_BYTES = 1 << 20
-#: The longest pause a 429's ``retry_after`` may impose.
-MAX_PAUSE = 60.0
 #: How often a repeating retryable error is logged (403: the issue asks for once a minute).
-ERROR_LOG_INTERVAL = {403: 60.0}
-DEFAULT_ERROR_LOG_INTERVAL = 10.0
 _USER_AGENT = f"kommo-callerid/{__version__}"
 #: Warm connections: a call's notifications, its lookup and a journal request may all be in
 #: flight at once (the cold case sends the lookup, then the notification right after).
@@ -93,14 +96,6 @@ class _Call:
     form: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    """An attempt that got no HTTP answer."""
-
-    detail: str
-    status: None = None
-
-
 class KommoTransport:
     def __init__(
         self,
@@ -123,7 +118,7 @@ class KommoTransport:
         self.gate = RequestGate(clock=clock, sleep=sleep)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
-        self._error_logged: dict[tuple[str, int | None], tuple[float, int]] = {}
+        self._errors = RetryLog(clock)
         choice = proxy_for(config)
         self._proxy = choice.url if choice is not None else None
         # One TLS context for both ways out, so the warm connection trusts (and checks host
@@ -144,7 +139,7 @@ class KommoTransport:
             )
 
     def table_sizes(self) -> dict[str, int]:
-        return {"limiter_waiting": self._limiter.waiting, "error_log_keys": len(self._error_logged)}
+        return {"limiter_waiting": self._limiter.waiting, "error_log_keys": len(self._errors)}
 
     async def close(self) -> None:
         self._closed = True
@@ -170,18 +165,78 @@ class KommoTransport:
         or :class:`KommoAuthError`. A body over :data:`MAX_BODY_BYTES` is not read: the
         answer comes back ``oversized``."""
         call = _Call(method, path, params, payload, priority, deadline)
+        return await self._exchange(call, max_attempts)
+
+    def send_now(
+        self, path: str, payload: Any, priority: Priority, deadline: float
+    ) -> Coroutine[Any, Any, Response] | None:
+        """A POST's first attempt written now, in the caller's turn, when nothing stands in
+        its way: the gate open, the token at hand, a slot of the (local) rate limit free with
+        nobody waiting, a warm connection idle. The coroutine, awaited at once, is then
+        :meth:`request`'s: the answer, the retries, the same errors. None: call
+        :meth:`request` (nothing was sent).
+
+        Why (issue 22): a warm call's notification crossed nine coroutines and a context
+        manager on its way to the socket, a good part of its path inside the daemon."""
+        fast = self.fast
+        if fast is None or self._closed or not isinstance(self._limiter, RateLimiter):
+            return None  # (the cluster's limiter asks Redis: never without an await)
+        authorization = self.auth.authorization_now()
+        budget = min(self._config.timeout, deadline - self._clock())
+        if authorization is None or budget <= 0 or not self.gate.enter_now():
+            return None
+        if not self._limiter.take_now(deadline):
+            self.gate.abandon()
+            return None
+        try:
+            exchange = fast.write("POST", path, authorization, json.dumps(payload).encode(), budget)
+        except FastPathUnavailable:
+            self._limiter.release()
+            self.gate.abandon()
+            return None
+        call = _Call("POST", path, None, payload, priority, deadline)
+        return self._exchange(call, first=self._written(call, authorization, exchange, budget))
+
+    async def _written(
+        self, call: _Call, authorization: str, exchange: Exchange, budget: float
+    ) -> tuple[str, Response | Failure]:
+        """The answer to :meth:`send_now`'s request, within its slot; when the server closed
+        the connection without one, the request goes the ordinary way (as in :meth:`_send`)."""
+        assert self.fast is not None and isinstance(self._limiter, RateLimiter)
+        try:
+            outcome = await self._fast_answer(self.fast, call.path, exchange, budget)
+            if outcome is None:
+                headers = {"Authorization": authorization}
+                outcome = await self._send(self._ensure_session(), call, headers)
+            return authorization, outcome
+        finally:
+            self._limiter.release()
+
+    async def _exchange(
+        self,
+        call: _Call,
+        max_attempts: int | None = None,
+        first: Awaitable[tuple[str | None, Response | Failure]] | None = None,
+    ) -> Response:
+        """:meth:`request`'s attempts; ``first``: the first one, written already."""
+        path, deadline = call.path, call.deadline
         refreshed, attempt = False, 0
-        last: Response | _Failure = _Failure("no attempt before the deadline")
+        last: Response | Failure = Failure("no attempt before the deadline")
         while True:
             attempt += 1
             try:
-                await self.gate.enter(deadline)
+                if first is None and not self.gate.enter_now():
+                    await self.gate.enter(deadline)
             except GateClosed:
                 raise self._deadline(path, last, attempt - 1) from None
             try:
                 # Only a first attempt takes the fast path: a retry (after a 401's refresh,
                 # a 429, a lost answer) goes the ordinary way.
-                authorization, outcome = await self._authorized_attempt(call, attempt == 1)
+                if first is not None:
+                    authorization, outcome = await first
+                    first = None
+                else:
+                    authorization, outcome = await self._authorized_attempt(call, attempt == 1)
             except BaseException as exc:
                 self.gate.abandon()
                 if isinstance(exc, BacklogExpired) and attempt > 1:
@@ -189,22 +244,20 @@ class KommoTransport:
                     # its last failure is what the caller needs to hear, not the backlog.
                     raise self._deadline(path, last, attempt - 1) from None
                 raise
-            self.gate.leave(outcome.status, _pause(outcome))
+            self.gate.leave(outcome.status, pause_asked(outcome))
             if outcome.status == 401 and not refreshed and authorization is not None:
                 outcome, refreshed = await self._after_401(authorization, outcome)
                 if refreshed:
                     continue
             out_of_attempts = max_attempts is not None and attempt >= max_attempts
-            if isinstance(outcome, Response) and (
-                out_of_attempts or not _retryable(outcome.status)
-            ):
+            if isinstance(outcome, Response) and (out_of_attempts or not retryable(outcome.status)):
                 return outcome if attempt == 1 else replace(outcome, attempts=attempt)
             last = outcome
-            delay = _pause(outcome) or retry_delay(attempt)
+            delay = pause_asked(outcome) or retry_delay(attempt)
             if out_of_attempts or self._clock() + delay >= deadline:
                 raise self._deadline(path, last, attempt)
             self._stats.retries += 1
-            self._log_retry(path, outcome, attempt, delay)
+            self._errors.retrying(path, outcome, attempt, delay)
             await self._sleep(delay)
 
     async def exchange_tokens(self, form: dict[str, str]) -> Response:
@@ -212,35 +265,35 @@ class KommoTransport:
         deadline = self._clock() + self._config.timeout
         call = _Call("POST", TOKEN_PATH, None, form, Priority.AUTH, deadline, form=True)
         outcome = await self._attempt(call, None)
-        if isinstance(outcome, _Failure):
+        if isinstance(outcome, Failure):
             raise KommoError(None, TOKEN_PATH, outcome.detail)
         return outcome
 
     async def _after_401(
-        self, authorization: str, outcome: Response | _Failure
-    ) -> tuple[Response | _Failure, bool]:
+        self, authorization: str, outcome: Response | Failure
+    ) -> tuple[Response | Failure, bool]:
         """Refresh once after a 401; True when the request is worth sending again."""
         try:
             return outcome, await self.auth.rejected(authorization)
         except KommoAuthError:
             raise
         except KommoError as exc:  # the refresh failed for now (or was not saved): retry later
-            return _Failure(f"token refresh failed: {exc.detail}"), False
+            return Failure(f"token refresh failed: {exc.detail}"), False
 
     async def _authorized_attempt(
         self, call: _Call, first: bool
-    ) -> tuple[str | None, Response | _Failure]:
+    ) -> tuple[str | None, Response | Failure]:
         try:
             authorization = await self.auth.authorization()
         except KommoAuthError:
             raise
         except KommoError as exc:  # the token endpoint failed for now: retry like any failure
-            return None, _Failure(f"token refresh failed: {exc.detail}")
+            return None, Failure(f"token refresh failed: {exc.detail}")
         return authorization, await self._attempt(call, authorization, first)
 
     async def _attempt(
         self, call: _Call, authorization: str | None, first: bool = False
-    ) -> Response | _Failure:
+    ) -> Response | Failure:
         session = self._ensure_session()
         headers = {"Authorization": authorization} if authorization else {}
         fast = self.fast
@@ -261,12 +314,12 @@ class KommoTransport:
         call: _Call,
         headers: dict[str, str],
         fast: FastPost | None = None,
-    ) -> Response | _Failure:
+    ) -> Response | Failure:
         """One HTTP exchange within a rate-limit slot."""
         path = call.path
         budget = min(self._config.timeout, call.deadline - self._clock())
         if budget <= 0:
-            return _Failure("no time left before the deadline")
+            return Failure("no time left before the deadline")
         # A callable payload is made now, inside the slot: a batch is sealed here.
         payload = call.payload() if callable(call.payload) else call.payload
         if fast is not None:
@@ -286,11 +339,11 @@ class KommoTransport:
                 proxy=self._proxy,
             ) as answer:
                 status, content_type = answer.status, answer.content_type
-                header_pause = _seconds(answer.headers.get("Retry-After"))
-                body = await _read_capped(answer)
+                header_pause = seconds(answer.headers.get("Retry-After"))
+                body = await read_capped(answer, MAX_BODY_BYTES)
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._stats.requests[path, None] += 1
-            return _Failure(self._transport_detail(exc, budget))
+            return Failure(self._transport_detail(exc, budget))
         self._stats.requests[path, status] += 1
         if body is None:  # the caller decides: a notification's 2xx is a success whatever it says
             return Response(path, status, content_type, b"", header_pause, oversized=True)
@@ -298,7 +351,7 @@ class KommoTransport:
 
     async def _send_fast(
         self, fast: FastPost, call: _Call, authorization: str, payload: Any, budget: float
-    ) -> Response | _Failure | None:
+    ) -> Response | Failure | None:
         """The exchange on a warm connection; None: send it the ordinary way (in the same
         slot: nothing went out, or the server closed the connection without answering)."""
         path = call.path
@@ -306,20 +359,28 @@ class KommoTransport:
         body = None if payload is None else json.dumps(payload).encode()
         spare = 1 if call.priority is Priority.JOURNAL else 0  # one left for a notification
         try:
-            answer = await fast.request(
-                call.method, target, authorization, body, budget, spare=spare
-            )
+            exchange = fast.write(call.method, target, authorization, body, budget, spare=spare)
+        except FastPathUnavailable:
+            return None
+        return await self._fast_answer(fast, path, exchange, budget)
+
+    async def _fast_answer(
+        self, fast: FastPost, path: str, exchange: Exchange, budget: float
+    ) -> Response | Failure | None:
+        """The answer on the warm connection; None: the server closed it without one."""
+        try:
+            answer = await fast.answer(exchange)
         except FastPathUnavailable:
             return None
         except TimeoutError as exc:
             self._stats.requests[path, None] += 1
-            return _Failure(self._transport_detail(exc, budget))
+            return Failure(self._transport_detail(exc, budget))
         return self._fast_response(path, answer)
 
     def _fast_response(self, path: str, answer: FastAnswer) -> Response:
         status = answer.status
         self._stats.requests[path, status] += 1
-        pause = _seconds(answer.retry_after)
+        pause = seconds(answer.retry_after)
         if answer.body is None:
             return Response(path, status, answer.content_type, b"", pause, oversized=True)
         return Response(path, status, answer.content_type, answer.body, retry_after=pause)
@@ -339,74 +400,11 @@ class KommoTransport:
             return f"no answer within {budget:.2g} s"
         return f"{type(exc).__name__}: {exc}"[:DETAIL_CHARS]
 
-    def _deadline(self, path: str, last: Response | _Failure, attempts: int) -> DeadlineReached:
-        detail = last.detail if isinstance(last, _Failure) else error_detail(last)
+    def _deadline(self, path: str, last: Response | Failure, attempts: int) -> DeadlineReached:
+        detail = last.detail if isinstance(last, Failure) else error_detail(last)
         return DeadlineReached(last.status, path, detail, attempts)
-
-    def _log_retry(
-        self, path: str, outcome: Response | _Failure, attempt: int, delay: float
-    ) -> None:
-        key = (path, outcome.status)
-        now = self._clock()
-        logged_at, repeated = self._error_logged.get(key, (float("-inf"), 0))
-        interval = ERROR_LOG_INTERVAL.get(outcome.status or 0, DEFAULT_ERROR_LOG_INTERVAL)
-        if now - logged_at < interval:
-            self._error_logged[key] = (logged_at, repeated + 1)
-            return
-        self._error_logged[key] = (now, 0)
-        detail = outcome.detail if isinstance(outcome, _Failure) else error_detail(outcome)
-        if outcome.status == 403:
-            detail = f"{detail}: account blocked or IP not allowed; pausing all requests"
-        log.error(
-            "kommo.error",
-            status=outcome.status,
-            endpoint=path,
-            detail=detail,
-            attempt=attempt,
-            retry_in=round(delay, 2),
-            repeated=repeated,
-        )
 
 
 def _fast_eligible(call: _Call) -> bool:
     """A notification, a lookup or a journal request: a GET, or a POST with a JSON body."""
     return call.priority in _FAST_PRIORITIES and call.method in ("GET", "POST") and not call.form
-
-
-def _retryable(status: int | None) -> bool:
-    return status is None or status in (403, 429) or status >= 500
-
-
-def _pause(outcome: Response | _Failure) -> float | None:
-    """How long Kommo asked us to wait: ``retry_after`` in a JSON body, else the header."""
-    if not isinstance(outcome, Response) or outcome.status != 429:
-        return None
-    try:
-        data = loads_json(outcome.body)
-    except ValueError:
-        data = None
-    from_body = _seconds(data.get("retry_after")) if isinstance(data, dict) else None
-    pause = from_body if from_body is not None else outcome.retry_after
-    return min(pause, MAX_PAUSE) if pause is not None else None
-
-
-def _seconds(value: object) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return seconds if 0 <= seconds < float("inf") else None
-
-
-async def _read_capped(answer: aiohttp.ClientResponse) -> bytes | None:
-    """The body, or None when it is larger than :data:`MAX_BODY_BYTES`."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in answer.content.iter_any():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
