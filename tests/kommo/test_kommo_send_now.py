@@ -106,3 +106,12 @@ async def test_oauth_sends_at_once_only_with_a_token_at_hand(tmp_path: Path) -> 
             assert fast.sent == sent + 1  # written at once, with the new token
         statuses = [record.status for record in fake.requests if record.path == EVENTS_PATH]
         assert statuses == [200, 401, 200, 200]
+
+
+async def test_a_request_that_finds_no_warm_connection_spends_no_slot(kommo: FakeKommo) -> None:
+    # No warm connection is open before the first request: it goes the ordinary way, in the
+    # slot it was about to write in. At one request a second, a slot spent on nothing
+    # would hold it past its half second.
+    async with _client(kommo.base_url, kommo.token, rate_limit=1) as client:
+        assert client.transport.fast is not None and not client.transport.fast.ready
+        assert await client.notify(JOHN, [1], within=0.5) is NotifyOutcome.SENT

@@ -88,8 +88,13 @@ class RateLimiter:
         return False
 
     def release(self) -> None:
-        """Give back a slot taken by :meth:`take_now`."""
+        """The request in a slot taken by :meth:`take_now` is done: the slot counts as used."""
         self._release()
+
+    def give_back(self) -> None:
+        """Nothing was sent in a slot taken by :meth:`take_now`: as if it was never taken."""
+        self._running -= 1
+        self._waiters.wake_head()
 
     def _release(self) -> None:
         self._running -= 1

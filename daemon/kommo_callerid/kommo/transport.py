@@ -165,42 +165,50 @@ class KommoTransport:
         or :class:`KommoAuthError`. A body over :data:`MAX_BODY_BYTES` is not read: the
         answer comes back ``oversized``."""
         call = _Call(method, path, params, payload, priority, deadline)
-        return await self._exchange(call, max_attempts)
+        return await self._exchange(call, max_attempts, self._write_now(call))
 
     def send_now(
         self, path: str, payload: Any, priority: Priority, deadline: float
     ) -> Coroutine[Any, Any, Response] | None:
-        """A POST's first attempt written now, in the caller's turn, when nothing stands in
-        its way: the gate open, the token at hand, a slot of the (local) rate limit free with
-        nobody waiting, a warm connection idle. The coroutine, awaited at once, is then
-        :meth:`request`'s: the answer, the retries, the same errors. None: call
-        :meth:`request` (nothing was sent).
+        """A POST written now, in the caller's turn, if nothing stands in its way (see
+        :meth:`_write_now`); the coroutine, awaited at once, is then :meth:`request`'s: the
+        answer, the retries, the same errors. None: nothing was sent, call :meth:`request`."""
+        call = _Call("POST", path, None, payload, priority, deadline)
+        first = self._write_now(call)
+        return None if first is None else self._exchange(call, first=first)
+
+    def _write_now(self, call: _Call) -> Coroutine[Any, Any, tuple[str, Response | Failure]] | None:
+        """The first attempt written without an await, when nothing stands in its way: the
+        gate open, the token at hand, a slot of the (local) rate limit free with nobody
+        waiting, a warm connection idle; its answer, awaited at once. None: the ordinary way.
 
         Why (issue 22): a warm call's notification crossed nine coroutines and a context
         manager on its way to the socket, a good part of its path inside the daemon."""
         fast = self.fast
-        if fast is None or self._closed or not isinstance(self._limiter, RateLimiter):
-            return None  # (the cluster's limiter asks Redis: never without an await)
+        limiter = self._limiter
+        if fast is None or self._closed or not _fast_eligible(call):
+            return None
+        if not isinstance(limiter, RateLimiter):
+            return None  # the cluster's limiter asks Redis: never without an await
         authorization = self.auth.authorization_now()
-        budget = min(self._config.timeout, deadline - self._clock())
+        budget = min(self._config.timeout, call.deadline - self._clock())
         if authorization is None or budget <= 0 or not self.gate.enter_now():
             return None
-        if not self._limiter.take_now(deadline):
+        if not limiter.take_now(call.deadline):
             self.gate.abandon()
             return None
         try:
-            exchange = fast.write("POST", path, authorization, json.dumps(payload).encode(), budget)
+            exchange = self._write(fast, call, authorization, _payload(call), budget)
         except FastPathUnavailable:
-            self._limiter.release()
+            limiter.give_back()  # nothing went out: the slot is not spent
             self.gate.abandon()
             return None
-        call = _Call("POST", path, None, payload, priority, deadline)
-        return self._exchange(call, first=self._written(call, authorization, exchange, budget))
+        return self._written(call, authorization, exchange, budget)
 
     async def _written(
         self, call: _Call, authorization: str, exchange: Exchange, budget: float
     ) -> tuple[str, Response | Failure]:
-        """The answer to :meth:`send_now`'s request, within its slot; when the server closed
+        """The answer to what :meth:`_write_now` wrote, within its slot; when the server closed
         the connection without one, the request goes the ordinary way (as in :meth:`_send`)."""
         assert self.fast is not None and isinstance(self._limiter, RateLimiter)
         try:
@@ -320,8 +328,7 @@ class KommoTransport:
         budget = min(self._config.timeout, call.deadline - self._clock())
         if budget <= 0:
             return Failure("no time left before the deadline")
-        # A callable payload is made now, inside the slot: a batch is sealed here.
-        payload = call.payload() if callable(call.payload) else call.payload
+        payload = _payload(call)
         if fast is not None:
             outcome = await self._send_fast(fast, call, headers["Authorization"], payload, budget)
             if outcome is not None:
@@ -354,15 +361,20 @@ class KommoTransport:
     ) -> Response | Failure | None:
         """The exchange on a warm connection; None: send it the ordinary way (in the same
         slot: nothing went out, or the server closed the connection without answering)."""
+        try:
+            exchange = self._write(fast, call, authorization, payload, budget)
+        except FastPathUnavailable:
+            return None
+        return await self._fast_answer(fast, call.path, exchange, budget)
+
+    def _write(
+        self, fast: FastPost, call: _Call, authorization: str, payload: Any, budget: float
+    ) -> Exchange:
         path = call.path
         target = f"{path}?{urlencode(call.params)}" if call.params else path
         body = None if payload is None else json.dumps(payload).encode()
         spare = 1 if call.priority is Priority.JOURNAL else 0  # one left for a notification
-        try:
-            exchange = fast.write(call.method, target, authorization, body, budget, spare=spare)
-        except FastPathUnavailable:
-            return None
-        return await self._fast_answer(fast, path, exchange, budget)
+        return fast.write(call.method, target, authorization, body, budget, spare=spare)
 
     async def _fast_answer(
         self, fast: FastPost, path: str, exchange: Exchange, budget: float
@@ -403,6 +415,11 @@ class KommoTransport:
     def _deadline(self, path: str, last: Response | Failure, attempts: int) -> DeadlineReached:
         detail = last.detail if isinstance(last, Failure) else error_detail(last)
         return DeadlineReached(last.status, path, detail, attempts)
+
+
+def _payload(call: _Call) -> Any:
+    """A callable payload is made inside the slot (every attempt): a batch is sealed then."""
+    return call.payload() if callable(call.payload) else call.payload
 
 
 def _fast_eligible(call: _Call) -> bool:
