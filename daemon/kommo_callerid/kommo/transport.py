@@ -53,7 +53,6 @@ from kommo_callerid.kommo.proxy import proxy_for
 
 #: Kommo's answers are small; anything bigger is not an answer we can use.
 MAX_BODY_BYTES = 1 << 20
-#: How often a repeating retryable error is logged (403: the issue asks for once a minute).
 _USER_AGENT = f"kommo-callerid/{__version__}"
 #: Warm connections: a call's notifications, its lookup and a journal request may all be in
 #: flight at once (the cold case sends the lookup, then the notification right after).
