@@ -131,12 +131,13 @@ async def test_the_journal_leaves_a_connection_to_notifications(kommo: FakeKommo
         fast.want()
         await wait_for(lambda: fast.ready)
         with pytest.raises(FastPathUnavailable):  # the only idle one stays for a notification
-            await fast.request("POST", CALLS_PATH, authorization, b"[]", 5, spare=1)
+            await fast.answer(fast.write("POST", CALLS_PATH, authorization, b"[]", 5, spare=1))
         for target in (f"{CONTACTS_PATH}?query=a b", f"{CONTACTS_PATH}\r\nX-Evil: 1"):
             with pytest.raises(FastPathUnavailable):  # never splits the request line
-                await fast.request("GET", target, authorization, None, 5)
+                await fast.answer(fast.write("GET", target, authorization, None, 5))
         assert kommo.requests == []  # none of them went out
-        answer = await fast.request("GET", f"{CONTACTS_PATH}?query={JOHN}", authorization, None, 5)
+        target = f"{CONTACTS_PATH}?query={JOHN}"
+        answer = await fast.answer(fast.write("GET", target, authorization, None, 5))
         assert answer.status == 200 and answer.body is not None and b"John Doe" in answer.body
         assert fast.sent == 1
     finally:

@@ -1,11 +1,18 @@
 """The notification's warm connection (issue 22), over real sockets: notifications go out on
 it once it is open; a server that closes it, an answer it cannot read, a proxy, all fall back
-to the ordinary (aiohttp) path; a 429 with an HTML body and a 401 keep their meaning."""
+to the ordinary (aiohttp) path; a 429 with an HTML body and a 401 keep their meaning.
+
+A first attempt is written in its caller's turn when nothing stands in its way
+(``KommoTransport.send_now``): it is on the wire before the caller awaits anything; a request
+waiting for the rate limit keeps its place; a caller cancelled before the answer gives its
+slot back; OAuth writes at once only with a token at hand, and a refreshed token is the one
+the next request carries; a write that finds no warm connection spends no slot."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,12 +28,14 @@ from kommo_callerid.core.models import NotifyOutcome
 from kommo_callerid.kommo.client import KommoClient
 from kommo_callerid.kommo.fastparse import UnreadableAnswer, parse_response
 from kommo_callerid.kommo.fastpost import FastPost
+from kommo_callerid.kommo.limits import Priority
 from kommo_callerid.kommo.transport import MAX_BODY_BYTES
 from kommo_callerid.sim.kommo_app import EVENTS_PATH, FakeKommo, FakeOAuth, demo_dataset
 
 from support import wait_for
 
 JOHN = "18305803077"
+EVENT = {"add": [{"type": "phone_call", "phone_number": JOHN, "users": [1]}]}
 
 
 @pytest.fixture
@@ -229,3 +238,70 @@ async def test_a_pool_closed_while_it_opens_a_connection_leaks_no_socket(
         await fast.close()
         assert not fast.open_now
     gc.collect()  # an unclosed transport warns here (an error under filterwarnings)
+
+
+async def test_the_request_is_on_the_wire_before_the_caller_awaits(kommo: FakeKommo) -> None:
+    async with _client(kommo.base_url, kommo.token) as client:
+        fast = await _warm(client)
+        deadline = time.monotonic() + 5
+        sending = client.transport.send_now(EVENTS_PATH, EVENT, Priority.NOTIFY, deadline)
+        assert sending is not None
+        await wait_for(lambda: len(kommo.events) == 2)  # received; nobody awaited `sending`
+        response = await sending
+        assert response.status == 200
+        assert fast.sent == 1
+
+
+async def test_a_request_waiting_for_the_rate_limit_keeps_its_place(kommo: FakeKommo) -> None:
+    kommo.rate_limit = 1
+    async with _client(kommo.base_url, kommo.token, rate_limit=1) as client:
+        await _warm(client)  # took this second's only slot
+        deadline = time.monotonic() + 5
+        assert client.transport.send_now(EVENTS_PATH, EVENT, Priority.NOTIFY, deadline) is None
+        # the ordinary way waits for the next second, and others queue behind it, not ahead
+        waiting = asyncio.create_task(client.notify(JOHN, [2], within=5))
+        await wait_for(lambda: client.transport.table_sizes()["limiter_waiting"] == 1)
+        assert client.transport.send_now(EVENTS_PATH, EVENT, Priority.NOTIFY, deadline) is None
+        assert await waiting is NotifyOutcome.SENT
+    assert kommo.violations == 0
+
+
+async def test_a_caller_cancelled_before_the_answer_gives_its_slot_back() -> None:
+    script = ((OK_204, False), (b"", False))  # the second request is never answered
+    async with ScriptedServer(*script) as server:
+        async with _client(server.base_url, "token", rate_limit=1) as client:
+            await _warm(client)
+            waiting = asyncio.create_task(client.notify(JOHN, [1], within=5))
+            await wait_for(lambda: len(server.requests) == 2)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            # at one request a second, a slot kept by the cancelled one would block this
+            assert await client.notify(JOHN, [1], within=3) is NotifyOutcome.SENT
+        assert len(server.requests) == 3
+
+
+async def test_oauth_sends_at_once_only_with_a_token_at_hand(tmp_path: Path) -> None:
+    async with FakeKommo(oauth=FakeOAuth()) as fake:
+        config = oauth_config(fake, tmp_path / "tokens.json")
+        async with oauth_client(config) as client:
+            auth = client.transport.auth
+            assert auth.authorization_now() is None  # the token file is not read yet
+            fast = await _warm(client)
+            assert auth.authorization_now() == await auth.authorization()
+            fake.expire_token()
+            assert await client.notify(JOHN, [1], within=5) is NotifyOutcome.SENT  # refreshed
+            sent = fast.sent
+            assert await client.notify(JOHN, [1], within=5) is NotifyOutcome.SENT
+            assert fast.sent == sent + 1  # written at once, with the new token
+        statuses = [record.status for record in fake.requests if record.path == EVENTS_PATH]
+        assert statuses == [200, 401, 200, 200]
+
+
+async def test_a_request_that_finds_no_warm_connection_spends_no_slot(kommo: FakeKommo) -> None:
+    # No warm connection is open before the first request: it goes the ordinary way, in the
+    # slot it was about to write in. At one request a second, a slot spent on nothing
+    # would hold it past its half second.
+    async with _client(kommo.base_url, kommo.token, rate_limit=1) as client:
+        assert client.transport.fast is not None and not client.transport.fast.ready
+        assert await client.notify(JOHN, [1], within=0.5) is NotifyOutcome.SENT

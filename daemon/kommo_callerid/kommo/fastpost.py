@@ -124,7 +124,7 @@ class Exchange(NamedTuple):
 
 class FastPost:
     """Up to ``size`` keep-alive connections to ``base_url``'s host, opened in the background
-    by an owned task; :meth:`request` uses an idle one or raises :class:`FastPathUnavailable`."""
+    by an owned task; :meth:`write` uses an idle one or raises :class:`FastPathUnavailable`."""
 
     def __init__(
         self,
@@ -188,23 +188,6 @@ class FastPost:
             conn.close()
         await asyncio.sleep(0)  # let connection_lost run before the loop may close
 
-    async def request(
-        self,
-        method: str,
-        target: str,
-        authorization: str,
-        body: bytes | None,
-        timeout: float,
-        *,
-        spare: int = 0,
-    ) -> FastAnswer:
-        """Kommo's answer to ``method target`` (a path with its query string; ``body``: JSON,
-        None for none); raises :class:`FastPathUnavailable` (not sent, or no usable answer:
-        send it again the ordinary way) or :class:`TimeoutError`. ``spare``: how many idle
-        connections must stay for others (the journal leaves one to a notification)."""
-        exchange = self.write(method, target, authorization, body, timeout, spare=spare)
-        return await self.answer(exchange)
-
     def write(
         self,
         method: str,
@@ -215,9 +198,11 @@ class FastPost:
         *,
         spare: int = 0,
     ) -> Exchange:
-        """:meth:`request`'s first half, in the caller's turn: the request written on an idle
-        connection; raises :class:`FastPathUnavailable` when nothing was written. The
-        exchange must then be given to :meth:`answer` (it holds the connection)."""
+        """``method target`` (a path with its query string; ``body``: JSON, None for none)
+        written now, in the caller's turn, on an idle connection; raises
+        :class:`FastPathUnavailable` when nothing was written. The exchange must then be
+        given to :meth:`answer` at once (it holds the connection). ``spare``: how many idle
+        connections must stay for others (the journal leaves one to a notification)."""
         try:
             request = self._request(method, target, authorization, body)
         except (UnicodeEncodeError, ValueError):
@@ -232,7 +217,8 @@ class FastPost:
         return Exchange(conn, timer)
 
     async def answer(self, exchange: Exchange) -> FastAnswer:
-        """:meth:`request`'s second half: the answer to a written exchange."""
+        """Kommo's answer to a written exchange; raises :class:`FastPathUnavailable` (no
+        usable answer: send it again the ordinary way) or :class:`TimeoutError`."""
         conn = exchange.conn
         try:
             parsed = await self._read(conn)
