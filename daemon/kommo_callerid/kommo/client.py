@@ -261,9 +261,9 @@ class KommoClient:
     async def _send_event(self, event: dict[str, Any], deadline: float) -> tuple[Response, int]:
         """Written at once when nothing waits (see ``KommoTransport.send_now``); else in a
         batch with the notifications that wait for the rate limit with it."""
-        if self._batcher.gathering:
-            return await self._batcher.send(event, deadline)
-        sending = self._http.send_now(EVENTS_PATH, {"add": [event]}, Priority.NOTIFY, deadline)
+        sending = None
+        if not self._batcher.gathering:  # (its leader waits for a slot: this joins it)
+            sending = self._http.send_now(EVENTS_PATH, {"add": [event]}, Priority.NOTIFY, deadline)
         if sending is None:
             return await self._batcher.send(event, deadline)
         return await sending, 1

@@ -102,14 +102,12 @@ class RateLimiter:
         self._waiters.wake_head()
 
     async def _acquire(self, priority: Priority, deadline: float) -> None:
-        waiters = self._waiters
-        waiters.expire()
+        if self.take_now(deadline):
+            return
         if self._clock() >= deadline:
             self._expired_on_arrival += 1
             raise SlotExpired
-        if waiters.live == 0 and self._wait_time() == 0:
-            self._running += 1
-            return
+        waiters = self._waiters
         waiter = waiters.enqueue(priority, deadline)
         try:
             await self._wait_turn(waiter)
@@ -208,11 +206,8 @@ class RequestGate:
 
     async def enter(self, deadline: float) -> None:
         """Return when a request may go out; raise :class:`GateClosed` at ``deadline``."""
-        while True:
+        while not self.enter_now():
             now = self._clock()
-            if now >= self._until and not self._probing:
-                self._probing = self.blocked
-                return
             wake = self._until if now < self._until else now + self.POLL
             if min(wake, deadline) >= deadline:
                 raise GateClosed
