@@ -224,3 +224,23 @@ async def test_one_writer_at_a_time(tmp_path: Path) -> None:
     finally:
         await first.close()
     await asyncio.sleep(0)
+
+
+async def test_the_mirror_is_whole_when_its_sync_returns_not_before(tmp_path: Path) -> None:
+    """The state is applied on the loop: read from the database's thread, a 'complete' seen
+    before the sync's own bookkeeping ran made a cluster test read full_passes == 0."""
+    from kommo_callerid.phonebook.book import PhoneBook
+
+    book = PhoneBook(tmp_path / "pb.sqlite3", sync_interval=10)
+    await book.open()
+    try:
+        for _ in range(20):
+            book.complete = False
+            marking = asyncio.create_task(book.synced(full=True))
+            while not marking.done():
+                assert not book.complete
+                await asyncio.sleep(0)
+            await marking
+            assert book.complete
+    finally:
+        await book.close()

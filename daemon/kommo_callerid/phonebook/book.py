@@ -86,7 +86,7 @@ class PhoneBook:
         only read a file the daemon made (``lookup``, ``phonebook``), no lock, no writes."""
         if read_only:
             self._reader = Mirror.open(self.path, create=False)
-            self._read_state(self._reader)
+            self._apply_state(*_read_state(self._reader))
             return
         self._lock()
         try:
@@ -119,11 +119,12 @@ class PhoneBook:
 
     async def refresh(self) -> None:
         writer = self._require()
-        await self._run(lambda: self._read_state(writer))
+        # Read in the database's thread, applied here: a state set from that thread would be
+        # seen by the loop before the awaiting sync had finished its own bookkeeping.
+        self._apply_state(*await self._run(lambda: _read_state(writer)))
 
-    def _read_state(self, mirror: Mirror) -> None:
-        self.counts = mirror.counts()
-        meta = {key: mirror.get_meta(key) for key in _STATE_KEYS}
+    def _apply_state(self, counts: dict[str, int], meta: dict[str, str | None]) -> None:
+        self.counts = counts
         self.last_sync = _float(meta["last_sync"])
         self.last_full = _float(meta["last_full"])
         self.complete = meta["complete"] == "1"
@@ -200,6 +201,10 @@ class PhoneBook:
 
 
 _STATE_KEYS = ("last_sync", "last_full", "complete", "lookups.phonebook", "lookups.kommo")
+
+
+def _read_state(mirror: Mirror) -> tuple[dict[str, int], dict[str, str | None]]:
+    return mirror.counts(), {key: mirror.get_meta(key) for key in _STATE_KEYS}
 
 
 def _float(value: str | None) -> float | None:
