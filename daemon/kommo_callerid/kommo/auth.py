@@ -91,7 +91,7 @@ class StaticToken:
         self._token = token
 
     async def authorization(self) -> str:
-        return f"Bearer {self._token.get_secret_value()}"
+        return self.authorization_now()
 
     def authorization_now(self) -> str:
         return f"Bearer {self._token.get_secret_value()}"

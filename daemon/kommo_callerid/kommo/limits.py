@@ -88,17 +88,15 @@ class RateLimiter:
         return False
 
     def release(self) -> None:
-        """The request in a slot taken by :meth:`take_now` is done: the slot counts as used."""
-        self._release()
+        """The request in a slot (taken by :meth:`take_now` or :meth:`slot`) is done: the
+        slot counts as used."""
+        self._running -= 1
+        self._finished.append(self._clock())
+        self._waiters.wake_head()
 
     def give_back(self) -> None:
         """Nothing was sent in a slot taken by :meth:`take_now`: as if it was never taken."""
         self._running -= 1
-        self._waiters.wake_head()
-
-    def _release(self) -> None:
-        self._running -= 1
-        self._finished.append(self._clock())
         self._waiters.wake_head()
 
     async def _acquire(self, priority: Priority, deadline: float) -> None:
@@ -159,7 +157,7 @@ class _Slot(AbstractAsyncContextManager[None]):
         await self._limiter._acquire(self._priority, self._deadline)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._limiter._release()
+        self._limiter.release()
 
 
 def retry_delay(attempt: int, *, base: float = 0.25, cap: float = 4.0) -> float:
