@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import cProfile
+import ctypes
 import gc
 import json
 import os
@@ -54,6 +55,15 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def sqlite_mb() -> float | None:
+    """What SQLite holds (its page caches; allocated outside Python's allocator), or None
+    when the process's SQLite is not the system's shared library."""
+    try:
+        return float(ctypes.CDLL("libsqlite3.so.0").sqlite3_memory_used()) / 1e6
+    except (OSError, AttributeError):
+        return None
 
 
 def context_switches() -> int:
@@ -110,6 +120,7 @@ def daemon_tables(daemon: Daemon, collect: bool) -> dict[str, Any]:
         "sys_s": os.times().system,  # the kernel's share: sends that wake another process
         "switches": context_switches(),
         "blocks": sys.getallocatedblocks(),
+        "sqlite_mb": sqlite_mb(),
     }
 
 
@@ -198,7 +209,7 @@ async def _detected(daemon: Daemon, calls: int) -> None:
     assert running is not None
     while running.notifier.stats.calls_incoming < calls:  # noqa: ASYNC110 - a counter: poll
         await asyncio.sleep(0.001)
-    say({"detected": time.monotonic()})
+    say({"detected": time.monotonic(), "cpu_s": time.process_time()})
 
 
 async def run_bare(config: dict[str, Any]) -> None:
@@ -217,7 +228,7 @@ async def run_bare(config: dict[str, Any]) -> None:
     def on_event(manager: Manager, event: Any) -> None:  # the no-op handler, plus a count
         state["count"] += 1
         if state["count"] == state["target"]:
-            say({"done": time.monotonic(), "count": state["count"]})
+            say({"done": time.monotonic(), "cpu_s": time.process_time(), "count": state["count"]})
 
     manager.register_event("*", on_event)
     await manager.connect()
