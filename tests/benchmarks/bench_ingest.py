@@ -139,8 +139,9 @@ async def run(report: Report, quick: bool) -> None:
         pairs.append((bare, await daemon_rate(mix, long_events, filtered=True)))
     ratios = [kept.rate / bare.rate for bare, kept in pairs]
     cpu_ratios = [kept.cpu_rate / bare.cpu_rate for bare, kept in pairs]
-    bare, kept = sorted(pairs, key=lambda pair: pair[1].rate / pair[0].rate)[len(pairs) // 2]
-    ratio, cpu_ratio = kept.rate / bare.rate, statistics.median(cpu_ratios)
+    median = sorted(range(len(pairs)), key=ratios.__getitem__)[len(pairs) // 2]
+    (bare, kept), ratio = pairs[median], ratios[median]
+    cpu_ratio = statistics.median(cpu_ratios)
     report.add("ingest (a) bare panoramisk, no-op handler", f"{bare.rate:,.0f} events/s")
     report.add(
         "ingest (b) daemon, no server-side filter",
